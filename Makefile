@@ -1,0 +1,38 @@
+# make install   pinned dependencies + editable build of coavs (compiles coavs._C; CUDA kernels when nvcc exists)
+# make test      install, then the test suite (the README's test command)
+# make demo      install, coavs info, a short benchmark smoke run
+# make bench     every benchmark at full size on the default device
+# make ctest     C++ checks of the shared host/device arithmetic (CMake + ctest)
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+CUDA_HOME ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
+export CUDA_HOME
+export MAX_JOBS ?= 2
+PYTEST_ARGS ?= -q
+
+.PHONY: install deps build test demo bench ctest clean
+
+install: deps build
+
+deps:
+	$(PIP) install --quiet -r requirements.txt
+
+# flock: concurrent builds in one tree would clobber each other's objects.
+build:
+	flock /tmp/coavs-build.lock $(PIP) install --quiet --no-build-isolation --no-deps -e .
+
+test: install
+	$(PYTHON) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+
+demo: install
+	$(PYTHON) -m coavs info
+	$(PYTHON) -m benchmarks.bench_debias --quick --out /tmp/coavs-demo-bench
+
+bench: install
+	for b in benchmarks/bench_*.py; do $(PYTHON) -m benchmarks.$$(basename $$b .py) || exit 1; done
+
+ctest:
+	cmake -S . -B build-cmake -G Ninja && cmake --build build-cmake && ctest --test-dir build-cmake --output-on-failure
+
+clean:
+	rm -rf build build-cmake *.egg-info coavs/_C*.so

@@ -1,0 +1,7 @@
+"""coavs: audio-visual segmentation that resists audio priming bias and visual prior.
+
+Subpackages: ``coavs.ops`` (fused ops with reference, C++, CUDA and Triton backends), ``coavs.kernels``
+(Triton kernels).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from coavs.cli import main
+
+raise SystemExit(main())
