@@ -4,4 +4,6 @@ Subpackages: ``coavs.ops`` (fused ops with reference, C++, CUDA and Triton backe
 (Triton kernels).
 """
 
+import torch  # noqa: F401  (loaded first: coavs._C links against torch's shared libraries)
+
 __version__ = "0.1.0"
