@@ -26,6 +26,8 @@ def collect() -> dict:
     if torch.cuda.is_available():
         devices += [f"cuda:{i} {torch.cuda.get_device_name(i)} (sm_{''.join(map(str, torch.cuda.get_device_capability(i)))})"
                     for i in range(torch.cuda.device_count())]
+    else:
+        devices.append("no CUDA device visible (cuda/triton backends cannot run here)")
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     ops = {}
     for name, spec in sorted(_dispatch.REGISTRY.items()):

@@ -1,0 +1,69 @@
+"""Atomic checkpoints that resume exactly.
+
+A checkpoint holds model, optimizer, scheduler and grad-scaler state, every RNG state (Python, NumPy, torch CPU
+and CUDA) and the loop position. It is written to a temporary file in the same folder and renamed, so a crash
+mid-write never leaves a truncated checkpoint, and it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict:
+    """Every RNG state, as tensors and plain Python values (loadable with weights_only=True)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
+                  float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` through a temporary file + rename (readers never see a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Loads a checkpoint written by :func:`save_atomic` with ``weights_only=True``; clear error when absent or
+    unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "no checkpoint", str(path))
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc

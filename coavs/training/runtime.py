@@ -1,0 +1,127 @@
+"""Pieces of the training loop that do not depend on the model: run folder, stop signals, a resumable
+distributed sampler, and a throughput meter (clips/s and the share of time spent waiting for data)."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import Sampler
+
+
+class RunFolder:
+    """``<root>/``: ``config.json`` (resolved), ``log.jsonl`` (per logged step), ``metrics.jsonl`` (per epoch),
+    ``checkpoints/``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+
+    def create(self, resolved_config: dict) -> None:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        (self.root / "config.json").write_text(json.dumps(resolved_config, indent=2))
+
+    def log(self, record: dict, file: str = "log.jsonl") -> None:
+        with open(self.root / file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self, file: str = "log.jsonl") -> list[dict]:
+        path = self.root / file
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+
+class StopSignal:
+    """Catches SIGTERM (and SIGINT) while active: the loop checks ``requested`` after each step, saves, exits."""
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        self.signals = signals
+        self.requested: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for s in self.signals:
+            try:
+                self._previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
+
+
+class ResumableSampler(Sampler[int]):
+    """Each epoch a permutation from ``seed + epoch``, split across ranks like ``DistributedSampler``
+    (padded to equal length), that can start ``start`` samples into this rank's share (mid-epoch resume)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True):
+        if size <= 0:
+            raise ValueError("the dataset is empty")
+        self.size, self.rank, self.world_size, self.seed, self.shuffle = size, rank, world_size, seed, shuffle
+        self.per_rank = math.ceil(size / world_size)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        total = self.per_rank * self.world_size
+        order = (order * math.ceil(total / self.size))[:total]
+        return order[self.rank:total:self.world_size]
+
+    def __iter__(self):
+        return iter(self.indices()[self.start:])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+class Throughput:
+    """Accumulates data-wait and step time between reports."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.wait = 0.0
+        self.total = 0.0
+        self.clips = 0
+        self._mark = time.perf_counter()
+
+    def data_ready(self) -> None:
+        now = time.perf_counter()
+        self.wait += now - self._mark
+        self._data_at = now
+
+    def step_done(self, clips: int) -> None:
+        now = time.perf_counter()
+        self.total += now - self._mark
+        self.clips += clips
+        self._mark = now
+
+    def report(self) -> dict:
+        out = {"clips_per_s": self.clips / self.total if self.total else 0.0,
+               "data_wait_frac": self.wait / self.total if self.total else 0.0}
+        self.reset()
+        return out
