@@ -23,6 +23,258 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_fit_markers(args) -> int:
+    from coavs.data.errors import DataError
+    from coavs.models.fit_markers import fit_markers
+
+    if args.clusters < 1:
+        raise UserError(f"--clusters must be >= 1, got {args.clusters}")
+    if args.data is None and args.vggish is None:
+        raise UserError("give --data DATASET_FOLDER (log-mel descriptors) and/or --vggish FEATURE_FOLDER")
+    try:
+        path, fit, count, clips = fit_markers(args.out, args.clusters, data=args.data, vggish=args.vggish,
+                                              split=args.split, iters=args.iters, seed=args.seed,
+                                              progress=not args.quiet)
+    except (DataError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"{args.clusters} clusters fitted on {count} descriptors from {clips} clips "
+          f"(mean squared distance {fit.inertia:.3f} in standardised units) -> {path}")
+    return 0
+
+
+def _parse_range(text: str, name: str, kind=int):
+    """``"2"`` -> 2, ``"1-3"`` -> (1, 3) (``kind`` int or float)."""
+    try:
+        parts = [kind(p) for p in text.split("-")] if text.count("-") <= 1 and not text.startswith("-") else []
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise UserError(f"{name} must be a number or a range MIN-MAX, got {text!r}")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def cmd_synth(args) -> int:
+    import time
+
+    from coavs.data.synth import CLASS_NAMES, SynthConfig, generate
+
+    classes = CLASS_NAMES if args.classes is None else tuple(c.strip() for c in args.classes.split(",") if c.strip())
+    try:
+        config = SynthConfig(
+            num_clips=args.clips, frames_per_clip=args.frames, image_size=args.size, classes=classes,
+            num_semantics=_parse_range(args.semantics, "--semantics"),
+            instances_per_semantic=_parse_range(args.instances, "--instances"),
+            object_area=_parse_range(args.area, "--area", float),
+            num_distractors=_parse_range(args.distractors, "--distractors"),
+            silent_prob=args.silent_prob, eval_silent_prob=args.eval_silent_prob,
+            train_annotation=args.train_annotation, sample_rate=args.sample_rate, frame_format=args.frame_format,
+            seed=args.seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    start = time.perf_counter()
+    try:
+        summary = generate(args.out, config, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+    except FileExistsError as exc:
+        raise UserError(str(exc)) from None
+    stats = summary["stats"]
+    counts = ", ".join(f"{split} {stats[split]['clips']}" for split in ("train", "val", "test"))
+    silent = ", ".join(f"{split} {stats[split]['silent_rate']}" for split in ("train", "val", "test")
+                       if stats[split]["silent_rate"] is not None)
+    h, w = config.frame_hw
+    print(f"{config.num_clips} clips ({counts}), {len(config.classes)} classes, {config.frames_per_clip} frames of "
+          f"{w}x{h}, in {time.perf_counter() - start:.1f} s -> {summary['root']}")
+    print(f"visible-but-silent rate per split: {silent}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from coavs.data.errors import DataError
+    from coavs.data.verify import report_json, verify_dataset
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    try:
+        report = verify_dataset(args.root, args.kind, deep=not args.quick, workers=args.workers, limit=args.limit,
+                                progress=not args.quiet and not args.json)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    print(report_json(report) if args.json else report.format(max_problems=args.max_problems))
+    return 0 if report.ok else 1
+
+
+# ------------------------------------------------------------------------------ train / eval / predict / bench
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is visible")
+    return name
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from coavs.training.trainer import TrainConfig, train
+
+    overrides = list(args.set or [])
+    if args.no_progress:
+        overrides.append("run.progress=false")
+    if args.config is None:
+        if not args.resume:
+            raise UserError("give a CONFIG file (YAML or JSON), or --resume to continue the run in --out")
+        config = TrainConfig.from_file(Path(args.out) / "config.json", overrides)
+    else:
+        config = TrainConfig.from_file(args.config, overrides)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
+    summary = train(config, args.out, resume=args.resume, max_steps=args.max_steps)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    if summary["finished"]:
+        line = f"trained {summary['step']} steps in {summary['seconds']:.1f} s -> {summary['run_dir']}"
+        if summary.get("train_loss") is not None:
+            line += f" (last epoch's loss {summary['train_loss']:.4f})"
+        print(line)
+        if summary.get("eval"):
+            from coavs.eval.runner import format_table
+
+            print(format_table(summary["eval"], title=f"{config.eval.split} split"))
+    else:
+        print(f"stopped ({summary['stopped']}) at step {summary['step']} of {summary['total_steps']}; "
+              f"continue with: coavs train --resume --out {summary['run_dir']}")
+    return 0
+
+
+def _eval_settings(args, config):
+    debias = config.debias_config()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else config.eval_modes()
+    for mode in modes:
+        if mode not in ("vanilla", "debias", "ensemble"):
+            raise UserError(f"--modes: {mode!r} is not vanilla, debias or ensemble")
+    strategy = args.strategy or ("uncertainty" if debias.strategy == "uncertainty" else "fixed")
+    return dict(modes=modes, biased=args.biased or debias.biased_audio,
+                alpha=debias.alpha if args.alpha is None else args.alpha, scheme=args.scheme or debias.scheme,
+                strategy=strategy)
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from coavs.eval.runner import evaluate, format_table
+    from coavs.training.trainer import load_model, open_split
+
+    device = _device(args.device)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model, config = load_model(args.run, device)
+    if args.data:
+        config.data.root = args.data
+    settings = _eval_settings(args, config)
+    dataset = open_split(config, args.split)
+    if len(dataset) == 0:
+        raise UserError(f"the {args.split} split of {config.data.root} has no clips")
+    rows = evaluate(model, dataset, batch_size=args.batch_size, device=device, bias=not args.no_bias,
+                    max_clips=args.max_clips, seed=args.seed, precision=config.run.precision,
+                    progress=not args.quiet and not args.json, **settings)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        title = (f"{args.split} split of {config.data.root}: {rows[settings['modes'][0]]['frames']} frames; "
+                 "mIoU/F higher is better, FPR (sounding pixels under negative audio) lower is better")
+        print(format_table(rows, title=title))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from coavs.eval import predict
+    from coavs.training.trainer import load_model
+
+    if (args.frames is None) == (args.video is None):
+        raise UserError("give exactly one of --frames FOLDER and --video FILE")
+    device = _device(args.device)
+    model, config = load_model(args.run, device)
+    try:
+        if args.frames is not None:
+            frames, names = predict.read_frame_folder(args.frames)
+            track = None
+        else:
+            frames, names, track = predict.read_video(args.video)
+        audio = predict.audio_features(config.data.audio, len(frames), wav=args.audio,
+                                       waveform=None if args.audio else track, vggish=args.vggish)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    mode = args.mode or ("debias" if config.debias_enabled else "vanilla")
+    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device)
+    class_names = config.resolved.get("class_names") or [str(i) for i in range(model.config.num_classes)]
+    summary = predict.write_predictions(args.out, frames, names, labels, scores, class_names,
+                                        bool(config.resolved.get("binary", False)))
+    shares = [f["sounding_fraction"] for f in summary["frames"]]
+    print(f"{len(frames)} frames ({mode}): sounding pixels {100 * min(shares):.1f}-{100 * max(shares):.1f}% per "
+          f"frame -> {args.out}/masks, {args.out}/overlays, {args.out}/predictions.json")
+    return 0
+
+
+def find_benchmarks(repo: str | None = None):
+    """The repository root holding ``benchmarks/common.py``: ``repo``, the working directory, or the checkout
+    this package was installed from (editable installs); None when there is none."""
+    from pathlib import Path
+
+    candidates = [Path(repo)] if repo else [Path.cwd(), Path(__file__).resolve().parent.parent]
+    for root in candidates:
+        if (root / "benchmarks" / "common.py").is_file():
+            return root.resolve()
+    return None
+
+
+def cmd_bench(args) -> int:
+    import os
+    import subprocess
+
+    root = find_benchmarks(args.repo)
+    if root is None:
+        where = args.repo or "the working directory or next to the installed package"
+        raise UserError(f"no benchmarks/ folder in {where}: `coavs bench` runs the benchmark modules of a source "
+                        "checkout; run it from the repository root or pass --repo PATH")
+    available = sorted(p.stem[len("bench_"):] for p in (root / "benchmarks").glob("bench_*.py"))
+    if args.list:
+        print("\n".join(available))
+        return 0
+    chosen = args.names or available
+    unknown = [n for n in chosen if n not in available]
+    if unknown:
+        raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    failed = []
+    for name in chosen:
+        command = [sys.executable, "-m", f"benchmarks.bench_{name}"] + (["--quick"] if args.quick else [])
+        if args.device:
+            command += ["--device", args.device]
+        print(f"== {' '.join(command[1:])}", flush=True)
+        if subprocess.run(command, cwd=root, env=env).returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"coavs bench: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from coavs import demo
+
+    return demo.run(out=args.out, quick=args.quick, keep=args.keep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coavs", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -31,10 +283,129 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, devices and the backends each op can use")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("fit-markers", help="fit the k-means audio markers on a training set (saved to a file)")
+    p.add_argument("--data", help="dataset folder (AVSBench layout or a `coavs synth` set); descriptors from its wavs")
+    p.add_argument("--vggish", help="folder of AVSBench VGGish feature files <uid>.npy (for audio_input=vggish)")
+    p.add_argument("--split", default="train", choices=("train", "val", "test"))
+    p.add_argument("--clusters", type=int, required=True, help="number of clusters (ModelConfig.num_clusters)")
+    p.add_argument("--iters", type=int, default=100, help="k-means iterations at most")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="marker file to write (load with AVSModel.load_markers)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fit_markers)
+
+    p = sub.add_parser("synth", help="write a synthetic Co-AVS dataset (AVSS layout)")
+    p.add_argument("out", help="folder to create")
+    p.add_argument("--clips", type=int, default=200, help="clips over all splits (default 200)")
+    p.add_argument("--frames", type=int, default=5, help="frames (= seconds of audio) per clip (default 5)")
+    p.add_argument("--size", type=int, default=96, help="frame side in pixels (default 96)")
+    p.add_argument("--classes", help="comma-separated subset of the synthetic classes (default: all 10)")
+    p.add_argument("--semantics", default="2", help="featured classes per clip, N or MIN-MAX (default 2)")
+    p.add_argument("--instances", default="1", help="objects per featured class, N or MIN-MAX (default 1)")
+    p.add_argument("--area", default="0.3-0.4", help="frame fraction the featured objects cover (default 0.3-0.4)")
+    p.add_argument("--distractors", default="0", help="extra always-silent classes per clip, N or MIN-MAX")
+    p.add_argument("--silent-prob", type=float, default=0.1,
+                   help="visual prior: chance a featured class is visible but silent (train; default 0.1)")
+    p.add_argument("--eval-silent-prob", type=float, default=None, help="the same for val/test (default: as train)")
+    p.add_argument("--train-annotation", choices=("all", "first"), default="all",
+                   help="annotate all train frames, or only frame 0 (like AVSBench v1s)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="of audio.wav (default 16000)")
+    p.add_argument("--frame-format", choices=("jpg", "png"), default="jpg")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes (the output does not depend on it)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("verify", help="check a dataset folder (S4, MS3, AVSS or synthetic) before training")
+    p.add_argument("root", help="folder holding s4_meta_data.csv, ms3_meta_data.csv or metadata.csv")
+    p.add_argument("--kind", choices=("auto", "s4", "ms3", "avss"), default="auto")
+    p.add_argument("--quick", action="store_true", help="check that files exist, without decoding them")
+    p.add_argument("--limit", type=int, default=None, help="check only the first N clips")
+    p.add_argument("--workers", type=int, default=1, help="processes for decoding")
+    p.add_argument("--max-problems", type=int, default=50, help="problems to list (default 50)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("train", help="train a model from a YAML/JSON config into a run folder (torchrun for DDP)",
+                       description="Train from a config file (see coavs/training/trainer.py for the sections). The "
+                                   "run folder gets config.json, train.log, log.jsonl, metrics.jsonl and "
+                                   "checkpoints/last.pt. SIGTERM or Ctrl-C saves a checkpoint and stops; --resume "
+                                   "continues exactly. Many processes: torchrun --nproc_per_node N -m coavs train ...")
+    p.add_argument("config", nargs="?", help="config file (.yaml/.yml/.json); optional with --resume")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set data.root=data/coavs --set run.seed=1 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this step (checkpoint saved; resumable; the schedule is unchanged)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    def eval_options(p):
+        p.add_argument("--modes", help="inference modes, comma-separated: vanilla, debias, ensemble "
+                                       "(default: vanilla, plus debias for a debias-trained model)")
+        p.add_argument("--biased", choices=("mute", "noise", "ddpm", "random_semantic"),
+                       help="audio of the biased branch for debias/ensemble (default: the training config's)")
+        p.add_argument("--alpha", type=float, help="debias strength (default: the training config's)")
+        p.add_argument("--scheme", choices=("separate", "mask", "class", "overall"), help="debias scheme")
+        p.add_argument("--strategy", choices=("fixed", "uncertainty"), help="debias strength strategy")
+
+    p = sub.add_parser("eval", help="metrics table of a trained model: mIoU, F and false-positive rates under "
+                                    "silence / noise / misaligned audio")
+    p.add_argument("run", help="run folder (its checkpoints/last.pt) or a checkpoint file")
+    p.add_argument("--data", help="dataset folder (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    eval_options(p)
+    p.add_argument("--no-bias", action="store_true", help="skip the bias metrics (one model pass instead of four)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
+    p.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N clips")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="for noise audio and misaligned donors")
+    p.add_argument("--out", help="also write the results as JSON to this file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="masks and overlay PNGs for your own frames (or a video) and audio")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--frames", help="folder of frames (frame t goes with second t of the audio; natural order)")
+    p.add_argument("--video", help="video file (needs PyAV: pip install av); its own audio unless --audio")
+    p.add_argument("--audio", help="wav file")
+    p.add_argument("--vggish", help="VGGish features [T,128] .npy, for models trained on VGGish")
+    p.add_argument("--mode", choices=("vanilla", "debias", "ensemble"),
+                   help="default: debias for a debias-trained model, else vanilla")
+    p.add_argument("--out", required=True, help="output folder (masks/, overlays/, predictions.json)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bench", help="run the kernel and training benchmarks (benchmarks/bench_*.py of a checkout)")
+    p.add_argument("names", nargs="*", help="benchmarks to run (default: all; see --list)")
+    p.add_argument("--quick", action="store_true", help="small shapes, seconds each (smoke run)")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.add_argument("--device", help="passed to each benchmark (default: theirs)")
+    p.add_argument("--repo", help="repository root holding benchmarks/ (default: found automatically)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="make a Co-AVS set with a strong visual prior, train vanilla and debias models "
+                                    "on CPU, and print their metrics table (a few minutes)")
+    p.add_argument("--out", default=None, help="work folder (default: a temporary folder, removed afterwards)")
+    p.add_argument("--quick", action="store_true", help="a much smaller run (seconds; numbers mean nothing)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    p.set_defaults(func=cmd_demo)
+
+    from coavs.analysis.commands import register as register_analysis
+
+    register_analysis(sub)  # coavs analyze area|semantics|queries, coavs ablate
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from coavs.data.errors import DataError
+    from coavs.training.config import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -44,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except FileNotFoundError as exc:
         print(f"coavs {args.command}: error: file not found: {exc.filename or exc}", file=sys.stderr)
+        return 2
+    except (DataError, ConfigError) as exc:
+        print(f"coavs {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"coavs {args.command}: interrupted", file=sys.stderr)

@@ -27,16 +27,35 @@ TORCH_LIBRARY(coavs_C, m) {
   m.def(
       "debias_logits_backward(Tensor grad_mask, Tensor grad_cls, Tensor mask_biased, Tensor cls_biased, float alpha,"
       " bool uncertainty) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "assign_queries(Tensor scores, Tensor audio, Tensor query_feat, int dilation, float threshold,"
+      " float dormant_gate, bool soft) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "assign_queries_backward(Tensor grad_queries, Tensor grad_gate, Tensor audio, Tensor gate, Tensor active,"
+      " int num_markers, int dilation, bool soft) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "matching_cost(Tensor mask_logits, Tensor target_masks, Tensor class_logits, Tensor target_labels,"
+      " Tensor allowed, Tensor num_targets, float cost_class, float cost_mask, float cost_dice) -> Tensor");
+  m.def(
+      "semantic_inference(Tensor mask, Tensor mask_biased, Tensor probs, Tensor probs_biased, Tensor gate,"
+      " Tensor foreground, int height, int width, float alpha, bool uncertainty, bool mask_debias, bool overall,"
+      " int reduce) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(coavs_C, CPU, m) {
   m.impl("debias_logits", &coavs::debias_logits_cpu);
   m.impl("debias_logits_backward", &coavs::debias_logits_backward_cpu);
+  m.impl("assign_queries", &coavs::assign_queries_cpu);
+  m.impl("assign_queries_backward", &coavs::assign_queries_backward_cpu);
+  m.impl("matching_cost", &coavs::matching_cost_cpu);
+  m.impl("semantic_inference", &coavs::semantic_inference_cpu);
 }
 
 #ifdef COAVS_WITH_CUDA
 TORCH_LIBRARY_IMPL(coavs_C, CUDA, m) {
   m.impl("debias_logits", &coavs::debias_logits_cuda);
   m.impl("debias_logits_backward", &coavs::debias_logits_backward_cuda);
+  m.impl("assign_queries", &coavs::assign_queries_cuda);
+  m.impl("assign_queries_backward", &coavs::assign_queries_backward_cuda);
 }
 #endif

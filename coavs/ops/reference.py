@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -83,3 +84,234 @@ def debias_overall(
     scores_biased = overall_scores(mask_biased, cls_biased)
     a = alpha * (2 * scores_biased.detach().clamp(0, 1) - 1).abs() if uncertainty else alpha
     return (1 + a) * scores - a * scores_biased
+
+
+# -------------------------------------------------------------------------------------- masked_cross_attention
+def attention_visibility(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Which keys each query sees, ``[B,Q,H·W]`` bool, as Mask2Former builds its attention mask.
+
+    ``mask_logits [B,Q,h',w']`` are resized bilinearly (``align_corners=False``) to ``size = (H, W)``; a key is
+    visible iff ``sigmoid(resized) >= 0.5``, both in the logits' dtype as Mask2Former computes it (the same as
+    logit ``>= 0`` except that logits a rounding step below 0 count as visible); a query that sees no key sees
+    every key.
+    """
+    resized = torch.nn.functional.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
+    visible = (torch.sigmoid(resized) >= 0.5).flatten(2)
+    return visible | ~visible.any(-1, keepdim=True)
+
+
+def masked_cross_attention(
+    q: Tensor, k: Tensor, v: Tensor, visible: Tensor, active: Tensor | None, scale: float
+) -> Tensor:
+    """Dense masked attention, ``[B,h,Q,dh]``, written the way Mask2Former's ``nn.MultiheadAttention`` runs it.
+
+    ``softmax(scale·q·kᵀ + mask)·v`` with the additive mask 0 where ``visible [B,Q,N]`` (shared by all heads) and
+    −inf elsewhere; rows of queries with ``active [B,Q] == False`` are zero (None: every query is active).
+    Float32 arithmetic (float64 stays float64), returned in the dtype of ``q``. Materialises ``[B,h,Q,N]``.
+    """
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    additive = torch.zeros(visible.shape, dtype=acc, device=q.device).masked_fill(~visible, float("-inf"))
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale + additive[:, None]
+    out = torch.matmul(torch.softmax(scores, dim=-1), v.to(acc))
+    if active is not None:
+        out = torch.where(active[:, None, :, None], out, torch.zeros((), dtype=acc, device=q.device))
+    return out.to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------------- assign_queries
+def query_markers(num_queries: int, num_markers: int, dilation: int, device=None) -> Tensor:
+    """``[Q]`` long: the marker that owns each query (``q // d`` for ``q < S·d``, else −1 for "none")."""
+    q = torch.arange(num_queries, device=device)
+    return torch.where(q < num_markers * dilation, q // dilation, torch.full_like(q, -1))
+
+
+def marker_presence(scores: Tensor, threshold: float) -> Tensor:
+    """``[B,S]`` bool: ``score ≥ threshold``; a row with no such marker gets its top-scoring one (first on ties).
+
+    Compared in float32 (float64 for float64 scores), so ``threshold`` is rounded to that precision.
+    """
+    acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    s = scores.detach().to(acc)
+    present = s >= torch.tensor(threshold, dtype=acc)
+    top = torch.zeros_like(present).scatter_(1, s.argmax(1, keepdim=True), True) if s.shape[0] else present
+    return present | (top & ~present.any(1, keepdim=True))
+
+
+def assign_queries(
+    scores: Tensor, audio: Tensor, query_feat: Tensor, dilation: int, threshold: float, dormant_gate: float,
+    soft: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Dilated query assignment: ``(queries [B,Q,D], gate [B,Q], active [B,Q] bool)``.
+
+    Marker ``s`` owns queries ``s·d … s·d+d−1``; a query is active when its marker is present
+    (:func:`marker_presence`); ``gate`` is 1 (soft: the marker's score) on active queries, ``dormant_gate``
+    elsewhere, in the dtype of ``scores``; ``queries = query_feat[q] + gate[b,q]·audio[b]`` in the dtype of
+    ``query_feat``, computed in float32 (float64 stays float64).
+    """
+    acc = torch.float64 if query_feat.dtype == torch.float64 else torch.float32
+    num_markers = scores.shape[1]
+    marker = query_markers(query_feat.shape[0], num_markers, dilation, scores.device)
+    owner = marker.clamp(min=0)
+    active = marker_presence(scores, threshold)[:, owner] & (marker >= 0)
+    on = scores[:, owner] if soft else torch.ones_like(scores[:, owner])
+    gate = torch.where(active, on, torch.full_like(on, dormant_gate))
+    queries = query_feat.to(acc) + gate.to(acc)[..., None] * audio.to(acc)[:, None, :]
+    return queries.to(query_feat.dtype), gate, active
+
+
+def assign_queries_backward(
+    grad_queries: Tensor, grad_gate: Tensor, audio: Tensor, gate: Tensor, active: Tensor, num_markers: int,
+    dilation: int, soft: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`assign_queries`: ``(d_scores [B,S], d_audio [B,D], d_query_feat [Q,D])``.
+
+    ``d_query_feat[q] = Σ_b g[b,q]``; ``d_audio[b] = Σ_q gate[b,q]·g[b,q]``; in soft mode
+    ``d_scores[b,s] = Σ_{q of s, active} (⟨g[b,q], audio[b]⟩ + grad_gate[b,q])`` (zero otherwise: the gate is a
+    constant, and presence is a step function with no gradient).
+    """
+    acc = torch.float64 if grad_queries.dtype == torch.float64 else torch.float32
+    g = grad_queries.to(acc)
+    d_query_feat = g.sum(0).to(grad_queries.dtype)
+    d_audio = (gate.to(acc)[..., None] * g).sum(1).to(audio.dtype)
+    batch, width = gate.shape[0], num_markers * dilation
+    d_scores = torch.zeros(batch, num_markers, dtype=acc, device=gate.device)
+    if soft:
+        per_query = (g * audio.to(acc)[:, None, :]).sum(-1) + grad_gate.to(acc)
+        per_query = torch.where(active, per_query, torch.zeros_like(per_query))
+        d_scores = per_query[:, :width].reshape(batch, num_markers, dilation).sum(-1)
+    return d_scores.to(gate.dtype), d_audio, d_query_feat
+
+
+# --------------------------------------------------------------------------------------------- matching_cost
+def matching_cost(
+    mask_logits: Tensor, target_masks: Tensor, class_logits: Tensor, target_labels: Tensor, allowed: Tensor,
+    num_targets: Tensor, cost_class: float, cost_mask: float, cost_dice: float
+) -> Tensor:
+    """Mask2Former's matching cost of every query against every ground truth, ``[B,Q,G]`` float32.
+
+    ``mask_logits [B,Q,P]`` and ``target_masks [B,G,P]`` are values at the same ``P`` sampled points;
+    ``class_logits [B,Q,K+1]``; ``target_labels [B,G]`` long; ``allowed [B,Q,G]`` bool; ``num_targets [B]``:
+    columns ``g ≥ num_targets[b]`` are padding. With ``x`` a query's logits and ``t`` a ground truth's values:
+
+        class  −softmax(class_logits)[label]
+        mask   mean_p [softplus(−x)·t + softplus(x)·(1 − t)]          (sigmoid cross-entropy)
+        dice   1 − (2·Σ σ(x)·t + 1) / (Σ σ(x) + Σ t + 1)
+        cost   cost_class·class + cost_mask·mask + cost_dice·dice,   +inf where not allowed or padding
+
+    Computed in float32 (float64 inputs in float64, returned as float64).
+    """
+    acc = torch.float64 if mask_logits.dtype == torch.float64 else torch.float32
+    x, t = mask_logits.to(acc), target_masks.to(acc)
+    num_points = x.shape[-1]
+    probs = torch.softmax(class_logits.to(acc), dim=-1)
+    labels = target_labels.clamp(0, class_logits.shape[-1] - 1)
+    class_cost = -torch.gather(probs, 2, labels[:, None, :].expand(-1, probs.shape[1], -1))
+    positive, negative = F.softplus(-x), F.softplus(x)
+    mask_cost = (positive @ t.transpose(1, 2) + negative @ (1 - t).transpose(1, 2)) / num_points
+    sig = torch.sigmoid(x)
+    dice_cost = 1 - (2 * (sig @ t.transpose(1, 2)) + 1) / (sig.sum(-1)[:, :, None] + t.sum(-1)[:, None, :] + 1)
+    cost = cost_class * class_cost + cost_mask * mask_cost + cost_dice * dice_cost
+    column = torch.arange(t.shape[1], device=t.device)
+    valid = allowed & (column[None, None, :] < num_targets[:, None, None])
+    return torch.where(valid, cost, torch.full_like(cost, math.inf))
+
+
+# ----------------------------------------------------------------------------------------- semantic_inference
+def _debias_mask_only(mask: Tensor, mask_biased: Tensor, alpha: float, uncertainty: bool) -> Tensor:
+    empty = mask.new_empty((0,))
+    return debias_logits(mask, empty, mask_biased, empty, alpha, uncertainty)[0]
+
+
+def _debias_class_only(cls: Tensor, cls_biased: Tensor, alpha: float, uncertainty: bool) -> Tensor:
+    empty = cls.new_empty((0,))
+    return debias_logits(empty, cls, empty, cls_biased, alpha, uncertainty)[1]
+
+
+def _gated_sigmoids(mask: Tensor, size: tuple[int, int], gate: Tensor | None) -> Tensor:
+    """``gate[b,q]·σ(resize(mask))``, ``[B,Q,H,W]`` float32 (bilinear, ``align_corners=False``)."""
+    s = torch.sigmoid(F.interpolate(mask.float(), size=size, mode="bilinear", align_corners=False))
+    return s if gate is None else s * gate.float()[:, :, None, None]
+
+
+def _debias_scores(scores: Tensor, scores_biased: Tensor, alpha: float, uncertainty: bool) -> Tensor:
+    """The ``overall`` scheme of :func:`debias_overall` on per-pixel scores (``|2·clamp(S_b,0,1) − 1|`` weight)."""
+    a = alpha * (2 * scores_biased.clamp(0, 1) - 1).abs() if uncertainty else alpha
+    return (1 + a) * scores - a * scores_biased
+
+
+def semantic_scores(
+    mask: Tensor, cls: Tensor, size: tuple[int, int], gate: Tensor | None = None, mask_biased: Tensor | None = None,
+    cls_biased: Tensor | None = None, alpha: float = 1.0, scheme: str = "separate", uncertainty: bool = False,
+) -> Tensor:
+    """Per-pixel class scores ``S [B,K,H,W]`` float32 of :func:`semantic_inference` (after any debias)."""
+    m, c = mask.float(), cls.float()
+    debiased = mask_biased is not None
+    if debiased and scheme in ("separate", "mask"):
+        m = _debias_mask_only(m, mask_biased.float(), alpha, uncertainty)
+    if debiased and scheme in ("separate", "class"):
+        c = _debias_class_only(c, cls_biased.float(), alpha, uncertainty)
+    scores = torch.einsum("bqk,bqhw->bkhw", torch.softmax(c, dim=-1)[..., :-1], _gated_sigmoids(m, size, gate))
+    if debiased and scheme == "overall":
+        probs_b = torch.softmax(cls_biased.float(), dim=-1)[..., :-1]
+        scores_b = torch.einsum("bqk,bqhw->bkhw", probs_b, _gated_sigmoids(mask_biased, size, gate))
+        scores = _debias_scores(scores, scores_b, alpha, uncertainty)
+    return scores
+
+
+def semantic_inference(
+    mask: Tensor, cls: Tensor | None, size: tuple[int, int], gate: Tensor | None = None,
+    mask_biased: Tensor | None = None, cls_biased: Tensor | None = None, alpha: float = 1.0,
+    scheme: str = "separate", uncertainty: bool = False, mode: str = "semantic", background: int | None = None,
+) -> Tensor:
+    """Post-processing of a mask-classification model, the definition of ``coavs.ops.semantic_inference``.
+
+    ``mask [B,Q,h',w']`` and ``cls [B,Q,K+1]`` logits (float32 arithmetic throughout). With biased logits, the
+    debias of :func:`debias_logits` is applied first, at the logits' own resolution (``separate``, ``mask``,
+    ``class``), or to the scores (``overall``). Then ``s_q = gate[b,q]·σ(resize(m_q))``,
+    ``S[k] = Σ_q softmax(c_q)[k]·s_q`` for ``k < K`` (:func:`semantic_scores`), and:
+
+    - ``mode="semantic"``: ``argmax_k S[k]`` → ``[B,H,W]`` int64 (lowest class on ties);
+    - ``mode="binary"``: ``Σ_{k ≠ background} S[k]`` → ``[B,H,W]`` float32; with ``cls=None`` (a mask-only
+      model) ``max_q s_q``, the union of the query masks.
+
+    Materialises ``[B,Q,H,W]`` and ``[B,K,H,W]``.
+    """
+    if cls is None:
+        m = mask.float()
+        if mask_biased is not None:  # a mask-only model has only the mask scheme
+            m = _debias_mask_only(m, mask_biased.float(), alpha, uncertainty)
+        return _gated_sigmoids(m, size, gate).amax(1)
+    scores = semantic_scores(mask, cls, size, gate, mask_biased, cls_biased, alpha, scheme, uncertainty)
+    if mode == "semantic":
+        return scores.argmax(1)
+    keep = [k for k in range(scores.shape[1]) if k != background]
+    return scores[:, keep].sum(1)
+
+
+def semantic_inference_kernel(
+    mask: Tensor, mask_biased: Tensor, probs: Tensor, probs_biased: Tensor, gate: Tensor, foreground: Tensor,
+    height: int, width: int, alpha: float, uncertainty: bool, mask_debias: bool, overall: bool, reduce: str,
+) -> Tensor:
+    """The contract of the fused kernels, which receive class probabilities instead of class logits.
+
+    ``probs``/``probs_biased [B,Q,K]`` float32 (``softmax(c)[:K]``, empty for ``reduce="max_query"``),
+    ``gate [B,Q]`` float32 or empty, ``foreground [K]`` float32 weights (``reduce="foreground"``).
+    ``mask_debias``: debias the mask logits with ``mask_biased`` (op 4) before resizing; ``overall``: debias the
+    scores ``S`` with ``S_b`` computed from ``mask_biased``/``probs_biased``. ``reduce``: ``argmax`` (int64
+    labels), ``foreground`` (``Σ_k foreground[k]·S[k]``) or ``max_query`` (``max_q s_q``), float32.
+    """
+    size = (height, width)
+    g = gate if gate.numel() else None
+    m = mask.float()
+    if mask_debias:
+        m = _debias_mask_only(m, mask_biased.float(), alpha, uncertainty)
+    s = _gated_sigmoids(m, size, g)
+    if reduce == "max_query":
+        return s.amax(1)
+    scores = torch.einsum("bqk,bqhw->bkhw", probs, s)
+    if overall:
+        scores_b = torch.einsum("bqk,bqhw->bkhw", probs_biased, _gated_sigmoids(mask_biased, size, g))
+        scores = _debias_scores(scores, scores_b, alpha, uncertainty)
+    if reduce == "argmax":
+        return scores.argmax(1)
+    return (scores * foreground[None, :, None, None]).sum(1)

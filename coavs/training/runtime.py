@@ -3,6 +3,7 @@ distributed sampler, and a throughput meter (clips/s and the share of time spent
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -11,6 +12,15 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for ``precision`` ``fp32`` (none), ``bf16`` or ``fp16`` on ``device``'s type."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 class RunFolder:
@@ -107,6 +117,10 @@ class Throughput:
         self.wait = 0.0
         self.total = 0.0
         self.clips = 0
+        self._mark = time.perf_counter()
+
+    def restart_clock(self) -> None:
+        """Forget the time since the last step (evaluation or checkpointing in between is not data wait)."""
         self._mark = time.perf_counter()
 
     def data_ready(self) -> None:

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "common/debias_logits.h"
+#include "common/semantic_inference.h"
 
 static int failures = 0;
 
@@ -53,6 +54,18 @@ int main() {
   for (int i = 0; i < 71; ++i) uniform.add(0.25);
   expect_near(coavs::class_confidence(uniform.entropy(), 71), 0.0, 1e-12, "uniform row has zero confidence");
   expect_near(coavs::class_confidence(0.0, 1), 1.0, 0, "single class is confident");
+  // semantic_inference: F.interpolate's align_corners=False taps (2 -> 4: scale 0.5, src = 0.5 (i + 0.5) - 0.5).
+  const coavs::LinearTap t0 = coavs::bilinear_tap(0, 2, 4), t1 = coavs::bilinear_tap(1, 2, 4);
+  const coavs::LinearTap t3 = coavs::bilinear_tap(3, 2, 4), same = coavs::bilinear_tap(5, 9, 9);
+  expect_near(t0.i0 * 10 + t0.i1 + t0.l1, 1.0, 0, "first output clamps src to 0");
+  expect_near(t1.i0 * 10 + t1.i1 + t1.l1, 1.25, 0, "src 0.25 mixes 0 and 1");
+  expect_near(t3.i0 * 10 + t3.i1 + t3.l0, 11.75, 0, "last output stays on the last input");
+  expect_near(same.i0 * 10 + same.i1 + same.l1, 55.0, 0, "equal sizes copy");
+  expect_near(coavs::bilinear_mix(1.f, 2.f, 3.f, 4.f, t1, t1), 0.75 * (1 + 0.25) + 0.25 * (3 + 0.25), 1e-6,
+              "bilinear mix");
+  expect_near(coavs::debias_overall_score(0.6f, 0.9f, 1.0f, true), 1.8 * 0.6 - 0.8 * 0.9, 1e-6,
+              "overall score debias, uncertainty weight |2 S_b - 1|");
+  expect_near(coavs::debias_mask_logit(2.0f, 0.0f, 1.0f, true), 2.0, 0, "an unsure biased logit removes nothing");
   if (failures) return 1;
   std::printf("test_common: all checks passed\n");
   return 0;

@@ -1,0 +1,226 @@
+"""Benchmark of ``masked_cross_attention`` against the ways a Mask2Former decoder computes masked attention.
+
+    python -m benchmarks.bench_attention [--quick] [--device cuda] [--dtype float16]
+
+Providers, on the same inputs in one run (the mask is built before timing; the baselines compute every query
+and zero the dormant ones, since they cannot skip rows):
+  eager   additive −inf float mask repeated per head + softmax, as Mask2Former's ``nn.MultiheadAttention``
+  sdpa    ``F.scaled_dot_product_attention`` with a boolean ``[B,1,Q,N]`` mask
+  flex    FlexAttention (compiled) with a block mask from ``visible & active`` (GPU only by default)
+  ours    ``coavs.ops.masked_cross_attention`` (Triton on GPU, key-chunked PyTorch on CPU)
+Shapes: B=20, Q=100, h=8, dh=32, N in {49, 196, 784, 1024, 4096}, active fraction in {0.1, 0.2, 0.5, 1.0};
+forward and forward+backward; median time, peak extra memory (GPU) and ours' speed-up over each baseline.
+GPU targets (not tests): >= 2x sdpa and >= 1.3x flex at 20% active; ours' time falling with the fraction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+import torch
+
+import coavs.ops as ops
+from benchmarks.common import base_parser, peak_memory_mb, print_table, time_ms, write_results
+from coavs.ops import reference
+
+BATCH, QUERIES, HEADS, HEAD_DIM = 20, 100, 8, 32
+KEY_MAPS = {49: (7, 7), 196: (14, 14), 784: (28, 28), 1024: (32, 32), 4096: (64, 64)}
+FRACTIONS = (0.1, 0.2, 0.5, 1.0)
+
+
+def eager_attention(q, k, v, visible, active, scale):
+    """Mask2Former's path: a float mask with −inf, repeated for every head, added to the scores."""
+    batch, heads, queries, _ = q.shape
+    additive = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill(~visible, float("-inf"))
+    additive = additive.repeat_interleave(heads, dim=0).view(batch, heads, queries, -1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale + additive
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)
+    return out * active[:, None, :, None]
+
+
+def sdpa_attention(q, k, v, visible, active, scale):
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None], scale=scale)
+    return out * active[:, None, :, None]
+
+
+_FLEX: dict = {}  # (B, Q, N, device) -> (mask_mod, the tensor it reads); one compiled graph per shape
+
+
+def make_flex(visible, active, device):
+    """A compiled FlexAttention call with its block mask (built here, outside the timing). The mask_mod reads
+    a per-shape buffer, so runs of the same shape reuse one compiled kernel instead of recompiling."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if "compiled" not in _FLEX:
+        _FLEX["compiled"] = torch.compile(flex_attention, dynamic=False)
+    batch, queries, keys = visible.shape
+    shape = (batch, queries, keys, str(device))
+    if shape not in _FLEX:
+        buffer = torch.zeros(batch, queries, keys, dtype=torch.bool, device=device)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return buffer[b, q_idx, kv_idx]
+
+        _FLEX[shape] = (mask_mod, buffer)
+    mask_mod, buffer = _FLEX[shape]
+    # dormant rows see only key 0 (no row may be fully masked); their output is zeroed afterwards
+    buffer.copy_(visible & active[:, :, None])
+    buffer[:, :, 0] |= ~active
+    block_mask = create_block_mask(mask_mod, batch, None, queries, keys, device=device)
+    compiled = _FLEX["compiled"]
+
+    def run(q, k, v, scale):
+        return compiled(q, k, v, block_mask=block_mask, scale=scale) * active[:, None, :, None]
+
+    return run
+
+
+def make_inputs(keys, fraction, dtype, device, batch=BATCH, seed=0):
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    key_map = KEY_MAPS.get(keys, (1, keys))
+    # Mask2Former-like masks: low-resolution blobs resized to the key map (about 40% of keys visible)
+    logits = torch.randn(batch, QUERIES, 8, 8, generator=generator) * 2 - 0.5
+    mask = ops.build_attention_mask(logits.to(device), key_map)
+    visible = reference.attention_visibility(logits.to(device), key_map)
+    active = torch.rand(batch, QUERIES, generator=generator) < fraction
+    if fraction >= 1.0:
+        active[:] = True
+    qkv = [torch.randn(batch, HEADS, n, HEAD_DIM, generator=generator).to(device=device, dtype=dtype)
+           for n in (QUERIES, keys, keys)]
+    return qkv, mask, visible, active.to(device)
+
+
+@contextlib.contextmanager
+def cpu_kernel(name: str):
+    """Runs the native backend's ``name`` implementation ("flash" or "chunked") inside the block."""
+    module = importlib.import_module("coavs.ops.masked_cross_attention")
+    saved, module.CPU_KERNEL = module.CPU_KERNEL, name
+    try:
+        yield
+    finally:
+        module.CPU_KERNEL = saved
+
+
+def _in_cpu_kernel(name, step):
+    def wrapped():
+        with cpu_kernel(name):
+            return step()
+    return wrapped
+
+
+def _timed(fn, qkv, grad, backward: bool):
+    if not backward:
+        def step():
+            with torch.no_grad():
+                return fn(*qkv)
+        return step
+    leaves = [t.detach().requires_grad_() for t in qkv]
+
+    def step():
+        out = fn(*leaves)
+        torch.autograd.backward(out, grad)
+        for t in leaves:
+            t.grad = None
+    return step
+
+
+def main(argv=None):
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default=None, help="float16 (GPU default), bfloat16 or float32 (CPU default)")
+    parser.add_argument("--keys", default=None, help="comma-separated N values")
+    parser.add_argument("--fractions", default=None, help="comma-separated active fractions")
+    parser.add_argument("--flex", choices=("auto", "on", "off"), default="auto",
+                        help="FlexAttention baseline: auto = on GPU only (it compiles for minutes on a CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    batch = BATCH
+    keys_list = list(KEY_MAPS)
+    fractions = list(FRACTIONS)
+    if args.quick:
+        batch, keys_list, fractions = (BATCH, [784], [0.2, 1.0]) if device.type == "cuda" else (2, [196], [0.2, 1.0])
+    elif device.type == "cpu":
+        keys_list = [49, 196, 784, 1024]  # the dense baselines need ~1 GB and seconds per call at N=4096
+    if args.keys:
+        keys_list = [int(n) for n in args.keys.split(",")]
+    if args.fractions:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    use_flex = args.flex == "on" or (args.flex == "auto" and device.type == "cuda")
+    scale = HEAD_DIM ** -0.5
+    rows: list[dict] = []
+    for keys in keys_list:
+        for fraction in fractions:
+            qkv, mask, visible, active = make_inputs(keys, fraction, dtype, device, batch)
+            grad = torch.randn(qkv[0].shape, device=device, dtype=dtype)
+            providers = {
+                "eager": lambda q, k, v: eager_attention(q, k, v, visible, active, scale),
+                "sdpa": lambda q, k, v: sdpa_attention(q, k, v, visible, active, scale),
+            }
+            if use_flex:
+                try:
+                    flex = make_flex(visible, active, device)
+                    providers["flex"] = lambda q, k, v, flex=flex: flex(q, k, v, scale)
+                except Exception as exc:  # a baseline that cannot run here is reported, not fatal
+                    rows.append({"N": keys, "active": fraction, "provider": "flex", "error": repr(exc)[:80]})
+            ours = lambda q, k, v: ops.masked_cross_attention(q, k, v, mask, active, scale)  # noqa: E731
+            if device.type == "cpu":  # the same call on the CPU implementation not chosen, to back the choice
+                providers["ours_chunked"] = ours
+            providers["ours"] = ours  # last: its row gets the ratios
+            for mode in ("fwd", "fwd+bwd"):
+                times = {}
+                for name, fn in providers.items():
+                    step = _timed(fn, qkv, grad, backward=mode == "fwd+bwd")
+                    if name == "ours_chunked":
+                        step = _in_cpu_kernel("chunked", step)
+                    row = {"N": keys, "active": fraction, "mode": mode, "provider": name}
+                    try:
+                        t = time_ms(step, device)
+                        row.update(median_ms=t["median_ms"], p20_ms=t["p20_ms"], p80_ms=t["p80_ms"],
+                                   peak_MiB=peak_memory_mb(step, device))
+                        times[name] = t["median_ms"]
+                    except Exception as exc:
+                        row["error"] = repr(exc)[:80]
+                    rows.append(row)
+                if "ours" in times:
+                    rows[-1].update({f"x_vs_{name}": t / times["ours"] for name, t in times.items() if name != "ours"})
+            del qkv, grad
+        _write(args, device, dtype, batch, rows)  # after every N, so a cut-off run keeps what it measured
+    notes = _summary(rows, device)
+    print_table(rows)
+    print(notes)
+    folder = _write(args, device, dtype, batch, rows, notes)
+    print(f"results in {folder}")
+    return rows
+
+
+def _write(args, device, dtype, batch, rows, notes=""):
+    header = (f"B={batch}, Q={QUERIES}, h={HEADS}, dh={HEAD_DIM}, {str(dtype).replace('torch.', '')}; "
+              "x_vs_<baseline> = baseline time / ours. " + notes)
+    return write_results(args.out, "attention", device, rows, header)
+
+
+def _summary(rows, device) -> str:
+    """The targets in words: ours vs sdpa and flex at 20% active, and whether ours gets faster with fewer rows."""
+    lines = []
+    ours = [r for r in rows if r["provider"] == "ours" and "median_ms" in r]
+    for r in ours:
+        if abs(r["active"] - 0.2) < 1e-9:
+            parts = [f"{k[5:]} {v:.2f}x" for k, v in r.items() if k.startswith("x_vs_")]
+            lines.append(f"N={r['N']} {r['mode']} at 20% active: ours vs " + ", ".join(parts))
+    for keys in sorted({r["N"] for r in ours}):
+        for mode in ("fwd", "fwd+bwd"):
+            series = sorted((r["active"], r["median_ms"]) for r in ours if r["N"] == keys and r["mode"] == mode)
+            if len(series) > 1:
+                falling = all(a[1] >= b[1] * 0.95 for a, b in zip(series[1:], series))
+                lines.append(f"N={keys} {mode}: ours' time by active fraction "
+                             + " ".join(f"{f:g}:{t:.3g}ms" for f, t in series)
+                             + (" (falls with the fraction)" if falling else " (does NOT fall monotonically)"))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Training-step time of AVSModel: vanilla vs with the debias branch (same batch, same run).
+
+    python -m benchmarks.bench_train_step [--quick] [--device cuda] [--amp] [--biased mute]
+
+Providers (one full step each: forward, matching, loss, backward, optimizer step):
+- ``vanilla``: the set loss only;
+- ``debias``: vanilla + biased branch batched into one decoder pass (backbone and pixel decoder once),
+  ``L(v) + 10·L(debias_logits(v, b))``;
+- ``debias_two_pass``: the same loss with the biased branch as a second full forward (backbone twice), the
+  way the reference code runs it (~1.5× time there) — the baseline for the batched design.
+Reported: median ms and the ratio to ``vanilla`` (target for ``debias``: ≤ 1.15× on GPU). On CPU the providers
+alternate round by round, and the process CPU time (``cpu_ms``) is reported beside the wall time: on a shared
+machine it is the steadier number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import base_parser, peak_memory_mb, print_table, synchronize, time_ms, write_results
+from coavs.models import AVSModel, ModelConfig, fit_kmeans
+from coavs.training.debias import DebiasConfig, DebiasObjective
+from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
+
+
+def make_batch(n: int, size: int, num_classes: int, device, seed: int = 0):
+    """Frames with a few labelled rectangles, VGGish-like audio; labels use classes 0 … K-1."""
+    gen = torch.Generator().manual_seed(seed)
+    frames = torch.rand(n, 3, size, size, generator=gen)
+    labels = torch.zeros(n, size, size, dtype=torch.long)
+    for i in range(n):
+        for _ in range(2):
+            h, w = torch.randint(size // 6, size // 2, (2,), generator=gen).tolist()
+            y = torch.randint(0, size - h, (1,), generator=gen).item()
+            x = torch.randint(0, size - w, (1,), generator=gen).item()
+            labels[i, y:y + h, x:x + w] = torch.randint(1, num_classes, (1,), generator=gen).item()
+    audio = torch.randn(n, 128, generator=gen)
+    return frames.to(device), audio.to(device), labels.to(device)
+
+
+def configs(device: torch.device, quick: bool) -> list[tuple[str, ModelConfig, int, int, int]]:
+    """(name, config, frames per batch, image side, points per mask)."""
+    if quick:
+        return [("cpu-small", ModelConfig.small(num_layers=2), 4, 64, 256)]
+    if device.type == "cpu":
+        return [("cpu-small", ModelConfig.small(), 8, 96, 1024)]
+    return [
+        # Paper-sized decoder (D=256, Q=100, 9 layers, AVSS K=71) on the default from-scratch CNN.
+        ("paper-decoder-smallcnn", ModelConfig.paper(), 10, 384, 12544),
+        ("paper-decoder-smallcnn-224", ModelConfig.paper(), 16, 224, 12544),
+    ]
+
+
+class ZeroPrompt(torch.nn.Module):
+    """Wraps the prompt encoder so that the second pass of ``debias_two_pass`` sees muted audio."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+        self.descriptor = encoder.descriptor
+
+    def forward(self, audio):
+        return torch.zeros_like(self.encoder(audio))
+
+
+def interleaved_ms(fns: dict, rounds: int, warmup: int = 1) -> dict:
+    """CPU timing that alternates the providers round by round, so load from other processes hits them alike.
+
+    Also reports the process CPU time (all threads), which other processes on a shared machine disturb far less.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append((time.perf_counter() - start) * 1e3)
+            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+    result = {}
+    for name, values in wall.items():
+        values = sorted(values)
+        result[name] = {"median_ms": statistics.median(values), "p20_ms": values[round(0.2 * (len(values) - 1))],
+                        "p80_ms": values[round(0.8 * (len(values) - 1))], "cpu_ms": statistics.median(cpu[name])}
+    return result
+
+
+def main(argv=None):
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--biased", default="mute", help="biased audio kind for the debias providers")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 gives steady numbers on a busy machine)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
+    for name, config, n, size, points in configs(device, args.quick):
+        torch.manual_seed(0)
+        model = AVSModel(config).to(device).train()
+        frames, audio, labels = make_batch(n, size, config.num_classes, device)
+        model.perception.set_clusters(fit_kmeans(audio.cpu(), config.num_clusters, iters=10))
+        ft = targets_from_labels(labels, config.num_classes, model.class_to_marker())
+        presence = ft.presence[:, 1:]
+        criterion = SetCriterion(config.num_classes, num_points=points)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else contextlib.nullcontext
+        zero_prompt = ZeroPrompt(model.prompt_encoder)
+
+        def step(provider: str):
+            objective = DebiasObjective(criterion, DebiasConfig(enabled=provider != "vanilla",
+                                                                biased_audio=args.biased))
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                if provider == "debias_two_pass":
+                    out = model(frames, audio, class_presence=presence)
+                    real = model.prompt_encoder
+                    model.prompt_encoder = zero_prompt
+                    try:
+                        biased = model(frames, audio, marker_scores=out["marker_scores"])
+                    finally:
+                        model.prompt_encoder = real
+                    out["biased"] = {k: biased[k] for k in ("pred_logits", "pred_masks", "aux_outputs")}
+                else:
+                    out = model(frames, audio, biased=objective.biased_audio, class_presence=presence)
+                loss = objective(out, ft.targets, ft.annotated).total
+                loss = loss + audio_classification_loss(out["audio_logits"], presence, ft.annotated)
+            loss.backward()
+            optimizer.step()
+
+        providers = ("vanilla", "debias", "debias_two_pass")
+        if device.type == "cpu":
+            timings = interleaved_ms({p: (lambda p=p: step(p)) for p in providers}, rounds=3 if args.quick else 7)
+        else:
+            timings = {p: time_ms(lambda p=p: step(p), device) for p in providers}
+        base = base_cpu = None
+        for provider in providers:
+            fn = lambda provider=provider: step(provider)  # noqa: E731
+            t = timings[provider]
+            synchronize(device)
+            base = base or t["median_ms"]
+            rows.append({"config": name, "frames": n, "size": size, "Q": config.queries, "layers": config.num_layers,
+                         "amp": args.amp, "provider": provider, "median_ms": t["median_ms"], "p20_ms": t["p20_ms"],
+                         "p80_ms": t["p80_ms"], "ratio_vs_vanilla": t["median_ms"] / base,
+                         "peak_MiB": peak_memory_mb(fn, device)})
+            if "cpu_ms" in t:
+                base_cpu = base_cpu or t["cpu_ms"]
+                rows[-1].update(cpu_ms=t["cpu_ms"], cpu_ratio_vs_vanilla=t["cpu_ms"] / base_cpu)
+        del model, optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    notes = (f"One training step (forward, matching, loss, backward, AdamW) with biased audio '{args.biased}'. "
+             "ratio_vs_vanilla: debias target <= 1.15 on GPU; debias_two_pass = the reference code's way.")
+    print(notes)
+    print_table(rows)
+    folder = write_results(args.out, "train_step" + ("_amp" if args.amp else ""), device, rows, notes)
+    print(f"results in {folder}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""The supplementary's ablations (D.1–D.3, plus the dilation of B.1) as one command: train the same base
+configuration under each variant, evaluate each the same way, write one Markdown table.
+
+Every variant changes one thing of the base run (debias ``fixed``, biased branch ``mute``, scheme ``separate``, the
+base config's dilation — 2 in the ``small`` preset):
+
+======================  =====================================================  ===================================
+variant                 training                                               inference
+======================  =====================================================  ===================================
+vanilla                 no biased branch                                       vanilla
+scheme/mask, /class,    debias on mask logits / class logits / both separately  debias, same scheme
+/separate               (D.3)
+scheme/overall          as scheme/separate (a set loss cannot train per-pixel  debias on the per-pixel scores
+                        scores; DESIGN op 4)
+biased/mute, /noise,    biased-branch audio (D.2; random_semantic: the audio   debias
+/ddpm, /random_semantic of another frame whose markers differ)
+strategy/fixed,         debias strategy (D.1)                                  debias with α fixed / α scaled by
+/uncertainty,                                                                  the biased branch's confidence
+/bias_only
+strategy/ensemble       as strategy/fixed                                      mean of vanilla and debiased logits
+dilation/1, /2, /5      queries per marker d (B.1)                             debias
+======================  =====================================================  ===================================
+
+Variants whose training configs are identical share one training run (``scheme/separate``, ``biased/mute``,
+``strategy/fixed``, ``strategy/ensemble``, ``scheme/overall`` and the base dilation are one run). Runs live in
+``<out>/runs/<name>/`` and are reused when their config matches and they finished (``--fresh`` retrains).
+
+Columns: mIoU and F (the dataset's community metric: AVSS-style for Co-AVS/AVSS, S4/MS3-style for binary sets),
+the false-positive rates under silence, white noise and misaligned audio (:func:`coavs.eval.runner.evaluate`),
+and the median training step time (wall clock between steps, data loading included, first steps skipped).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMES = ("mask", "class", "separate", "overall")
+BIASED = ("mute", "noise", "ddpm", "random_semantic")
+STRATEGIES = ("fixed", "uncertainty", "bias_only", "ensemble")
+DILATIONS = (1, 2, 5)
+WARMUP_STEPS = 3  # steps left out of the step time (first-call overheads), when the run is long enough
+
+BASE_DEBIAS = {"mode": "fixed", "biased_audio": "mute", "scheme": "separate"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the table: ``train`` (debias section and model overrides of the base config) and the
+    inference settings of :func:`coavs.eval.runner.evaluate`."""
+
+    name: str
+    group: str
+    debias: dict
+    model: dict = field(default_factory=dict)
+    mode: str = "debias"
+    scheme: str = "separate"
+    strategy: str = "fixed"
+    note: str = ""
+
+
+def all_variants() -> list[Variant]:
+    """Every variant, in table order."""
+    out = [Variant("vanilla", "baseline", {"mode": "none"}, mode="vanilla", note="no biased branch")]
+    for scheme in SCHEMES:
+        train_scheme = "separate" if scheme == "overall" else scheme
+        out.append(Variant(f"scheme/{scheme}", "debias scheme (D.3)", {**BASE_DEBIAS, "scheme": train_scheme},
+                           scheme=scheme, note="trained as separate" if scheme == "overall" else ""))
+    for kind in BIASED:
+        out.append(Variant(f"biased/{kind}", "biased-branch audio (D.2)", {**BASE_DEBIAS, "biased_audio": kind}))
+    for strategy in STRATEGIES:
+        mode = "ensemble" if strategy == "ensemble" else "debias"
+        train_mode = "fixed" if strategy == "ensemble" else strategy
+        out.append(Variant(f"strategy/{strategy}", "strategy (D.1)", {**BASE_DEBIAS, "mode": train_mode},
+                           mode=mode, strategy="uncertainty" if strategy == "uncertainty" else "fixed",
+                           note="trained as fixed" if strategy == "ensemble" else ""))
+    for d in DILATIONS:
+        out.append(Variant(f"dilation/{d}", "dilation (B.1)", dict(BASE_DEBIAS), model={"dilation": d}))
+    return out
+
+
+VARIANT_NAMES = tuple(v.name for v in all_variants())
+
+
+def select_variants(spec: str | None) -> list[Variant]:
+    """Variants named in ``spec`` (comma-separated names, or group prefixes such as ``scheme`` or ``biased``);
+    all when None or ``all``."""
+    variants = all_variants()
+    if spec is None or spec.strip() in ("", "all"):
+        return variants
+    chosen = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        matches = [v for v in variants if v.name == part or v.name.split("/")[0] == part]
+        if not matches:
+            raise ValueError(f"unknown variant {part!r}; known: {', '.join(VARIANT_NAMES)} (or a group: vanilla, "
+                             "scheme, biased, strategy, dilation)")
+        chosen += [v for v in matches if v not in chosen]
+    return chosen
+
+
+def default_base_config(data_root: str, device: str = "auto") -> dict:
+    """The base run of the ablation, the demo's CPU recipe (``configs/demo_debias.yaml``): the ``small`` preset
+    with 3 k-means clusters on log-mel audio, 64×64 frames, 4 clips × 2 annotated frames per step, AdamW at
+    1e-3 with 10 warm-up steps, poly decay and gradient clipping; debias ``fixed`` with muted audio, λ = 10."""
+    return {
+        "data": {"root": str(data_root), "image_size": 64, "audio": "logmel", "batch_size": 4,
+                 "frames_per_clip": 2, "cache_dir": "auto"},
+        "model": {"preset": "small", "audio_input": "logmel", "num_clusters": 3},
+        "loss": {"num_points": 1024},
+        "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 10, "schedule": "poly", "grad_clip": 1.0},
+        "debias": {"mode": "fixed", "biased_audio": "mute", "weight": 10.0, "alpha": 1.0},
+        "run": {"device": device, "seed": 0, "log_every": 10},
+    }
+
+
+def training_config(base: dict, variant: Variant, steps: int, progress: bool) -> dict:
+    """The variant's full training config (a dict for ``TrainConfig.from_dict``): ``base`` with the variant's
+    debias section and model overrides, one long stage capped at ``steps`` steps, no evaluation."""
+    config = copy.deepcopy(base)
+    kept = {k: v for k, v in config.get("debias", {}).items() if k in ("weight", "alpha", "aux")}
+    config["debias"] = {**kept, **variant.debias} if variant.debias.get("mode") != "none" else dict(variant.debias)
+    config["model"] = {**config.get("model", {}), **variant.model}
+    config["stages"] = [{"name": "main", "epochs": 100000}]
+    config["eval"] = {**config.get("eval", {}), "split": ""}
+    config["run"] = {**config.get("run", {}), "max_steps": int(steps), "progress": bool(progress),
+                     "checkpoint_every": 0}
+    return config
+
+
+def _key(config: dict) -> str:
+    """A short, stable name of a training config (ignoring progress display)."""
+    stripped = copy.deepcopy(config)
+    stripped.get("run", {}).pop("progress", None)
+    text = json.dumps(stripped, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+@dataclass
+class TrainingRun:
+    """One training shared by one or more variants."""
+
+    key: str
+    config: dict
+    variants: list[Variant]
+    run_dir: Path
+    step_ms: float = math.nan
+    seconds: float = math.nan
+    reused: bool = False
+
+
+def plan_trainings(base: dict, variants: list[Variant], steps: int, out_dir: Path,
+                   progress: bool = False) -> list[TrainingRun]:
+    """Group ``variants`` by identical training config; one :class:`TrainingRun` each, in first-use order."""
+    from coavs.training.trainer import TrainConfig
+
+    resolved = TrainConfig.from_dict(base).model_config().to_dict()
+    runs: dict[str, TrainingRun] = {}
+    for variant in variants:
+        # a model override equal to the base's resolved value (e.g. the preset's dilation) is no change
+        same = {k: v for k, v in variant.model.items() if resolved.get(k) != v}
+        config = training_config(base, dataclasses.replace(variant, model=same), steps, progress)
+        key = _key(config)
+        if key not in runs:
+            name = variant.name.replace("/", "-")
+            runs[key] = TrainingRun(key, config, [], out_dir / "runs" / f"{name}-{key}")
+        runs[key].variants.append(variant)
+    return list(runs.values())
+
+
+def _finished(run: TrainingRun) -> dict | None:
+    """The stored timing of a finished run with the same config, or None."""
+    info = run.run_dir / "ablation_run.json"
+    if not info.is_file():
+        return None
+    stored = json.loads(info.read_text())
+    if stored.get("key") != run.key or not stored.get("finished"):
+        return None
+    return stored
+
+
+def train_one(run: TrainingRun, fresh: bool = False) -> None:
+    """Train ``run`` (or reuse a finished identical run), recording the step time."""
+    import shutil
+
+    from coavs.training.trainer import TrainConfig, train
+
+    stored = None if fresh else _finished(run)
+    if stored is not None:
+        run.step_ms, run.seconds, run.reused = stored["step_ms"], stored["seconds"], True
+        return
+    if run.run_dir.exists():
+        shutil.rmtree(run.run_dir)
+    stamps: list[float] = []
+    start = time.perf_counter()
+    summary = train(TrainConfig.from_dict(run.config), run.run_dir,
+                    on_step=lambda step, terms: stamps.append(time.perf_counter()))
+    run.seconds = time.perf_counter() - start
+    # gaps between the ends of consecutive steps: the first step (set-up, first calls) is never in one; the
+    # next WARMUP_STEPS - 1 are dropped too when enough remain
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    if len(gaps) > 2 * WARMUP_STEPS:
+        gaps = gaps[WARMUP_STEPS - 1:]
+    run.step_ms = 1e3 * statistics.median(gaps) if gaps else math.nan
+    (run.run_dir / "ablation_run.json").write_text(json.dumps(
+        {"key": run.key, "finished": bool(summary.get("finished")), "steps": summary.get("step"),
+         "step_ms": run.step_ms, "seconds": run.seconds, "variants": [v.name for v in run.variants]}, indent=2))
+
+
+def evaluate_variant(run: TrainingRun, variant: Variant, split: str, device: str, batch_size: int,
+                     max_clips: int | None, dataset_cache: dict) -> dict:
+    """The variant's metrics on ``split``: ``miou``, ``fscore``, ``fpr_silence``, ``fpr_noise``,
+    ``fpr_misaligned`` (and ``frames``)."""
+    from coavs.analysis.common import open_eval_dataset
+    from coavs.eval.runner import evaluate
+    from coavs.training.trainer import load_model
+
+    model, config = load_model(run.run_dir, device=_device(device))
+    data_key = json.dumps(dataclasses.asdict(config.data), sort_keys=True) + split
+    if data_key not in dataset_cache:
+        dataset_cache[data_key] = open_eval_dataset(config, split)
+    debias = config.debias_config()
+    rows = evaluate(model, dataset_cache[data_key], batch_size=batch_size, device=_device(device),
+                    modes=(variant.mode,), bias=True, biased=debias.biased_audio, alpha=debias.alpha,
+                    scheme=variant.scheme, strategy=variant.strategy, max_clips=max_clips)
+    return rows[variant.mode]
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@dataclass
+class AblationResult:
+    rows: list[dict]
+    runs: list[TrainingRun]
+    seconds: float
+    steps: int
+    split: str
+
+
+def run_ablation(base: dict, variants: list[Variant], out_dir, *, steps: int = 300, split: str = "test",
+                 device: str = "auto", batch_size: int = 4, max_clips: int | None = None, fresh: bool = False,
+                 progress: bool = True, log=print) -> AblationResult:
+    """Train and evaluate every variant; write ``ablation.md``, ``ablation.csv`` and ``ablation.png`` in
+    ``out_dir``. ``log``: where one line per finished training goes."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not variants:
+        raise ValueError("no variant to run")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    runs = plan_trainings(base, variants, steps, out_dir, progress)
+    results: dict[str, dict] = {}
+    datasets: dict = {}
+    for i, run in enumerate(runs, 1):
+        names = ", ".join(v.name for v in run.variants)
+        train_one(run, fresh)
+        log(f"[{i}/{len(runs)}] {names}: {'reused' if run.reused else 'trained'} {steps} steps, "
+            f"{run.step_ms:.0f} ms/step -> {run.run_dir}")
+        for variant in run.variants:
+            metrics = evaluate_variant(run, variant, split, device, batch_size, max_clips, datasets)
+            results[variant.name] = {"variant": variant.name, "group": variant.group, "note": variant.note,
+                                     "mode": variant.mode, "scheme": variant.scheme, "strategy": variant.strategy,
+                                     **{k: metrics.get(k) for k in ("miou", "fscore", "fpr_silence", "fpr_noise",
+                                                                    "fpr_misaligned", "frames")},
+                                     "step_ms": run.step_ms, "run": str(run.run_dir)}
+    rows = [results[v.name] for v in variants]
+    result = AblationResult(rows, runs, time.perf_counter() - start, steps, split)
+    write_ablation_outputs(result, out_dir, base)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- output
+COLUMNS = [("miou", "mIoU ↑"), ("fscore", "F ↑"), ("fpr_silence", "FPR silence ↓"), ("fpr_noise", "FPR noise ↓"),
+           ("fpr_misaligned", "FPR misaligned ↓")]
+
+
+def ablation_markdown(result: AblationResult, base: dict) -> str:
+    """The Markdown table (metrics in %, step time in ms) with a short header saying what was run."""
+    from coavs.analysis.tables import fmt, markdown_table
+
+    header = ["variant", *(label for _, label in COLUMNS), "step (ms)", "note"]
+    body = []
+    for row in result.rows:
+        body.append([row["variant"], *(fmt(row[key]) for key, _ in COLUMNS),
+                     fmt(row["step_ms"], 0, percent=False), row["note"]])
+    data = base.get("data", {})
+    model = base.get("model", {})
+    frames = result.rows[0].get("frames") if result.rows else None
+    lines = [
+        "# Ablation", "",
+        f"Each run: {result.steps} training steps of the `{model.get('preset', 'custom')}` model on "
+        f"`{data.get('root', '?')}` (batch {data.get('batch_size', '?')} clips); evaluated on the "
+        f"{result.split} split ({frames} annotated frames). Metrics in %; FPR = share of pixels called sounding "
+        "when the audio is silence / white noise / another clip's (lower is better). Step time: median wall "
+        "clock per training step. Trainings: "
+        f"{sum(not r.reused for r in result.runs)} run, {sum(r.reused for r in result.runs)} reused; "
+        f"total {result.seconds / 60:.1f} min.", "",
+        markdown_table(header, body, ["l"] + ["r"] * (len(header) - 2) + ["l"]),
+    ]
+    return "\n".join(lines)
+
+
+def write_ablation_outputs(result: AblationResult, out_dir, base: dict) -> dict[str, Path]:
+    from coavs.analysis.tables import write_csv
+
+    out_dir = Path(out_dir)
+    md = out_dir / "ablation.md"
+    md.write_text(ablation_markdown(result, base))
+    return {"markdown": md, "table": write_csv(result.rows, out_dir / "ablation.csv"),
+            "figure": plot_ablation(result, out_dir / "ablation.png")}
+
+
+def plot_ablation(result: AblationResult, path) -> Path:
+    """Horizontal bars per variant: mIoU (left) and the three FPRs (right)."""
+    import numpy as np
+
+    from coavs.analysis import plots
+
+    rows = result.rows
+    y = np.arange(len(rows))
+    fig, axes = plots.figure(9.0, 0.32 * len(rows) + 1.2, 1, 2, sharey=True)
+    left, right = axes[0]
+    left.barh(y, [100 * (r["miou"] or 0) for r in rows], color=plots.MAIN_COLOUR, label="mIoU")
+    left.barh(y, [100 * (r["fscore"] or 0) for r in rows], height=0.3, color="tab:cyan", label="F")
+    left.set_xlabel("mIoU / F (%) — higher is better")
+    left.set_yticks(y, [r["variant"] for r in rows])
+    left.invert_yaxis()
+    left.legend(loc="lower right")
+    left.grid(axis="x", alpha=0.3)
+    width = 0.27
+    for k, (key, name, colour) in enumerate((("fpr_silence", "silence", "tab:gray"),
+                                              ("fpr_noise", "noise", "tab:orange"),
+                                              ("fpr_misaligned", "misaligned", "tab:red"))):
+        right.barh(y + (k - 1) * width, [100 * (r[key] or 0) for r in rows], height=width, color=colour, label=name)
+    right.set_xlabel("false-positive rate (% of pixels) — lower is better")
+    right.legend(loc="lower right")
+    right.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"ablation: {result.steps} steps per run, {result.split} split")
+    return plots.save(fig, path)

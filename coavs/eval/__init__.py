@@ -1,0 +1,1 @@
+"""Evaluation: the community's AVS metrics (``metrics``) and bias metrics (``bias``)."""

@@ -1,0 +1,343 @@
+"""Run a model over a dataset: predictions per batch, and the metrics table (mIoU, F, bias FPRs).
+
+    model, config = coavs.training.trainer.load_model("runs/debias")
+    for out in predict_batches(model, dataset, audio="silence", mode="debias"):
+        out["pred_labels"], out["fg_score"], out["labels"], out["outputs"]
+    rows = evaluate(model, dataset, modes=("vanilla", "debias"))   # {"vanilla": {"miou": …, "fpr_noise": …}, …}
+    print(format_table(rows))
+
+Audio conditions (``audio=``): ``normal`` (the clip's own), and three negatives under which every pixel called
+sounding is a false positive (DESIGN "Bias metrics"): ``silence`` (the features of a silent wav: zeros for
+waveforms and VGGish, the log-mel of silence), ``noise`` (white noise at the clip's level, through the model's
+``noise_like`` when its audio encoder has one; seeded per clip), ``misaligned`` (the audio of another clip that
+sounds none of the classes of this one — Co-AVS's :meth:`misaligned_index`; for other datasets, and for a Co-AVS
+clip that has no such partner, the clip half a dataset away, which is only *likely* to differ).
+
+Inference modes (``mode=``): ``vanilla``; ``debias``: the vanilla and biased branch combined by
+``coavs.ops.semantic_inference``'s debias (``alpha``, ``scheme``, ``strategy``; the biased branch's audio is
+``biased``, ``mute`` by default); ``ensemble``: the average of the vanilla and debiased logits.
+
+Only annotated frames are evaluated. Semantic datasets (AVSS, Co-AVS) are scored with
+:class:`coavs.eval.metrics.SemanticAVSMetrics` on the argmax labels, binary ones (S4, MS3) with
+:class:`~coavs.eval.metrics.BinaryAVSMetrics` on the foreground score; the FPRs count pixels whose label is not
+background. Under ``torch.distributed`` each process evaluates every ``world_size``-th clip and the metric
+states are merged, so the numbers equal a single process's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from coavs.training.batches import collate_frames, select_frames, to_device
+
+AUDIO_CONDITIONS = ("normal", "silence", "noise", "misaligned")
+NEGATIVE_CONDITIONS = ("silence", "noise", "misaligned")
+MODES = ("vanilla", "debias", "ensemble")
+_NOISE_SEED_STRIDE = 1_000_003
+
+
+# ------------------------------------------------------------------------------------------ audio conditions
+def silence_audio(audio: Tensor, kind: str) -> Tensor:
+    """The features of silence shaped like ``audio``: zeros (``waveform``, ``vggish``) or the log-mel of a
+    silent second (``logmel``, as the datasets pad clips)."""
+    if kind == "logmel":
+        from coavs.data.audio import LOG_OFFSET
+
+        return torch.full_like(audio, float(torch.log(torch.tensor(LOG_OFFSET))))
+    return torch.zeros_like(audio)
+
+
+def noise_audio(model, audio: Tensor, clip_index: Tensor, seed: int = 0) -> Tensor:
+    """White noise in the model's audio input space, at each clip's level, drawn per clip from
+    ``seed`` and the clip's dataset index (the same noise whatever the batching or the number of processes)."""
+    from coavs.eval.bias import white_noise_like
+
+    encoder = getattr(model, "prompt_encoder", None)
+    out = torch.empty_like(audio)
+    for clip in clip_index.unique().tolist():
+        rows = (clip_index == clip).nonzero().flatten()
+        generator = torch.Generator().manual_seed(seed * _NOISE_SEED_STRIDE + int(clip))
+        part = audio[rows]
+        if hasattr(encoder, "noise_like"):
+            noise = encoder.noise_like(part.cpu(), generator=generator)
+        else:
+            noise = white_noise_like(part.cpu(), generator=generator)
+        out[rows] = noise.to(audio.device, audio.dtype)
+    return out
+
+
+def misaligned_audio(dataset, clip_index: Tensor, frame_index: Tensor, seed: int = 0) -> Tensor:
+    """For every frame, the same second of another clip's audio (see the module docstring)."""
+    rows, cache = [], {}
+    n = len(dataset)
+    for clip, t in zip(clip_index.tolist(), frame_index.tolist()):
+        donor = None
+        if hasattr(dataset, "misaligned_index"):
+            try:
+                donor = dataset.misaligned_index(clip, seed)
+            except ValueError:  # no clip sounds only other classes (tiny sets): fall back as below
+                donor = None
+        if donor is None:
+            donor = (clip + max(n // 2, 1)) % n
+        if donor not in cache:
+            cache[donor] = dataset.load_audio(donor)
+        audio = cache[donor]
+        rows.append(audio[t % audio.shape[0]])
+    return torch.stack(rows)
+
+
+def _condition_audio(condition: str, model, dataset, batch: dict, seed: int) -> Tensor:
+    audio = batch["audio"]
+    if condition == "normal":
+        return audio
+    if condition == "silence":
+        return silence_audio(audio, getattr(dataset, "audio", "logmel"))
+    if condition == "noise":
+        return noise_audio(model, audio, batch["clip_index"], seed)
+    if condition == "misaligned":
+        return misaligned_audio(dataset, batch["clip_index"], batch["frame_index"], seed).to(audio.device,
+                                                                                             audio.dtype)
+    raise ValueError(f"audio must be one of {AUDIO_CONDITIONS}, got {condition!r}")
+
+
+# ----------------------------------------------------------------------------------------------- running
+def _base_dataset(dataset):
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def _is_binary(dataset) -> bool:
+    return getattr(_base_dataset(dataset), "kind", "avss") in ("s4", "ms3")
+
+
+def _clip_indices(dataset, max_clips: int | None, distributed: bool | None) -> list[int]:
+    indices = list(range(len(dataset)))
+    if max_clips is not None:
+        indices = indices[:max_clips]
+    shard = torch.distributed.is_available() and torch.distributed.is_initialized() if distributed is None \
+        else distributed
+    if shard:
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        indices = indices[rank::world]
+    return indices
+
+
+def _loader(dataset, indices: list[int], batch_size: int, num_workers: int):
+    from coavs.data.loader import make_loader
+
+    return make_loader(torch.utils.data.Subset(dataset, indices), batch_size, shuffle=False,
+                       num_workers=num_workers, collate_fn=collate_frames, pin_memory=False)
+
+
+def _check_args(audio, mode, batch_size):
+    if audio not in AUDIO_CONDITIONS:
+        raise ValueError(f"audio must be one of {AUDIO_CONDITIONS}, got {audio!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _model_batches(model, dataset, indices, *, batch_size, device, conditions, needs_biased, biased, seed,
+                   num_workers, precision, progress) -> Iterator[tuple[dict, dict[str, dict]]]:
+    """``(frame batch on device, {condition: model outputs})`` for the annotated frames of each batch."""
+    from coavs.training.runtime import autocast
+
+    device = torch.device(device)
+    base = _base_dataset(dataset)
+    batches = _loader(dataset, indices, batch_size, num_workers) if indices else []
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="eval", unit="batch", leave=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                batch = select_frames(batch, batch["annotated"])
+                if batch["frames"].shape[0] == 0:
+                    continue
+                batch = to_device(batch, device)
+                outputs = {}
+                for condition in conditions:
+                    audio = _condition_audio(condition, model, base, batch, seed)
+                    with autocast(device, precision):
+                        outputs[condition] = model(batch["frames"], audio, biased=biased if needs_biased else None)
+                yield batch, outputs
+    finally:
+        model.train(was_training)
+
+
+def postprocess(outputs: dict, size: tuple[int, int], mode: str = "vanilla", binary: bool = False,
+                alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed") -> tuple[Tensor, Tensor]:
+    """Model outputs → ``(pred_labels [N,H,W] long, fg_score [N,H,W] float in [0,1])`` at ``size`` for ``mode``.
+
+    Semantic models: labels = argmax of the per-class scores ``S[k] = Σ_q softmax(c_q)[k]·σ(m_q)·gate_q``;
+    ``fg_score`` = the non-background share ``Σ_{k≠0} S[k] / Σ_k S[k]``. Binary models (S4/MS3): ``fg_score`` =
+    the sounding class's score ``S[1]`` clipped to [0,1], labels = ``fg_score > 0.5``."""
+    import coavs.ops as ops
+    from coavs.training.debias import combine
+
+    gate = outputs.get("gate")
+    biased, debias = None, None
+    mask, cls = outputs["pred_masks"], outputs["pred_logits"]
+    if mode == "debias":
+        if "biased" not in outputs:
+            raise ValueError("mode 'debias' needs outputs with a biased branch")
+        biased = (outputs["biased"]["pred_masks"], outputs["biased"]["pred_logits"])
+        debias = ops.Debias(alpha=alpha, scheme=scheme, strategy=strategy)
+    elif mode == "ensemble":
+        mask, cls = combine(outputs, "ensemble", alpha=alpha, scheme=scheme, strategy=strategy)
+    elif mode != "vanilla":
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    fg = ops.semantic_inference(mask, cls, size, gate=gate, biased=biased, debias=debias, mode="binary",
+                                background=0)
+    if binary:
+        fg = fg.clamp(0.0, 1.0)
+        return (fg > 0.5).long(), fg
+    total = ops.semantic_inference(mask, cls, size, gate=gate, biased=biased, debias=debias, mode="binary")
+    labels = ops.semantic_inference(mask, cls, size, gate=gate, biased=biased, debias=debias, mode="semantic")
+    return labels, (fg / total.clamp_min(1e-12)).clamp(0.0, 1.0)
+
+
+def predict_batches(model, dataset, *, batch_size: int = 8, device="cpu", audio: str = "normal",
+                    mode: str = "vanilla", alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed",
+                    biased: str = "mute", max_clips: int | None = None, indices: list[int] | None = None,
+                    seed: int = 0, num_workers: int = 0, precision: str = "fp32",
+                    progress: bool = False) -> Iterator[dict]:
+    """Predictions for the annotated frames of ``dataset``, one dict per batch of ``batch_size`` clips.
+
+    Each dict holds the frame batch (``frames``, ``audio`` — the clip's own —, ``labels [N,H,W]`` with 255 =
+    unannotated, ``annotated [N]``, ``uid`` list, ``clip_index [N]``, ``frame_index [N]``, and dataset extras
+    such as Co-AVS's ``sounding``/``visible``/``silent [N,K]``), plus ``pred_labels [N,H,W]`` long (semantic
+    labels; binary datasets 0/1), ``fg_score [N,H,W]`` in [0,1] (the "sounding" score), ``outputs`` (the raw model
+    outputs under this audio condition, with ``"biased"`` for ``debias``/``ensemble``), ``audio_condition`` and
+    ``mode``. ``indices``: evaluate only these clips (default: all, or the first ``max_clips``).
+    """
+    _check_args(audio, mode, batch_size)
+    binary = _is_binary(dataset)
+    chosen = indices if indices is not None else _clip_indices(dataset, max_clips, distributed=False)
+    for batch, outputs in _model_batches(model, dataset, list(chosen), batch_size=batch_size, device=device,
+                                         conditions=(audio,), needs_biased=mode != "vanilla", biased=biased,
+                                         seed=seed, num_workers=num_workers, precision=precision,
+                                         progress=progress):
+        out = outputs[audio]
+        labels, fg = postprocess(out, tuple(batch["labels"].shape[-2:]), mode, binary, alpha, scheme, strategy)
+        yield {**batch, "pred_labels": labels, "fg_score": fg, "outputs": out, "audio_condition": audio,
+               "mode": mode}
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+class _ModeMeters:
+    def __init__(self, binary: bool, num_classes: int, conditions):
+        from coavs.eval.bias import FalsePositiveRate
+        from coavs.eval.metrics import BinaryAVSMetrics, SemanticAVSMetrics
+
+        self.binary = binary
+        self.segmentation = BinaryAVSMetrics(scores="probabilities") if binary else SemanticAVSMetrics(num_classes)
+        self.fpr = {c: FalsePositiveRate() for c in conditions if c != "normal"}
+
+    def update(self, condition: str, labels: Tensor, fg: Tensor, gt: Tensor) -> None:
+        if condition == "normal":
+            if self.binary:
+                self.segmentation.update(fg.float().cpu(), (gt == 1).cpu())
+            else:
+                self.segmentation.update(labels.cpu(), torch.where(gt == 255, -1, gt).cpu())
+        else:
+            self.fpr[condition].update((labels != 0).cpu())
+
+    def merge(self, other: "_ModeMeters") -> None:
+        self.segmentation.merge(other.segmentation)
+        for condition, meter in self.fpr.items():
+            self.fpr[condition] = _merged_fpr(meter, other.fpr[condition])
+
+    def row(self) -> dict:
+        seg = self.segmentation.compute()
+        row = {"miou": seg["miou"], "fscore": seg["fscore"], "frames": seg["frames"]}
+        if not self.binary:
+            row["miou_present_classes"] = seg["miou_present_classes"]
+            row["fscore_present_classes"] = seg["fscore_present_classes"]
+        for condition, meter in self.fpr.items():
+            row[f"fpr_{condition}"] = meter.compute()
+        return row
+
+
+def _merged_fpr(a, b):
+    """Two :class:`FalsePositiveRate` meters as one (through their public frames and means)."""
+    from coavs.eval.bias import FalsePositiveRate
+
+    merged = FalsePositiveRate()
+    frames = a.frames + b.frames
+    if frames:
+        total = sum(m.compute() * m.frames for m in (a, b) if m.frames)
+        merged.frames = frames
+        merged._fraction_sum = total
+    return merged
+
+
+def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanilla",), bias: bool = True,
+             biased: str = "mute", alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed",
+             max_clips: int | None = None, seed: int = 0, num_workers: int = 0, precision: str = "fp32",
+             distributed: bool | None = None, progress: bool = False) -> dict:
+    """The metrics table of ``model`` on ``dataset``: ``{mode: row}`` with ``miou``, ``fscore``, ``frames``
+    (semantic sets also ``miou_present_classes``/``fscore_present_classes``) and, with ``bias``,
+    ``fpr_silence``, ``fpr_noise``, ``fpr_misaligned``. One model pass per audio condition serves every mode.
+    ``distributed`` None: shard over processes when ``torch.distributed`` is initialised (results merged)."""
+    modes = tuple(modes)
+    if not modes:
+        raise ValueError("modes must name at least one of vanilla, debias, ensemble")
+    for mode in modes:
+        _check_args("normal", mode, batch_size)
+    conditions = AUDIO_CONDITIONS if bias else ("normal",)
+    binary = _is_binary(dataset)
+    num_classes = _base_dataset(dataset).num_classes
+    meters = {mode: _ModeMeters(binary, num_classes, conditions) for mode in modes}
+    indices = _clip_indices(dataset, max_clips, distributed)
+    show = progress and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0)
+    for batch, outputs in _model_batches(model, dataset, indices, batch_size=batch_size, device=device,
+                                         conditions=conditions, needs_biased=any(m != "vanilla" for m in modes),
+                                         biased=biased, seed=seed, num_workers=num_workers, precision=precision,
+                                         progress=show):
+        size = tuple(batch["labels"].shape[-2:])
+        for condition, out in outputs.items():
+            for mode in modes:
+                labels, fg = postprocess(out, size, mode, binary, alpha, scheme, strategy)
+                meters[mode].update(condition, labels, fg, batch["labels"])
+    shard = (torch.distributed.is_available() and torch.distributed.is_initialized()) if distributed is None \
+        else distributed
+    if shard:
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, meters)
+        meters = gathered[0]
+        for other in gathered[1:]:
+            for mode in modes:
+                meters[mode].merge(other[mode])
+    return {mode: meters[mode].row() for mode in modes}
+
+
+# ------------------------------------------------------------------------------------------------ table
+COLUMNS = (("miou", "mIoU"), ("fscore", "F"), ("fpr_silence", "FPR silence"), ("fpr_noise", "FPR noise"),
+           ("fpr_misaligned", "FPR misaligned"))
+
+
+def format_table(rows: dict[str, dict], title: str | None = None) -> str:
+    """``{name: row}`` → a Markdown table (mIoU and F higher is better; FPRs lower is better)."""
+    width = max([len("model")] + [len(name) for name in rows])
+    present = [(key, label, max(len(label), 6)) for key, label in COLUMNS
+               if any(key in row for row in rows.values())]
+    header = "| " + "model".ljust(width) + " | " + " | ".join(label.rjust(w) for _, label, w in present) + " |"
+    rule = "|" + "-" * (width + 2) + "|" + "|".join("-" * (w + 1) + ":" for _, _, w in present) + "|"
+    lines = ([title, ""] if title else []) + [header, rule]
+    for name, row in rows.items():
+        cells = []
+        for key, _, w in present:
+            value = row.get(key)
+            text = "-" if value is None or value != value else f"{value:.4f}"
+            cells.append(text.rjust(w))
+        lines.append("| " + name.ljust(width) + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""``AVSModel``: audio perception → prompted queries → Mask2Former-style segmenter, with a batched biased branch.
+
+    embedding = prompt_encoder(audio)                               [N,D]
+    scores    = perception(embedding, descriptor)  (or given)      [N,S]   latent semantic markers
+    queries   = assign_queries(scores, embedding, query_feat, d)   [N,Q,D] (+ gate, active, query_marker)
+    features  = pixel_decoder(backbone(frames))                    once, shared by both branches
+    outputs   = decoder([queries | biased queries], features)      one decoder pass over 2·Q queries
+
+The biased branch (``biased="mute" | "noise" | "ddpm" | "random_semantic"``) prompts the *same* active queries
+with bias-only audio (:mod:`coavs.models.biased`). Only ``coavs.ops`` is called for fused work; nothing here
+knows about backends.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import coavs.ops as ops
+from coavs.models.audio import AudioEncoder
+from coavs.models.backbone import build_backbone
+from coavs.models.biased import BIASED_AUDIO, DiffusionSchedule, biased_embedding
+from coavs.models.config import ModelConfig
+from coavs.models.decoder import TransformerDecoder
+from coavs.models.perception import Perception, load_kmeans
+from coavs.models.pixel_decoder import PixelDecoder
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class AVSModel(nn.Module):
+    """Audio-prompted mask classification (see the module docstring).
+
+    ``prompt_encoder``: any module mapping the ``audio`` argument to ``[N,D]`` (default: the
+    :class:`AudioEncoder` of ``config.audio_input``). K-means markers need it to have ``descriptor(x)`` and
+    ``descriptor_dim``; the ``noise`` biased branch needs ``noise_like(x)``. A text encoder works the same way
+    (see ``examples/text_prompted.py``).
+    """
+
+    def __init__(self, config: ModelConfig, prompt_encoder: nn.Module | None = None):
+        super().__init__()
+        config.validate()
+        self.config = config
+        dim, queries = config.hidden_dim, config.queries
+        self.prompt_encoder = prompt_encoder or AudioEncoder(config.audio_input, dim, config.audio_channels)
+        descriptor_dim = 0
+        if config.num_clusters:
+            if not hasattr(self.prompt_encoder, "descriptor"):
+                raise ValueError(f"k-means markers (num_clusters={config.num_clusters}) need a prompt encoder with "
+                                 f"descriptor(); {type(self.prompt_encoder).__name__} has none (set num_clusters=0)")
+            descriptor_dim = self.prompt_encoder.descriptor_dim
+        self.perception = Perception(dim, config.num_audio_classes, config.num_clusters, descriptor_dim)
+        self.query_feat = nn.Parameter(torch.randn(queries, dim))
+        self.query_pos = nn.Parameter(torch.randn(queries, dim))
+        self.backbone = build_backbone(config.backbone, config.backbone_widths, config.backbone_weights)
+        self.pixel_decoder = PixelDecoder(self.backbone.out_channels, dim, config.num_heads, config.ffn_dim,
+                                          config.pixel_decoder_layers, config.dropout)
+        self.decoder = TransformerDecoder(dim, config.num_heads, config.ffn_dim, config.num_layers,
+                                          config.num_classes, config.dropout)
+        self.diffusion = DiffusionSchedule(config.diffusion_steps)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------------------------------- parts
+    def class_to_marker(self) -> Tensor:
+        """``[K]`` long: the marker of each label value (−1 = none), for :func:`targets_from_labels`."""
+        return torch.tensor(self.config.class_to_marker(), dtype=torch.long)
+
+    def load_markers(self, path) -> None:
+        """Install the k-means markers written by ``coavs fit-markers`` (checks cluster count and descriptor)."""
+        fit, descriptor = load_kmeans(path)
+        expected = getattr(self.prompt_encoder, "descriptor_kind", None)
+        if expected is not None and descriptor != expected:
+            raise ValueError(f"{path} was fitted on {descriptor!r} descriptors, this model's audio encoder gives "
+                             f"{expected!r} (audio_input={self.config.audio_input!r})")
+        if fit.centroids.shape[0] != self.config.num_clusters:
+            raise ValueError(f"{path} holds {fit.centroids.shape[0]} clusters, the model has num_clusters="
+                             f"{self.config.num_clusters}")
+        self.perception.set_clusters(fit)
+
+    def image_features(self, frames: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Frames ``[N,3,H,W]`` in [0,1] → ``(mask_features [N,D,H/4,W/4], three levels)``."""
+        x = (frames - self.pixel_mean.to(frames.dtype)) / self.pixel_std.to(frames.dtype)
+        return self.pixel_decoder(self.backbone(x))
+
+    def perceive(self, embedding: Tensor, audio: Tensor, class_presence: Tensor | None = None):
+        descriptor = self.prompt_encoder.descriptor(audio) if self.config.num_clusters else None
+        return self.perception(embedding, descriptor, class_presence)
+
+    def assign(self, scores: Tensor, embedding: Tensor):
+        c = self.config
+        return ops.assign_queries(scores.float(), embedding.to(self.query_feat.dtype), self.query_feat, c.dilation,
+                                  threshold=c.marker_threshold, dormant_gate=c.dormant_gate, soft=c.soft_gate)
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(self, frames: Tensor, audio: Tensor, biased: str | None = None, marker_scores: Tensor | None = None,
+                class_presence: Tensor | None = None) -> dict:
+        """Segment ``frames [N,3,H,W]`` (in [0,1]) prompted by ``audio`` (one input per frame, ``[N,…]``).
+
+        Args:
+            biased: also run the biased branch with this bias-only audio (``mute``, ``noise``, ``ddpm``,
+                ``random_semantic``); its outputs are under ``"biased"``.
+            marker_scores: ``[N,S]`` markers to use instead of the perception module's (e.g. the paper's
+                marker files, :class:`coavs.models.perception.ReferenceMarkers`).
+            class_presence: ``[N,C]`` ground-truth class presence for teacher forcing (training).
+
+        Returns a dict: ``pred_logits [N,Q,K+1]``, ``pred_masks [N,Q,H/4,W/4]``, ``aux_outputs`` (the same two
+        keys for the initial queries and every layer but the last), ``active [N,Q]``, ``gate [N,Q]``,
+        ``query_marker [Q]``, ``marker_scores [N,S]``, ``audio_logits [N,C]`` (None without a classifier) and,
+        with ``biased``, ``"biased"``: the biased branch's ``pred_logits``, ``pred_masks``, ``aux_outputs``.
+        """
+        self._check_inputs(frames, audio, biased, marker_scores, class_presence)
+        embedding = self.prompt_encoder(audio)
+        audio_logits = None
+        if marker_scores is None:
+            perceived = self.perceive(embedding, audio, class_presence)
+            marker_scores, audio_logits = perceived.scores, perceived.class_logits
+        assigned = self.assign(marker_scores, embedding)
+        queries, active, branches = assigned.queries, assigned.active, 1
+        if biased is not None:
+            bias_only = biased_embedding(biased, embedding, audio, self.prompt_encoder, marker_scores, self.diffusion,
+                                         self.config.marker_threshold, self.training)
+            biased_queries = self.assign(marker_scores, bias_only).queries
+            queries = torch.cat([queries, biased_queries], dim=1)
+            active = torch.cat([active, active], dim=1)
+            branches = 2
+
+        mask_features, levels = self.image_features(frames)
+        predictions = self.decoder(queries, self.query_pos, levels, mask_features, active, branches)
+
+        q = self.config.queries
+        outputs = _branch(predictions, slice(0, q))
+        outputs.update(active=assigned.active, gate=assigned.gate, query_marker=assigned.query_marker,
+                       marker_scores=marker_scores, audio_logits=audio_logits)
+        if biased is not None:
+            outputs["biased"] = _branch(predictions, slice(q, 2 * q))
+        return outputs
+
+    def _check_inputs(self, frames, audio, biased, marker_scores, class_presence) -> None:
+        if not isinstance(frames, Tensor) or frames.dim() != 4 or frames.shape[1] != 3:
+            raise ValueError(f"frames must be [N,3,H,W], got "
+                             f"{tuple(frames.shape) if isinstance(frames, Tensor) else type(frames).__name__}")
+        if not frames.is_floating_point():
+            raise TypeError(f"frames must be floating point in [0,1], got {frames.dtype}")
+        n = frames.shape[0]
+        if not isinstance(audio, Tensor) or audio.shape[0] != n:
+            raise ValueError(f"audio must have one entry per frame (N={n}), got "
+                             f"{tuple(audio.shape) if isinstance(audio, Tensor) else type(audio).__name__}")
+        if hasattr(self.prompt_encoder, "check_input"):
+            self.prompt_encoder.check_input(audio)
+        if biased is not None and biased not in BIASED_AUDIO:
+            raise ValueError(f"biased must be one of {BIASED_AUDIO} or None, got {biased!r}")
+        s = self.config.num_markers
+        if marker_scores is not None and tuple(marker_scores.shape) != (n, s):
+            raise ValueError(f"marker_scores must be [N,S] = [{n},{s}], got {tuple(marker_scores.shape)}")
+        c = self.config.num_audio_classes
+        if class_presence is not None and tuple(class_presence.shape) != (n, c):
+            raise ValueError(f"class_presence must be [N,C] = [{n},{c}], got {tuple(class_presence.shape)}")
+
+
+def _branch(predictions: list[tuple[Tensor, Tensor]], queries: slice) -> dict:
+    """One branch's final outputs and auxiliary outputs from the decoder's per-layer predictions."""
+    cls, masks = predictions[-1]
+    return {
+        "pred_logits": cls[:, queries],
+        "pred_masks": masks[:, queries],
+        "aux_outputs": [{"pred_logits": c[:, queries], "pred_masks": m[:, queries]} for c, m in predictions[:-1]],
+    }

@@ -1,0 +1,131 @@
+"""Image backbones: frames ``[N,3,H,W]`` → four feature maps at strides 4, 8, 16, 32.
+
+``small_cnn`` (default) is trained from scratch. ``timm:<name>`` and ``torchvision:<resnet name>`` build those
+libraries' models when they are installed, **without downloading anything**: pretrained weights come from a
+local state-dict file (``ModelConfig.backbone_weights``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import Tensor, nn
+
+from coavs.models.audio import _groups
+
+
+def _conv_block(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+                         nn.GroupNorm(_groups(out_ch), out_ch), nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """Four stages of conv3x3–GroupNorm–ReLU blocks at strides 4, 8, 16, 32: the first stage is a stride-2 stem
+    block plus two blocks (the first of them stride 2), every later stage a stride-2 block plus one block."""
+
+    def __init__(self, widths: tuple[int, ...] = (64, 128, 256, 512)):
+        super().__init__()
+        self.out_channels = list(widths)
+        stem = widths[0] // 2 or 1
+        self.stages = nn.ModuleList()
+        in_ch = widths[0]
+        for i, width in enumerate(widths):
+            if i == 0:
+                stage = nn.Sequential(_conv_block(3, stem, 2), _conv_block(stem, width, 2),
+                                      _conv_block(width, width, 1))
+            else:
+                stage = nn.Sequential(_conv_block(in_ch, width, 2), _conv_block(width, width, 1))
+            self.stages.append(stage)
+            in_ch = width
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+class TimmBackbone(nn.Module):
+    """A timm model with ``features_only=True`` and its last four feature levels (NCHW)."""
+
+    def __init__(self, name: str, weights: str | None):
+        super().__init__()
+        import timm
+
+        self.model = timm.create_model(name, pretrained=False, features_only=True)
+        if weights:
+            _load_weights(self.model, weights)
+        info = self.model.feature_info
+        self.indices = list(range(len(info.channels())))[-4:]
+        self.out_channels = [info.channels()[i] for i in self.indices]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = self.model(x)
+        out = []
+        for i, channels in zip(self.indices, self.out_channels):
+            f = feats[i]
+            if f.shape[1] != channels and f.shape[-1] == channels:  # some transformers return NHWC
+                f = f.permute(0, 3, 1, 2)
+            out.append(f.contiguous())
+        return out
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet-family model (resnet*, resnext*, wide_resnet*): ``layer1 … layer4``."""
+
+    def __init__(self, name: str, weights: str | None):
+        super().__init__()
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None)
+        if weights:
+            _load_weights(model, weights)
+        if not all(hasattr(model, a) for a in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer4")):
+            raise ValueError(f"torchvision backbone {name!r} is not ResNet-like; supported: resnet*, resnext*, "
+                             "wide_resnet* (or use a timm backbone)")
+        self.stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+        self.layers = nn.ModuleList([model.layer1, model.layer2, model.layer3, model.layer4])
+        with torch.no_grad():
+            probe = self.forward(torch.zeros(1, 3, 64, 64))
+        self.out_channels = [f.shape[1] for f in probe]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        feats = []
+        for layer in self.layers:
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+
+def _load_weights(module: nn.Module, path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    result = module.load_state_dict(state, strict=False)
+    own = set(module.state_dict())
+    if not own & set(state):
+        raise ValueError(f"backbone weights {path} share no parameter names with the model")
+    if result.missing_keys:
+        raise ValueError(f"backbone weights {path} lack {len(result.missing_keys)} parameters, e.g. "
+                         f"{result.missing_keys[:3]}")
+
+
+def build_backbone(name: str, widths: tuple[int, ...] = (64, 128, 256, 512), weights: str | None = None) -> nn.Module:
+    """``small_cnn`` | ``timm:<name>`` | ``torchvision:<resnet name>`` → module with ``out_channels`` (4 ints)."""
+    if name == "small_cnn":
+        if weights:
+            raise ValueError("backbone_weights is for timm/torchvision backbones; small_cnn trains from scratch")
+        return SmallCNN(widths)
+    library, _, model_name = name.partition(":")
+    if library in ("timm", "torchvision") and model_name:
+        if importlib.util.find_spec(library) is None:
+            raise ImportError(f"backbone {name!r} needs {library}, which is not installed "
+                              f"(pip install {library}); or use backbone='small_cnn'")
+        return TimmBackbone(model_name, weights) if library == "timm" else TorchvisionResNet(model_name, weights)
+    raise ValueError(f"backbone must be 'small_cnn', 'timm:<name>' or 'torchvision:<name>', got {name!r}")

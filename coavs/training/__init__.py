@@ -1,0 +1,1 @@
+"""Training: matcher, losses, biased branch and debias objective, trainer."""

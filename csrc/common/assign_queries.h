@@ -1,0 +1,69 @@
+// Arithmetic of assign_queries shared by the CPU (csrc/cpu) and CUDA (csrc/cuda) kernels.
+//
+//   marker of query q    s = q / d  for q < S d,  else -1 (the query owns no marker and stays dormant)
+//   present(b, s)        score[b, s] >= threshold, or, when no marker of row b reaches it, s is the row's
+//                        top-scoring marker (the first one on ties, as torch.argmax)
+//   gate[b, q]           1 (soft: score[b, s]) when s is present, else dormant_gate
+//   queries[b, q, :]     query_feat[q, :] + gate[b, q] audio[b, :]
+//   backward             d_query_feat[q] = sum_b g[b, q];   d_audio[b] = sum_q gate[b, q] g[b, q]
+//                        d_scores[b, s] (soft only) = sum over active q of s of (<g[b, q], audio[b]> + g_gate[b, q])
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace coavs {
+
+COAVS_HOST_DEVICE int64_t marker_of_query(int64_t q, int64_t num_markers, int64_t dilation) {
+  return q < num_markers * dilation ? q / dilation : -1;
+}
+
+// One pass over a row of marker scores, mergeable across threads: whether any marker reaches the
+// threshold, and the top-scoring marker (lowest index among equal scores).
+template <typename T>
+struct PresenceState {
+  bool any_present = false;
+  T best = T(0);
+  int64_t best_index = -1;  // -1: no score seen yet
+
+  COAVS_HOST_DEVICE void add(T score, int64_t index, T threshold) {
+    any_present = any_present || score >= threshold;
+    take_if_better(score, index);
+  }
+
+  COAVS_HOST_DEVICE void merge(const PresenceState& other) {
+    any_present = any_present || other.any_present;
+    if (other.best_index >= 0) take_if_better(other.best, other.best_index);
+  }
+
+  // The marker that is present only by the fallback rule, or -1 when some marker reached the threshold.
+  COAVS_HOST_DEVICE int64_t fallback_marker() const { return any_present ? -1 : best_index; }
+
+  COAVS_HOST_DEVICE void take_if_better(T score, int64_t index) {
+    if (best_index < 0 || score > best || (score == best && index < best_index)) {
+      best = score;
+      best_index = index;
+    }
+  }
+};
+
+// Whether marker `marker` (score `score`) is present, given the row's fallback marker (see PresenceState).
+template <typename T>
+COAVS_HOST_DEVICE bool marker_present(T score, T threshold, int64_t marker, int64_t fallback) {
+  return marker >= 0 && (score >= threshold || marker == fallback);
+}
+
+template <typename T>
+COAVS_HOST_DEVICE T gate_value(bool active, bool soft, T score, T dormant_gate) {
+  if (!active) return dormant_gate;
+  return soft ? score : T(1);
+}
+
+template <typename T>
+COAVS_HOST_DEVICE T prompted_query(T feature, T gate, T audio) {
+  return feature + gate * audio;
+}
+
+}  // namespace coavs

@@ -1,0 +1,92 @@
+// Arithmetic of matching_cost (Mask2Former's matching cost), shared by the native kernels and checked in plain
+// C++ by csrc/tests. With x a query's mask logits and t a ground truth's values at the same P points:
+//
+//   class  -softmax(class_logits)[label]
+//   mask   mean_p [softplus(-x) t + softplus(x) (1 - t)] = (sum_p softplus(x) - sum_p x t) / P
+//          (softplus(-x) = softplus(x) - x, so the pair term needs only sum x t)
+//   dice   1 - (2 sum sigmoid(x) t + 1) / (sum sigmoid(x) + sum t + 1)
+//   cost   w_class class + w_mask mask + w_dice dice
+//
+// Per query the kernels need sum softplus(x), sum sigmoid(x) and the class row's log-sum-exp; per ground truth
+// sum t; per pair sum x t and sum sigmoid(x) t (two dot products over P).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace coavs {
+namespace matching {
+
+COAVS_HOST_DEVICE float exp_of(float x) { return expf(x); }
+COAVS_HOST_DEVICE double exp_of(double x) { return exp(x); }
+COAVS_HOST_DEVICE float log_of(float x) { return logf(x); }
+COAVS_HOST_DEVICE double log_of(double x) { return log(x); }
+COAVS_HOST_DEVICE float log1p_of(float x) { return log1pf(x); }
+COAVS_HOST_DEVICE double log1p_of(double x) { return log1p(x); }
+
+// log(1 + e^x) without overflow for large x and without losing small values for very negative x.
+template <typename T>
+COAVS_HOST_DEVICE T softplus(T x) {
+  return x > T(0) ? x + log1p_of(exp_of(-x)) : log1p_of(exp_of(x));
+}
+
+template <typename T>
+COAVS_HOST_DEVICE T sigmoid(T x) {
+  return T(1) / (T(1) + exp_of(-x));
+}
+
+// sigmoid(x) and softplus(x) from one exponential, e = exp(-|x|) in (0, 1]:
+//   sigmoid = 1 / (1 + e) for x >= 0, e / (1 + e) otherwise;   softplus = max(x, 0) + log1p(e).
+template <typename T>
+COAVS_HOST_DEVICE void sigmoid_softplus(T x, T& sig, T& soft) {
+  const bool positive = x >= T(0);
+  const T e = exp_of(positive ? -x : x);
+  const T inv = T(1) / (T(1) + e);
+  sig = positive ? inv : e * inv;
+  soft = (positive ? x : T(0)) + log1p_of(e);
+}
+
+// Streaming log-sum-exp of a class row (running max and the sum of exp relative to it).
+template <typename T>
+struct LogSumExp {
+  T max = -INFINITY;
+  T sum = T(0);
+
+  COAVS_HOST_DEVICE void add(T x) {
+    if (x == T(-INFINITY)) return;
+    if (x > max) {
+      sum = sum * exp_of(max - x);
+      max = x;
+    }
+    sum += exp_of(x - max);
+  }
+
+  COAVS_HOST_DEVICE T value() const { return sum > T(0) ? max + log_of(sum) : T(-INFINITY); }
+};
+
+// softmax probability of a logit given its row's log-sum-exp.
+template <typename T>
+COAVS_HOST_DEVICE T class_probability(T logit, T log_sum_exp) {
+  return exp_of(logit - log_sum_exp);
+}
+
+template <typename T>
+struct CostWeights {
+  T cls;
+  T mask;
+  T dice;
+};
+
+// The cost of one (query, ground truth) pair from the sums above.
+template <typename T>
+COAVS_HOST_DEVICE T pair_cost(T class_prob, T softplus_sum, T logit_target_sum, T sigmoid_sum, T sigmoid_target_sum,
+                              T target_sum, int64_t num_points, const CostWeights<T>& w) {
+  const T mask = (softplus_sum - logit_target_sum) / static_cast<T>(num_points);
+  const T dice = T(1) - (T(2) * sigmoid_target_sum + T(1)) / (sigmoid_sum + target_sum + T(1));
+  return -w.cls * class_prob + w.mask * mask + w.dice * dice;
+}
+
+}  // namespace matching
+}  // namespace coavs

@@ -1,0 +1,102 @@
+"""The debias objective (fixed, uncertainty, bias_only), inference combination, and its config."""
+
+import pytest
+import torch
+
+import coavs.ops as ops
+from coavs.training.debias import DebiasConfig, DebiasObjective, combine, debiased_outputs
+from coavs.training.losses import SetCriterion, targets_from_labels
+from tests.training.test_losses import FirstQueriesMatcher, fake_outputs
+
+
+def outputs_with_bias(n=3, q=4, k=3, requires_grad=True):
+    out = fake_outputs(n, q, k, requires_grad=requires_grad)
+    biased = fake_outputs(n, q, k, requires_grad=requires_grad)
+    out["biased"] = {key: biased[key] for key in ("pred_logits", "pred_masks", "aux_outputs")}
+    return out
+
+
+def criterion(seed=0):
+    c = SetCriterion(3, matcher=FirstQueriesMatcher(), num_points=32)
+    c.generator = torch.Generator().manual_seed(seed)
+    return c
+
+
+def targets(n=3):
+    return targets_from_labels(torch.randint(0, 3, (n, 8, 8), generator=torch.Generator().manual_seed(5)), 3)
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "uncertainty"])
+def test_loss_is_vanilla_plus_weighted_debiased_loss_with_the_same_matching(strategy):
+    out, ft = outputs_with_bias(), targets()
+    config = DebiasConfig(strategy=strategy, weight=10.0, alpha=0.5)
+    got = DebiasObjective(criterion(), config)(out, ft.targets, ft.annotated)
+
+    reference = criterion()
+    vanilla = reference(out, ft.targets, ft.annotated)
+    debiased = ops.debias_logits(out["pred_masks"], out["pred_logits"], out["biased"]["pred_masks"],
+                                 out["biased"]["pred_logits"], alpha=0.5, strategy=strategy)
+    debias_out = {"pred_masks": debiased.mask, "pred_logits": debiased.cls, "active": out["active"],
+                  "query_marker": out["query_marker"]}
+    debias_loss = reference(debias_out, ft.targets, ft.annotated, indices=vanilla.indices[:1], aux=False)
+    torch.testing.assert_close(got.total, vanilla.total + 10.0 * debias_loss.total)
+    assert "debias/ce" in got.terms and "debias/ce_0" not in got.terms
+    torch.testing.assert_close(got.terms["debias_total"], debias_loss.total.detach())
+
+
+def test_aux_debias_covers_every_prediction():
+    out, ft = outputs_with_bias(), targets()
+    got = DebiasObjective(criterion(), DebiasConfig(aux=True))(out, ft.targets)
+    assert {"debias/ce_0", "debias/ce_1"} <= set(got.terms)
+    with pytest.raises(ValueError, match="aux_loss=True"):
+        c = criterion()
+        c.aux_loss = False
+        DebiasObjective(c, DebiasConfig(aux=True))
+
+
+def test_bias_only_fits_the_biased_branch_and_trains_vanilla_through_the_complement():
+    out, ft = outputs_with_bias(), targets()
+    result = DebiasObjective(criterion(), DebiasConfig(strategy="bias_only", weight=2.0))(out, ft.targets)
+    assert "biased/ce" in result.terms and "debias/ce" in result.terms
+    # Only the biased loss reaches the biased logits (the debiased term sees them through a stop-gradient).
+    grad_b = torch.autograd.grad(result.total, out["biased"]["pred_logits"], retain_graph=True)[0]
+    want_b = torch.autograd.grad(result.terms["biased/ce"] * 2.0, out["biased"]["pred_logits"])[0]
+    torch.testing.assert_close(grad_b, want_b)
+    # The vanilla logits learn from the debiased loss only: (1 + alpha) times its gradient w.r.t. x'.
+    grad_v = torch.autograd.grad(result.total, out["pred_logits"], retain_graph=True)[0]
+    want_v = torch.autograd.grad(2.0 * 2.0 * result.terms["debias/ce"], out["pred_logits"], retain_graph=True)[0]
+    torch.testing.assert_close(grad_v, want_v)
+
+
+def test_disabled_objective_is_the_set_loss_and_enabled_needs_the_branch():
+    out, ft = outputs_with_bias(), targets()
+    plain = DebiasObjective(criterion(), DebiasConfig(enabled=False))
+    assert plain.biased_audio is None
+    torch.testing.assert_close(plain(out, ft.targets).total, criterion()(out, ft.targets).total)
+    del out["biased"]
+    with pytest.raises(ValueError, match="no biased branch"):
+        DebiasObjective(criterion(), DebiasConfig(biased_audio="ddpm"))(out, ft.targets)
+
+
+def test_combine_modes():
+    out = outputs_with_bias(requires_grad=False)
+    m, c = combine(out, "vanilla")
+    assert m is out["pred_masks"] and c is out["pred_logits"]
+    dm, dc = combine(out, "debias", alpha=1.0)
+    torch.testing.assert_close(dm, 2 * out["pred_masks"] - out["biased"]["pred_masks"])
+    em, ec = combine(out, "ensemble", alpha=1.0)
+    torch.testing.assert_close(em, (out["pred_masks"] + dm) / 2)
+    torch.testing.assert_close(ec, (out["pred_logits"] + dc) / 2)
+    mask_only = debiased_outputs(out, scheme="mask")
+    assert mask_only["pred_logits"] is out["pred_logits"]
+    with pytest.raises(ValueError, match="mode must be"):
+        combine(out, "average")
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(strategy="ensemble"), "strategy"), (dict(scheme="overall"), "set loss"),
+    (dict(biased_audio="silence"), "biased_audio"), (dict(weight=-1.0), ">= 0"),
+])
+def test_config_validation(changes, message):
+    with pytest.raises(ValueError, match=message):
+        DebiasConfig(**changes)
