@@ -1,6 +1,6 @@
 # make install   pinned dependencies + editable build of coavs (compiles coavs._C; CUDA kernels when nvcc exists)
 # make test      install, then the test suite (the README's test command)
-# make demo      install, coavs info, a short benchmark smoke run
+# make demo      install, coavs info, then the Co-AVS demo: vanilla vs debias, one metrics table
 # make bench     every benchmark at full size on the default device
 # make ctest     C++ checks of the shared host/device arithmetic (CMake + ctest)
 PYTHON ?= python3
@@ -24,9 +24,10 @@ build:
 test: install
 	$(PYTHON) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
+# The demo trains two small models side by side on the CPU (one thread each), then prints their metrics table.
 demo: install
 	$(PYTHON) -m coavs info
-	$(PYTHON) -m benchmarks.bench_debias --quick --out /tmp/coavs-demo-bench
+	$(PYTHON) -m coavs.demo $(DEMO_ARGS)
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(PYTHON) -m benchmarks.$$(basename $$b .py) || exit 1; done

@@ -7,10 +7,12 @@ and zero the dormant ones, since they cannot skip rows):
   eager   additive −inf float mask repeated per head + softmax, as Mask2Former's ``nn.MultiheadAttention``
   sdpa    ``F.scaled_dot_product_attention`` with a boolean ``[B,1,Q,N]`` mask
   flex    FlexAttention (compiled) with a block mask from ``visible & active`` (GPU only by default)
-  ours    ``coavs.ops.masked_cross_attention`` (Triton on GPU, key-chunked PyTorch on CPU)
+  ours    ``coavs.ops.masked_cross_attention`` (Triton on GPU; on CPU PyTorch's key-blocked CPU attention kernel
+          per sample over the active rows, and ``ours_chunked``: the pure-PyTorch fallback, to back that choice)
 Shapes: B=20, Q=100, h=8, dh=32, N in {49, 196, 784, 1024, 4096}, active fraction in {0.1, 0.2, 0.5, 1.0};
 forward and forward+backward; median time, peak extra memory (GPU) and ours' speed-up over each baseline.
 GPU targets (not tests): >= 2x sdpa and >= 1.3x flex at 20% active; ours' time falling with the fraction.
+A full GPU run compiles FlexAttention once per N (forward and backward): a few minutes; ``--keys`` shortens it.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ def collect() -> dict:
                                              else "loaded, CPU kernels only"),
         "forced_backend": _dispatch.forced_backend(),
         "ops": ops,
+        "notes": {name: spec.note for name, spec in _dispatch.REGISTRY.items() if spec.note},
         "selected": {name: {dev: _dispatch.select(name, torch.device(dev)) if not _dispatch.forced_backend() else
                             _dispatch.forced_backend() for dev in device_types} for name in ops},
     }
@@ -67,6 +68,8 @@ def format_report(info: dict) -> str:
     for name, per_device in info["ops"].items():
         for dev, backends in per_device.items():
             lines.append(f"  {name} on {dev}  -> uses {info['selected'][name][dev]}")
+            if info["notes"].get(name):
+                lines.append(f"    note: {info['notes'][name]}")
             for backend, (ok, reason) in backends.items():
                 lines.append(f"    {'+' if ok else '-'} {backend:<9} {reason}")
     return "\n".join(lines)

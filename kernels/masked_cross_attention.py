@@ -1,7 +1,7 @@
 """Triton kernels of ``masked_cross_attention``: forward and backward over the active query rows only.
 
 Active rows are compacted per sample without a host sync: ``order[b]`` lists the active queries of sample ``b``
-first (``argsort`` of ``~active``, stable) and ``count[b]`` says how many there are. A row-block program for
+(a prefix sum over ``active[b]``) and ``count[b]`` says how many there are. A row-block program for
 ``(b, j)`` takes rows ``order[b, j·BLOCK_M : j·BLOCK_M + BLOCK_M] ∩ [0, count[b])`` and exits at once when that
 range is empty, so the work scales with the number of active rows. A key block of ``BLOCK_N = 64`` keys is
 skipped when none of the block's rows has a visible key in it (``occupancy``); inside a block the bit mask
@@ -33,6 +33,8 @@ from coavs.ops import _dispatch
 
 BLOCK_N = 64  # keys per block; equals the mask's occupancy block
 LOG2E = 1.4426950408889634
+_LN2 = tl.constexpr(0.6931471805599453)  # constants the kernels read
+_LOG2E = tl.constexpr(LOG2E)
 MAX_SPLITS = 8  # forward key splits per row block
 MIN_BLOCKS_PER_SPLIT = 8  # a split gets at least this many key blocks
 COMBINE_BLOCK_M = 32
@@ -65,6 +67,19 @@ def _visible(bits_ptr, mask_rows, words, keys, valid):
     """``[BLOCK_M, BLOCK_N]`` bool: bit ``key`` of row ``mask_row`` is set (False where not ``valid``)."""
     word = tl.load(bits_ptr + mask_rows[:, None] * words + (keys // 32)[None, :], mask=valid, other=0)
     return (((word >> (keys % 32)[None, :]) & 1) != 0) & valid
+
+
+@triton.jit(do_not_specialize=_SIZES)
+def _compact_kernel(active_ptr, order_ptr, count_ptr, queries, BLOCK_Q: tl.constexpr):
+    """Per sample: ``order[b, :count[b]]`` = its active query indices, ascending (entries past the count are
+    not written); one launch instead of a sort."""
+    b = tl.program_id(0).to(tl.int64)
+    index = tl.arange(0, BLOCK_Q)
+    in_range = index < queries
+    flag = tl.load(active_ptr + b * queries + index, mask=in_range, other=0).to(tl.int32)
+    position = tl.cumsum(flag, axis=0) - 1
+    tl.store(order_ptr + b * queries + position, index, mask=in_range & (flag != 0))
+    tl.store(count_ptr + b, tl.sum(flag, axis=0))
 
 
 @triton.jit(do_not_specialize=_SIZES)
@@ -126,7 +141,7 @@ def _forward_kernel(
             tl.store(o_part_ptr + part[:, None] * head_dim + dims[None, :], out, mask=tile_ok)
             tl.store(lse_part_ptr + part, tl.where(seen, row_max + tl.log2(safe_sum), float("-inf")), mask=row_ok)
         else:
-            lse = tl.where(seen, (row_max + tl.log2(safe_sum)) * 0.6931471805599453, 0.0)
+            lse = tl.where(seen, (row_max + tl.log2(safe_sum)) * _LN2, 0.0)
             tl.store(out_ptr + b * sob + head * soh + qidx[:, None] * som + dims[None, :] * sod,
                      out.to(out_ptr.dtype.element_ty), mask=tile_ok)
             tl.store(lse_ptr + (b * heads + head) * queries + qidx, lse, mask=row_ok)
@@ -169,7 +184,7 @@ def _combine_kernel(
         safe_total = tl.where(seen, total, 1.0)
         tl.store(out_ptr + b * sob + head * soh + qidx[:, None] * som + dims[None, :] * sod,
                  (acc / safe_total[:, None]).to(out_ptr.dtype.element_ty), mask=tile_ok)
-        tl.store(lse_ptr + stat, tl.where(seen, (row_max + tl.log2(safe_total)) * 0.6931471805599453, 0.0),
+        tl.store(lse_ptr + stat, tl.where(seen, (row_max + tl.log2(safe_total)) * _LN2, 0.0),
                  mask=row_ok)
 
 
@@ -233,7 +248,7 @@ def _backward_kernel(
             d_out = tl.load(do_ptr + b * sgb + head * sgh + qidx[:, None] * sgm + dims[None, :] * sgd,
                             mask=tile_ok, other=0.0)
             stat = (b * heads + head) * queries + qidx
-            lse_log2 = tl.load(lse_ptr + stat, mask=row_ok, other=0.0) * 1.4426950408889634
+            lse_log2 = tl.load(lse_ptr + stat, mask=row_ok, other=0.0) * _LOG2E
             delta = tl.load(delta_ptr + stat, mask=row_ok, other=0.0)
             s = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
             visible = _visible(bits_ptr, mask_rows, words, keys, row_ok[:, None] & key_ok[None, :])
@@ -272,8 +287,11 @@ def _row_block(interpreting: bool) -> int:
 
 
 def _common(q, k, active):
-    order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True).to(torch.int32).contiguous()
-    count = active.sum(1, dtype=torch.int32)
+    batch, queries = active.shape
+    order = torch.empty((batch, queries), dtype=torch.int32, device=q.device)
+    count = torch.empty((batch,), dtype=torch.int32, device=q.device)
+    _compact_kernel[(batch,)](active.contiguous().view(torch.uint8), order, count, queries,
+                              BLOCK_Q=triton.next_power_of_2(queries))
     block_d = max(16, triton.next_power_of_2(q.shape[3]))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     upcast = q.dtype == torch.bfloat16 and _dispatch.triton_interpreting()

@@ -177,7 +177,7 @@ def plot_area(result: AreaResult, path: str | Path, title: str = "") -> Path:
         fit = plots.polynomial_fit(x, y, degree=1)
         if fit is not None:
             ax.plot(*fit, color=plots.FIT_COLOUR, label="linear fit")
-            ax.legend(loc="lower right")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
         ax.set_xlabel("mean area of the class where it sounds (% of frame)")
         ax.set_ylabel("class IoU over the set (%)")
         ax.set_title("(a) per class")
@@ -212,7 +212,7 @@ def plot_area(result: AreaResult, path: str | Path, title: str = "") -> Path:
     ax.set_ylim(-2, 102)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     if title:
         fig.suptitle(title)
     return plots.save(fig, path)

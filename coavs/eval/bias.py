@@ -201,6 +201,11 @@ class FalsePositiveRate:
         self._fraction_sum += float(sounding.flatten(1).double().mean(1).sum())
         self.frames += sounding.shape[0]
 
+    def merge(self, other: "FalsePositiveRate") -> None:
+        """Adds the statistics of ``other`` (e.g. another process's shard)."""
+        self.frames += other.frames
+        self._fraction_sum += other._fraction_sum
+
     def compute(self) -> float:
         return self._fraction_sum / self.frames if self.frames else math.nan
 

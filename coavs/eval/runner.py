@@ -254,7 +254,7 @@ class _ModeMeters:
     def merge(self, other: "_ModeMeters") -> None:
         self.segmentation.merge(other.segmentation)
         for condition, meter in self.fpr.items():
-            self.fpr[condition] = _merged_fpr(meter, other.fpr[condition])
+            meter.merge(other.fpr[condition])
 
     def row(self) -> dict:
         seg = self.segmentation.compute()
@@ -265,19 +265,6 @@ class _ModeMeters:
         for condition, meter in self.fpr.items():
             row[f"fpr_{condition}"] = meter.compute()
         return row
-
-
-def _merged_fpr(a, b):
-    """Two :class:`FalsePositiveRate` meters as one (through their public frames and means)."""
-    from coavs.eval.bias import FalsePositiveRate
-
-    merged = FalsePositiveRate()
-    frames = a.frames + b.frames
-    if frames:
-        total = sum(m.compute() * m.frames for m in (a, b) if m.frames)
-        merged.frames = frames
-        merged._fraction_sum = total
-    return merged
 
 
 def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanilla",), bias: bool = True,

@@ -85,7 +85,7 @@ def availability(spec: OpSpec, backend: str, device_type: str) -> tuple[bool, st
     if backend == "native":
         if device_type != "cpu":
             return False, "the native backend runs CPU tensors"
-        return True, "C++ CPU kernel"
+        return True, "C++ CPU kernel" if spec.native_op else "CPU path in PyTorch, no coavs C++ kernel (see note)"
     if backend == "cuda":
         if device_type != "cuda":
             return False, "the cuda backend runs CUDA tensors"

@@ -166,9 +166,9 @@ class RunSection:
     schedule follows the cap); log_every: steps between log records; checkpoint_every: steps between
     checkpoints (0: at the end of every epoch only); progress: a tqdm bar on rank 0; ddp_find_unused: DDP's
     ``find_unused_parameters``, needed when a part gets no gradient (None: on only with ``audio_class_weight:
-    0``, which leaves the audio classifier without one); threads: ``torch.set_num_threads`` for the CPU (None: PyTorch's default). Small
-    models on a busy CPU train several times faster on one thread than on several (the intra-op barriers cost
-    more than the work): run one process per core instead."""
+    0``, which leaves the audio classifier without one); threads: ``torch.set_num_threads`` for the run (None:
+    PyTorch's default). Small models on a busy CPU train several times faster on one thread than on several
+    (the intra-op barriers cost more than the work): run one process per core instead."""
 
     seed: int = 0
     device: str = "auto"
@@ -331,7 +331,8 @@ class TrainConfig:
 
 
 def apply_overrides(data: dict, overrides) -> dict:
-    """``data`` (nested dicts) with dotted-key overrides applied; values given as strings are parsed as YAML."""
+    """``data`` (nested dicts) with dotted-key overrides applied; values given as strings are parsed as YAML
+    (``null`` is None; an empty value is the empty string)."""
     if not overrides:
         return data
     import copy
@@ -347,7 +348,7 @@ def apply_overrides(data: dict, overrides) -> dict:
                 raise ConfigError(f"override {text!r} must look like section.key=value")
             key, value = text.split("=", 1)
             try:
-                parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else None))
+                parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else ""))
             except yaml.YAMLError as exc:
                 raise ConfigError(f"override {text!r}: cannot parse the value ({exc})") from None
         items = parsed
@@ -498,7 +499,6 @@ class _Trainer:
         self.folder = RunFolder(run_dir)
         self.on_step = on_step
         self.main = info.is_main
-        self.log_file = None
 
     # ------------------------------------------------------------------------------------ set-up
     def build(self, resume: bool) -> None:
@@ -510,7 +510,8 @@ class _Trainer:
         folder = self.folder
         has_checkpoint = folder.last_checkpoint.is_file()
         if resume and not has_checkpoint:
-            raise FileNotFoundError(2, "nothing to resume: no checkpoint in the run folder", str(folder.last_checkpoint))
+            raise FileNotFoundError(2, "nothing to resume: no checkpoint in the run folder",
+                                    str(folder.last_checkpoint))
         if not resume and has_checkpoint:
             raise ConfigError(f"{folder.root} already holds a run (checkpoints/last.pt); resume it (--resume) "
                               "or choose another folder")
@@ -565,7 +566,9 @@ class _Trainer:
         else:
             # Each process its own stream after the (shared) initialisation; DDP broadcasts rank 0's weights.
             _seed_everything(cfg.run.seed + 1 + 1000 * self.info.rank)
-            if self.main:
+            if self.main:  # a fresh start: logs of an earlier attempt that never saved a checkpoint go
+                for name in ("log.jsonl", "metrics.jsonl", "train.log", "summary.json"):
+                    (folder.root / name).unlink(missing_ok=True)
                 folder.create(cfg.to_dict())
         dist_utils.barrier()
 

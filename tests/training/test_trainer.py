@@ -15,7 +15,7 @@ import torch
 
 from coavs.training import checkpoint as ckpt
 from coavs.training.config import ConfigError
-from coavs.training.trainer import TrainConfig, _Plan, _Stage, StageSection, OptimSection, load_model, train
+from coavs.training.trainer import OptimSection, StageSection, TrainConfig, _Plan, _Stage, load_model, train
 from tests.training.tiny_run import logged_losses, make_tiny_set, tiny_config
 
 # Two stages (a curriculum), random frame choice and DDPM biased audio: every RNG and the stage switch matter.
@@ -200,7 +200,8 @@ def test_config_files_and_overrides(tmp_path):
 
 
 def test_plan_positions_and_schedule():
-    stages = [_Stage(0, StageSection(epochs=2), None, 3, 0), _Stage(1, StageSection(epochs=1, lr_scale=0.1), None, 4, 6)]
+    stages = [_Stage(0, StageSection(epochs=2), None, 3, 0),
+              _Stage(1, StageSection(epochs=1, lr_scale=0.1), None, 4, 6)]
     plan = _Plan(stages, cap=None)
     assert plan.total == 10
     assert [plan.position(s) for s in (0, 2, 3, 5, 6, 9)] == [(0, 0, 0), (0, 0, 2), (0, 1, 0), (0, 1, 2), (1, 0, 0),
@@ -210,3 +211,14 @@ def test_plan_positions_and_schedule():
     assert _Plan(stages, cap=4).total == 4
     poly = OptimSection(schedule="poly")
     assert plan.lr_factor(0, poly) == 1.0 and plan.lr_factor(5, poly) == pytest.approx(0.5 ** 0.9)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training(precision, tiny_set, cache, tmp_path):
+    config = TrainConfig.from_dict(tiny_config(tiny_set, cache, debias={"mode": "fixed"},
+                                               run={"precision": precision, "max_steps": 2}))
+    summary = train(config, tmp_path / "run")
+    losses = [loss for _, loss in logged_losses(tmp_path / "run")]
+    assert summary["finished"] and len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    scaler = ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["scaler"]
+    assert bool(scaler) == (precision == "fp16")  # a grad scaler only for fp16

@@ -1,0 +1,126 @@
+"""``coavs train | eval | predict | bench | demo``: help, a tiny end-to-end run, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coavs.cli import build_parser, find_benchmarks, main
+from tests.training.tiny_run import make_tiny_set, tiny_config
+
+SUBCOMMANDS = ("info", "synth", "verify", "fit-markers", "train", "eval", "predict", "bench", "demo")
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: coavs {command}" in capsys.readouterr().out
+
+
+def test_parser_lists_every_subcommand():
+    help_text = build_parser().format_help()
+    assert all(command in help_text for command in SUBCOMMANDS)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    data = make_tiny_set(root / "tiny")
+    config = tiny_config(data, root / "cache", debias={"mode": "fixed"}, run={"max_steps": 3})
+    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(workspace) -> Path:
+    run_dir = workspace / "run"
+    assert main(["train", str(workspace / "tiny.yaml"), "--out", str(run_dir), "--set", "run.seed=1"]) == 0
+    return run_dir
+
+
+def test_train_writes_a_run_folder_and_resume_continues(trained_run, workspace, capsys):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["finished"] and summary["step"] == 3
+    assert json.loads((trained_run / "config.json").read_text())["run"]["seed"] == 1
+    stopped = workspace / "stopped"
+    assert main(["train", str(workspace / "tiny.yaml"), "--out", str(stopped), "--max-steps", "1"]) == 0
+    assert "continue with: coavs train --resume" in capsys.readouterr().out
+    assert main(["train", "--resume", "--out", str(stopped)]) == 0  # the run's own config.json
+    assert "trained 3 steps" in capsys.readouterr().out
+
+
+def test_eval_prints_the_table_with_bias_metrics(trained_run, tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert main(["eval", str(trained_run), "--split", "val", "--quiet", "--max-clips", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| vanilla" in text and "| debias" in text and "FPR misaligned" in text
+    rows = json.loads(out.read_text())
+    assert set(rows) == {"vanilla", "debias"} and 0.0 <= rows["debias"]["fpr_silence"] <= 1.0
+    assert main(["eval", str(trained_run / "checkpoints" / "last.pt"), "--split", "val", "--modes", "ensemble",
+                 "--no-bias", "--json", "--max-clips", "1"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"ensemble"}
+
+
+def test_predict_on_a_folder_of_frames_and_a_wav(trained_run, workspace, tmp_path, capsys):
+    clip = next(p for p in (workspace / "tiny" / "synth").iterdir() if (p / "audio.wav").is_file())
+    frames = tmp_path / "frames"
+    shutil.copytree(clip / "frames", frames)
+    out = tmp_path / "pred"
+    assert main(["predict", str(trained_run), "--frames", str(frames), "--audio", str(clip / "audio.wav"),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    names = sorted(p.stem for p in frames.iterdir())
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == names
+    assert sorted(p.stem for p in (out / "overlays").iterdir()) == names
+    from PIL import Image
+
+    with Image.open(next((out / "masks").iterdir())) as mask, Image.open(next(frames.iterdir())) as frame:
+        assert mask.size == frame.size and mask.mode == "P"
+    summary = json.loads((out / "predictions.json").read_text())
+    assert len(summary["frames"]) == len(names) and summary["class_names"][0] == "background"
+    assert "debias" in capsys.readouterr().out  # a debias-trained model predicts with debias by default
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "{tmp}/missing.yaml", "--out", "{tmp}/r"], "config file not found"),
+    (["train", "{tmp}/bad.yaml", "--out", "{tmp}/r"], "unknown key(s) data.batchsize"),
+    (["train", "--out", "{tmp}/r"], "give a CONFIG file"),
+    (["train", "{tmp}/no_data.yaml", "--out", "{tmp}/r"], "dataset folder does not exist"),
+    (["train", "--resume", "--out", "{tmp}/nothing"], "file not found"),
+    (["eval", "{tmp}/nothing"], "file not found"),
+    (["predict", "{tmp}/nothing", "--out", "{tmp}/p"], "exactly one of --frames"),
+    (["bench", "--repo", "{tmp}"], "no benchmarks/ folder"),
+])
+def test_user_mistakes_are_one_line(argv, message, tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("data:\n  batchsize: 2\n")
+    (tmp_path / "no_data.yaml").write_text(f"data:\n  root: {tmp_path / 'absent'}\n")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bench_finds_the_repository_benchmarks(capsys):
+    root = find_benchmarks()
+    assert root is not None and (root / "benchmarks" / "common.py").is_file()
+    assert main(["bench", "--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "debias" in listed
+    assert main(["bench", "no_such_benchmark"]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_demo_quick_trains_both_models_and_prints_the_table(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| vanilla-trained, plain inference" in out and "| debias-trained, debiased inference" in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["rows"]) == 4
+    for row in results["rows"].values():
+        assert {"miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned"} <= set(row)
+    configs = [json.loads((tmp_path / "runs" / n / "config.json").read_text()) for n in ("vanilla", "debias")]
+    assert [c["debias"]["mode"] for c in configs] == ["none", "fixed"]
