@@ -239,6 +239,7 @@ def find_benchmarks(repo: str | None = None):
 def cmd_bench(args) -> int:
     import os
     import subprocess
+    from pathlib import Path
 
     root = find_benchmarks(args.repo)
     if root is None:
@@ -260,6 +261,8 @@ def cmd_bench(args) -> int:
         command = [sys.executable, "-m", f"benchmarks.bench_{name}"] + (["--quick"] if args.quick else [])
         if args.device:
             command += ["--device", args.device]
+        if args.out:
+            command += ["--out", str(Path(args.out).resolve())]
         print(f"== {' '.join(command[1:])}", flush=True)
         if subprocess.run(command, cwd=root, env=env).returncode != 0:
             failed.append(name)
@@ -272,11 +275,14 @@ def cmd_bench(args) -> int:
 def cmd_demo(args) -> int:
     from coavs import demo
 
-    return demo.run(out=args.out, quick=args.quick, keep=args.keep)
+    return demo.run(out=args.out, quick=args.quick, keep=args.keep, progress=sys.stderr.isatty())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coavs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="coavs",
+        description="Audio-visual segmentation that resists audio priming bias and visual prior: data, training, "
+                    "evaluation, analyses and kernel benchmarks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -386,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small shapes, seconds each (smoke run)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     p.add_argument("--device", help="passed to each benchmark (default: theirs)")
+    p.add_argument("--out", help="results folder passed to each benchmark (default: benchmarks/results)")
     p.add_argument("--repo", help="repository root holding benchmarks/ (default: found automatically)")
     p.set_defaults(func=cmd_bench)
 

@@ -1,7 +1,8 @@
 """``coavs demo`` (``make demo``, ``python -m coavs.demo``): the visual prior and debias, end to end on a CPU.
 
 1. ``coavs synth``: a Co-AVS set with a **strong visual prior**: in training a visible object is almost always
-   sounding (silent with probability 0.05), in val/test half of the featured objects are visible but silent;
+   sounding (silent with probability 0.05), in val/test each featured object is silent with probability 0.5
+   (at least one sounds per clip, so about a third end up silent);
 2. trains ``configs/demo_vanilla.yaml`` and ``configs/demo_debias.yaml`` (same model, data, steps and seed; the
    second adds the muted biased branch and the debiased loss);
 3. evaluates both on the test split, each with plain and debiased inference, and prints one table: mIoU, F, and
@@ -169,7 +170,9 @@ def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True
             torch.set_num_threads(threads)
         timings["eval"] = time.perf_counter() - step
         frames = next(iter(rows.values()))["frames"]
-        title = (f"Co-AVS test split, {frames} frames; about half of the visible objects are silent. "
+        title = (f"Co-AVS test split, {frames} frames; {stats['test']['silent_rate']:.0%} of the featured objects "
+                 "are visible but silent (train: "
+                 f"{stats['train']['silent_rate']:.0%}). "
                  "mIoU, F: higher is better. FPR: share of pixels called sounding under silence / white noise / "
                  "another clip's audio: lower is better.")
         table = format_table(rows, title=title)
@@ -194,7 +197,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    return run(args.out, args.quick, args.keep, progress=not args.no_progress)
+    return run(args.out, args.quick, args.keep, progress=not args.no_progress and sys.stderr.isatty())
 
 
 if __name__ == "__main__":

@@ -7,12 +7,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from coavs.cli import build_parser, find_benchmarks, main
 from tests.training.tiny_run import make_tiny_set, tiny_config
 
 SUBCOMMANDS = ("info", "synth", "verify", "fit-markers", "train", "eval", "predict", "bench", "demo")
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -124,3 +128,32 @@ def test_demo_quick_trains_both_models_and_prints_the_table(tmp_path, capsys):
         assert {"miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned"} <= set(row)
     configs = [json.loads((tmp_path / "runs" / n / "config.json").read_text()) for n in ("vanilla", "debias")]
     assert [c["debias"]["mode"] for c in configs] == ["none", "fixed"]
+
+
+def test_sigterm_to_the_process_group_saves_and_exits_cleanly(workspace, tmp_path, capsys):
+    """A scheduler's SIGTERM reaches the trainer and its DataLoader workers alike; the trainer ends the step,
+    saves and exits 0, and --resume finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tiny_config(workspace / "tiny", workspace / "cache", data={"num_workers": 1}, stages=[{"epochs": 4}])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "coavs", "train", str(tmp_path / "c.yaml"), "--out",
+                                str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True, cwd=Path(__file__).parents[1])
+    log = run_dir / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGTERM)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 0, output
+    assert "stopped (SIGTERM)" in output and "Traceback" not in output
+    stopped_at = json.loads((run_dir / "summary.json").read_text())["step"]
+    assert 2 <= stopped_at < 16
+    assert main(["train", "--resume", "--out", str(run_dir)]) == 0
+    assert "trained 16 steps" in capsys.readouterr().out

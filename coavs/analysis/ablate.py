@@ -249,7 +249,7 @@ class AblationResult:
     split: str
 
 
-def run_ablation(base: dict, variants: list[Variant], out_dir, *, steps: int = 300, split: str = "test",
+def run_ablation(base: dict, variants: list[Variant], out_dir, *, steps: int = 600, split: str = "test",
                  device: str = "auto", batch_size: int = 4, max_clips: int | None = None, fresh: bool = False,
                  progress: bool = True, log=print) -> AblationResult:
     """Train and evaluate every variant; write ``ablation.md``, ``ablation.csv`` and ``ablation.png`` in

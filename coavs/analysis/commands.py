@@ -219,7 +219,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="base training config instead of the default (YAML/JSON)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config value (repeatable)")
     p.add_argument("--variants", default="all", help="variants or groups to run (default: all)")
-    p.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
+    p.add_argument("--steps", type=int, default=600, help="training steps per run (default 600)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="evaluation split")
     p.add_argument("--out", required=True, help="output folder (ablation.md, ablation.csv, ablation.png, runs/)")
     p.add_argument("--batch-size", type=int, default=4, help="clips per evaluation batch (default 4)")

@@ -202,18 +202,18 @@ def draw_examples_grid(examples: list[tuple[str, np.ndarray, QueryView]], path, 
             ax.set_xticks([])
             ax.set_yticks([])
             row = by_query[q]
+            head = f"{name}\n" if r == 0 else ""
             if row["active"]:
                 ax.imshow(plots.overlay(image, view.masks[q]), interpolation="nearest")
-                ax.set_title(f"{row['class_name']} {row['class_prob']:.2f}", fontsize=6, pad=2)
+                ax.set_title(f"{head}{row['class_name']} {row['class_prob']:.2f}", fontsize=6, pad=2)
             else:
                 ax.imshow(np.full_like(image, 0.93))
                 ax.text(0.5, 0.5, "dormant", ha="center", va="center", fontsize=6, color="grey",
                         transform=ax.transAxes)
+                if head:
+                    ax.set_title(head.strip(), fontsize=6, pad=2)
             if c == 0:
                 ax.set_ylabel(f"query {q}\n{row['marker_name']}", fontsize=7, rotation=0, ha="right", va="center")
-            if r == 0:
-                ax.set_xlabel(name, fontsize=7)
-                ax.xaxis.set_label_position("top")
     height = cell * len(active) + 0.6
     fig.subplots_adjust(hspace=0.35, wspace=0.05, top=1 - 0.55 / height, bottom=0.01)
     if title:

@@ -41,6 +41,7 @@ import math
 import random
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,19 +162,23 @@ class EvalSection:
 
 @dataclass
 class RunSection:
-    """seed; device ``auto`` | ``cpu`` | ``cuda``; precision ``fp32`` | ``bf16`` | ``fp16`` (autocast; fp16
-    with a grad scaler); compile: ``torch.compile`` the model; max_steps: cap the plan at this many steps (the
-    schedule follows the cap); log_every: steps between log records; checkpoint_every: steps between
-    checkpoints (0: at the end of every epoch only); progress: a tqdm bar on rank 0; ddp_find_unused: DDP's
-    ``find_unused_parameters``, needed when a part gets no gradient (None: on only with ``audio_class_weight:
-    0``, which leaves the audio classifier without one); threads: ``torch.set_num_threads`` for the run (None:
-    PyTorch's default). Small models on a busy CPU train several times faster on one thread than on several
-    (the intra-op barriers cost more than the work): run one process per core instead."""
+    """How the run executes.
+
+    seed; device: ``auto`` | ``cpu`` | ``cuda``; precision: ``fp32`` | ``bf16`` | ``fp16`` (autocast; fp16 with a
+    grad scaler); compile: ``torch.compile`` the model (true: inductor, or a backend name such as ``aot_eager``);
+    max_steps: cap the plan at this many steps (the schedule follows the cap); log_every: steps between log
+    records; checkpoint_every: steps between checkpoints (0: at the end of every epoch only); progress: a tqdm
+    bar on rank 0; ddp_find_unused: DDP's ``find_unused_parameters``, needed when a part gets no gradient (None:
+    on only with ``audio_class_weight: 0``, which leaves the audio classifier without one); threads:
+    ``torch.set_num_threads`` for the run (None: PyTorch's default). Small models on a busy CPU train several
+    times faster on one thread than on several (the intra-op barriers cost more than the work): run one process
+    per core instead.
+    """
 
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
-    compile: bool = False
+    compile: bool | str = False
     max_steps: int | None = None
     log_every: int = 10
     checkpoint_every: int = 0
@@ -315,6 +320,8 @@ class TrainConfig:
             raise ConfigError(f"run.device must be auto, cpu or cuda, got {r.device!r}")
         if r.max_steps is not None and r.max_steps < 1:
             raise ConfigError(f"run.max_steps must be >= 1, got {r.max_steps}")
+        if not isinstance(r.compile, (bool, str)):
+            raise ConfigError(f"run.compile must be true, false or a torch.compile backend name, got {r.compile!r}")
         if r.threads is not None and r.threads < 1:
             raise ConfigError(f"run.threads must be >= 1 or null, got {r.threads}")
         if r.log_every < 1 or r.checkpoint_every < 0:
@@ -490,6 +497,21 @@ def _all_ranks_rng(info) -> list:
     return gathered
 
 
+class _SignalProofWorker:
+    """DataLoader ``worker_init_fn`` wrapper: workers ignore SIGTERM and SIGINT, so a signal sent to the whole
+    process group (a scheduler, Ctrl-C) reaches the training loop, which saves and stops, instead of killing
+    the workers under it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.inner is not None:
+            self.inner(worker_id)
+
+
 # ------------------------------------------------------------------------------------------------ trainer
 class _Trainer:
     def __init__(self, config: TrainConfig, run_dir, info, on_step: Callable | None):
@@ -582,7 +604,8 @@ class _Trainer:
                 find_unused = cfg.loss.audio_class_weight == 0
             self.model = DistributedDataParallel(self.raw_model, device_ids=ids, find_unused_parameters=find_unused)
         if cfg.run.compile:
-            self.model = torch.compile(self.model)
+            backend = cfg.run.compile if isinstance(cfg.run.compile, str) else "inductor"
+            self.model = torch.compile(self.model, backend=backend)
 
     def _datasets_for(self, cfg: TrainConfig) -> list[_Stage]:
         stages, first = [], 0
@@ -679,8 +702,12 @@ class _Trainer:
                                    seed=self.config.run.seed + 7919 * stage.index, shuffle=True)
         sampler.set_epoch(epoch, start=start_batch * d.batch_size)
         pin = d.pin_memory if d.pin_memory is not None else self.device.type == "cuda"
-        return make_loader(stage.dataset, d.batch_size, sampler=sampler, num_workers=d.num_workers, pin_memory=pin,
-                           collate_fn=collate_frames, persistent_workers=False, seed=self.config.run.seed)
+        loader = make_loader(stage.dataset, d.batch_size, sampler=sampler, num_workers=d.num_workers,
+                             pin_memory=pin, collate_fn=collate_frames, persistent_workers=False,
+                             seed=self.config.run.seed)
+        if loader.num_workers:
+            loader.worker_init_fn = _SignalProofWorker(loader.worker_init_fn)
+        return loader
 
     def train_step(self, batch: dict) -> tuple[float, dict, int]:
         """One optimisation step on a frame batch → (loss, detached loss terms, frames used)."""
@@ -712,7 +739,9 @@ class _Trainer:
             torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # fp16: the scaler skips the optimizer on inf/NaN gradients; the
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)  # plan goes on
+            self.scheduler.step()
         return float(loss.detach()), {k: float(v.detach()) for k, v in terms.items()}, int(batch["frames"].shape[0])
 
     def _training_frames(self, batch: dict) -> dict:

@@ -13,6 +13,9 @@ from coavs.training.trainer import TrainConfig, load_model, open_split, train
 from tests.training.tiny_run import make_tiny_set, tiny_config
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A debias-trained tiny model (4 steps) and the val split of its set."""

@@ -7,7 +7,6 @@ from coavs.ops.assign_queries import assign_queries_backward_op, assign_queries_
 from tests.helpers import FLOAT_DTYPES, assert_close, backends_for, non_contiguous
 
 # The Triton interpreter converts loop bounds with a NumPy call that NumPy deprecates; not our code.
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 
 # (B, S, d, Q, D): S·d = Q and S·d < Q, d in {1, 2, 5, 10}, B = 1, empty batch, size 1.
 SHAPES = [

@@ -16,7 +16,6 @@ CPU_BACKENDS = backends_for("masked_cross_attention", "cpu")
 # every CPU implementation: the backends, and the native backend's pure-PyTorch fallback (CPU_KERNEL)
 BACKEND_VARIANTS = [(b, "flash") for b in CPU_BACKENDS] + [("native", "chunked")]
 # the Triton interpreter turns a loaded loop bound into an int through a deprecated numpy conversion
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 # (H, W) of the key map for each N of the grid
 KEY_MAPS = {1: (1, 1), 7: (1, 7), 49: (7, 7), 196: (14, 14), 784: (28, 28), 1000: (25, 40), 4096: (64, 64)}
 MASK_KINDS = ("random", "all", "none", "one")

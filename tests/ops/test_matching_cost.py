@@ -10,7 +10,6 @@ from coavs.ops.matching_cost import matching_cost_op
 from tests.helpers import FLOAT_DTYPES, backends_for, non_contiguous
 
 # The Triton interpreter converts loop bounds with a NumPy call that NumPy deprecates; not our code.
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 
 # (B, Q, P, G, K+1): odd sizes, one ground truth, one point, empty batch, no ground truth, tiles of Q > 32.
 SHAPES = [(1, 5, 17, 2, 3), (2, 12, 40, 4, 6), (3, 20, 70, 1, 72), (2, 37, 1, 3, 2), (0, 4, 8, 2, 3), (1, 3, 5, 2, 1),

@@ -13,7 +13,6 @@ from coavs.training.point_sampling import point_sample, random_points
 from tests.helpers import backends_for
 from tests.ops.test_matching_cost import mask2former_cost
 
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 
 
 def make_case(batch, num_markers, dilation, num_queries, max_gt, num_classes=4, size=8, seed=0, unconstrained=0.2):

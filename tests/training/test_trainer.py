@@ -26,6 +26,9 @@ RESUME_SECTIONS = dict(
 )
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory) -> Path:
     return make_tiny_set(tmp_path_factory.mktemp("trainer_data") / "tiny")
