@@ -22,11 +22,11 @@ coavs train configs/demo_debias.yaml --out "$work/run_area" --set data.root="$wo
 
 coavs analyze area "$work/run_area" --out "$work/analysis" --quiet
 coavs analyze semantics "$work/run_area" --out "$work/analysis" --quiet
-coavs analyze queries "$work/run_area" --out "$work/analysis" --quiet --max-markers 6
-coavs ablate --data "$work/coavs" --out "$work/ablate" --quiet
+coavs analyze queries "$work/run_area" --out "$work/analysis" --quiet --examples 6
+coavs analyze queries "$work/run_area" --out "$work/analysis_frame" --quiet --frame 3:0
+coavs ablate --data "$work/coavs" --out "$work/ablate" --steps "${STEPS:-1500}" --quiet
 
 cp "$work"/analysis/area.png "$work"/analysis/semantics.png "$work"/analysis/queries_examples.png \
-   "$work"/ablate/ablation.png "$figures"/
-cp "$(ls "$work"/analysis/queries_synth_*.png | head -n 1)" "$figures"/queries_frame.png
-cp "$work"/ablate/ablation.md "$figures"/ablation.md
+   "$work"/ablate/ablation.png "$work"/ablate/ablation.md "$figures"/
+cp "$work"/analysis_frame/queries_*_0.png "$figures"/queries_frame.png
 ls -l "$figures"

@@ -53,8 +53,9 @@ BASE_DEBIAS = {"mode": "fixed", "biased_audio": "mute", "scheme": "separate"}
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the table: ``train`` (debias section and model overrides of the base config) and the
-    inference settings of :func:`coavs.eval.runner.evaluate`."""
+    """One row of the table: how it trains (``debias``: the config's debias section; ``model``: overrides of
+    the base model) and how it is evaluated (``mode``, ``scheme``, ``strategy`` of
+    :func:`coavs.eval.runner.evaluate`)."""
 
     name: str
     group: str
@@ -108,7 +109,8 @@ def select_variants(spec: str | None) -> list[Variant]:
 def default_base_config(data_root: str, device: str = "auto") -> dict:
     """The base run of the ablation, the demo's CPU recipe (``configs/demo_debias.yaml``): the ``small`` preset
     with 3 k-means clusters on log-mel audio, 64×64 frames, 4 clips × 2 annotated frames per step, AdamW at
-    1e-3 with 10 warm-up steps, poly decay and gradient clipping; debias ``fixed`` with muted audio, λ = 10."""
+    1e-3 with 10 warm-up steps, poly decay and gradient clipping; debias ``fixed`` with muted audio, λ = 10; one
+    thread on a CPU (small models train faster so)."""
     return {
         "data": {"root": str(data_root), "image_size": 64, "audio": "logmel", "batch_size": 4,
                  "frames_per_clip": 2, "cache_dir": "auto"},
@@ -116,13 +118,15 @@ def default_base_config(data_root: str, device: str = "auto") -> dict:
         "loss": {"num_points": 1024},
         "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 10, "schedule": "poly", "grad_clip": 1.0},
         "debias": {"mode": "fixed", "biased_audio": "mute", "weight": 10.0, "alpha": 1.0},
-        "run": {"device": device, "seed": 0, "log_every": 10},
+        "run": {"device": device, "seed": 0, "log_every": 10, "threads": 1 if _device(device) == "cpu" else None},
     }
 
 
 def training_config(base: dict, variant: Variant, steps: int, progress: bool) -> dict:
     """The variant's full training config (a dict for ``TrainConfig.from_dict``): ``base`` with the variant's
-    debias section and model overrides, one long stage capped at ``steps`` steps, no evaluation."""
+    debias section (keeping the base's ``weight``, ``alpha`` and ``aux``) and model overrides, and the base's
+    stages replaced by one stage capped at ``steps`` steps (every variant sees the same data for as long), no
+    evaluation during training."""
     config = copy.deepcopy(base)
     kept = {k: v for k, v in config.get("debias", {}).items() if k in ("weight", "alpha", "aux")}
     config["debias"] = {**kept, **variant.debias} if variant.debias.get("mode") != "none" else dict(variant.debias)
@@ -186,21 +190,33 @@ def _finished(run: TrainingRun) -> dict | None:
 
 
 def train_one(run: TrainingRun, fresh: bool = False) -> None:
-    """Train ``run`` (or reuse a finished identical run), recording the step time."""
+    """Train ``run``, recording the step time. A finished identical run is reused, an interrupted one resumed
+    (unless ``fresh``). Ctrl-C or SIGTERM saves the run's checkpoint and raises KeyboardInterrupt."""
     import shutil
 
+    from coavs.training.config import ConfigError
     from coavs.training.trainer import TrainConfig, train
 
     stored = None if fresh else _finished(run)
     if stored is not None:
         run.step_ms, run.seconds, run.reused = stored["step_ms"], stored["seconds"], True
         return
-    if run.run_dir.exists():
+    info = run.run_dir / "ablation_run.json"
+    resume = (not fresh and (run.run_dir / "checkpoints" / "last.pt").is_file() and info.is_file()
+              and json.loads(info.read_text()).get("key") == run.key)
+    if run.run_dir.exists() and not resume:
         shutil.rmtree(run.run_dir)
     stamps: list[float] = []
     start = time.perf_counter()
-    summary = train(TrainConfig.from_dict(run.config), run.run_dir,
-                    on_step=lambda step, terms: stamps.append(time.perf_counter()))
+    config = TrainConfig.from_dict(run.config)
+    record = lambda step, terms: stamps.append(time.perf_counter())  # noqa: E731
+    try:
+        summary = train(config, run.run_dir, resume=resume, on_step=record)
+    except ConfigError:
+        if not resume:
+            raise
+        shutil.rmtree(run.run_dir)  # the stored run does not match after all: start over
+        summary = train(config, run.run_dir, on_step=record)
     run.seconds = time.perf_counter() - start
     # gaps between the ends of consecutive steps: the first step (set-up, first calls) is never in one; the
     # next WARMUP_STEPS - 1 are dropped too when enough remain
@@ -208,9 +224,11 @@ def train_one(run: TrainingRun, fresh: bool = False) -> None:
     if len(gaps) > 2 * WARMUP_STEPS:
         gaps = gaps[WARMUP_STEPS - 1:]
     run.step_ms = 1e3 * statistics.median(gaps) if gaps else math.nan
-    (run.run_dir / "ablation_run.json").write_text(json.dumps(
+    info.write_text(json.dumps(
         {"key": run.key, "finished": bool(summary.get("finished")), "steps": summary.get("step"),
          "step_ms": run.step_ms, "seconds": run.seconds, "variants": [v.name for v in run.variants]}, indent=2))
+    if summary.get("stopped") in ("SIGINT", "SIGTERM"):
+        raise KeyboardInterrupt(f"stopped during {run.run_dir.name}; run the same command again to resume")
 
 
 def evaluate_variant(run: TrainingRun, variant: Variant, split: str, device: str, batch_size: int,
@@ -331,22 +349,26 @@ def plot_ablation(result: AblationResult, path) -> Path:
 
     rows = result.rows
     y = np.arange(len(rows))
-    fig, axes = plots.figure(9.0, 0.32 * len(rows) + 1.2, 1, 2, sharey=True)
+    fig, axes = plots.figure(9.0, 0.32 * len(rows) + 1.4, 1, 2, sharey=True, layout="constrained")
     left, right = axes[0]
     left.barh(y, [100 * (r["miou"] or 0) for r in rows], color=plots.MAIN_COLOUR, label="mIoU")
     left.barh(y, [100 * (r["fscore"] or 0) for r in rows], height=0.3, color="tab:cyan", label="F")
     left.set_xlabel("mIoU / F (%) — higher is better")
     left.set_yticks(y, [r["variant"] for r in rows])
     left.invert_yaxis()
-    left.legend(loc="lower right")
+    left.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     left.grid(axis="x", alpha=0.3)
+    for i in range(1, len(rows)):  # a line between groups of variants
+        if rows[i]["group"] != rows[i - 1]["group"]:
+            for ax in (left, right):
+                ax.axhline(i - 0.5, color="black", linewidth=0.6, alpha=0.5)
     width = 0.27
     for k, (key, name, colour) in enumerate((("fpr_silence", "silence", "tab:gray"),
                                               ("fpr_noise", "noise", "tab:orange"),
                                               ("fpr_misaligned", "misaligned", "tab:red"))):
         right.barh(y + (k - 1) * width, [100 * (r[key] or 0) for r in rows], height=width, color=colour, label=name)
     right.set_xlabel("false-positive rate (% of pixels) — lower is better")
-    right.legend(loc="lower right")
+    right.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     right.grid(axis="x", alpha=0.3)
     fig.suptitle(f"ablation: {result.steps} steps per run, {result.split} split")
     return plots.save(fig, path)

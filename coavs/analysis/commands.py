@@ -33,6 +33,10 @@ def _load(args):
     dataset = open_eval_dataset(config, args.split, args.data)
     if len(dataset) == 0:
         raise _user_error(f"the {args.split} split of {args.data or config.data.root} has no clips")
+    if dataset.num_classes != model.config.num_classes:
+        raise _user_error(f"{args.data or config.data.root} has {dataset.num_classes} classes (with background), "
+                          f"the model was trained on {model.config.num_classes}: analyse it on data with the "
+                          "same label map")
     settings = inference_settings(config, args.mode)
     run = Path(args.run)
     out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "analysis"
@@ -216,7 +220,8 @@ def register(sub) -> None:
                                    "strategy/fixed|uncertainty|bias_only|ensemble; dilation/1|2|5. Variants with "
                                    "the same training share one run; finished runs in OUT/runs are reused.")
     p.add_argument("--data", help="dataset folder (default base config: the small preset on it)")
-    p.add_argument("--config", help="base training config instead of the default (YAML/JSON)")
+    p.add_argument("--config", help="base training config instead of the default (YAML/JSON); its stages are "
+                                    "replaced by one stage of --steps steps")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config value (repeatable)")
     p.add_argument("--variants", default="all", help="variants or groups to run (default: all)")
     p.add_argument("--steps", type=int, default=600, help="training steps per run (default 600)")

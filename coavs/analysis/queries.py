@@ -7,9 +7,10 @@ area of its mask (``σ(mask logit) > 0.5`` after bilinear resizing to the frame)
 branch's: what each query proposes before any debias.
 
 :func:`draw_query_grid` draws one frame: a header row (frame, ground truth, the final prediction under each
-audio condition), then per condition one row per present marker (highest score first) with the masks of its
-queries over the frame, titled with the query's class and probability. Under silence the perception module
-sees no sound: which markers stay present, and what their queries still segment, is the visual prior.
+audio condition), then per condition the present markers (highest score first), each a group of same-coloured
+boxes holding the masks of its queries over the frame, titled with the query's class and probability. Under
+silence the perception module hears nothing: which markers stay present, and what their queries still segment,
+is the visual prior.
 :func:`draw_examples_grid` is the paper's Figure C4: rows are queries, columns are frames, so a row shows what
 one query segments across examples.
 """
@@ -151,7 +152,7 @@ def draw_query_grid(frame, labels, views: list[QueryView], num_classes: int, pat
     r = 1
     for view, rows, hidden in sections:
         name = _CONDITION_TITLES.get(view.condition, view.condition)
-        count = sum(len(g) for row in rows for _, g in row)
+        count = sum(row["active"] for row in view.rows)
         more = f"; {hidden} more markers not shown" if hidden else ""
         heading(r, f"under {name}: {count} active queries, grouped by marker (box colour){more}"
                 if rows else f"under {name}: no active query")

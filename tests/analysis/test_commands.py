@@ -134,6 +134,13 @@ def test_ablate_two_variants(tiny_set, tiny_cache, tmp_path, capsys):
     assert run_cli(*args) == 0
     printed = capsys.readouterr().out
     assert printed.count(": reused 2 steps") == 2 and "0 run, 2 reused" in printed
+    # an interrupted run (not finished) is resumed from its checkpoint, not retrained
+    run_dir = next((out / "runs").glob("vanilla-*"))
+    info = json.loads((run_dir / "ablation_run.json").read_text())
+    (run_dir / "ablation_run.json").write_text(json.dumps({**info, "finished": False}))
+    assert run_cli(*args) == 0
+    assert json.loads((run_dir / "ablation_run.json").read_text())["finished"]
+    assert "resuming at step 2" in (run_dir / "train.log").read_text()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -144,8 +151,35 @@ def test_ablate_two_variants(tiny_set, tiny_cache, tmp_path, capsys):
     (("analyze", "semantics", "{run}", "--batch-size", "0"), "--batch-size"),
     (("ablate", "--data", "{data}", "--variants", "nonsense", "--out", "{tmp}"), "unknown variant"),
     (("ablate", "--out", "{tmp}"), "--data"),
+    (("analyze", "area", "{run}", "--data", "{s4}"), "classes"),
 ])
 def test_user_errors(tiny_run, tiny_set, tmp_path, capsys, argv, message):
-    argv = [a.format(run=tiny_run, data=tiny_set, tmp=tmp_path / "x") for a in argv]
+    from tests.data.conftest import make_s4
+
+    s4 = make_s4(tmp_path / "s4", size=32) if "{s4}" in argv else None
+    argv = [a.format(run=tiny_run, data=tiny_set, tmp=tmp_path / "x", s4=s4) for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_binary_dataset_end_to_end(tmp_path, tiny_cache):
+    """An S4-layout (binary) dataset: the analyses fall back to the binary metrics and still match them."""
+    from coavs.training.trainer import TrainConfig, train
+    from tests.data.conftest import make_s4
+
+    root = make_s4(tmp_path / "s4", size=32)
+    config = tiny_base_config(root, tiny_cache)
+    config["model"]["num_clusters"] = 0
+    config["data"]["batch_size"] = 1
+    train(TrainConfig.from_dict(config), tmp_path / "run")
+    out = tmp_path / "analysis"
+    for kind in ("area", "semantics", "queries"):
+        assert run_cli("analyze", kind, tmp_path / "run", "--out", out, "--quiet") == 0
+    rows = {(r["condition"], r["bin"]): r for r in read_csv(out / "area.csv")}
+    assert "semantic_miou_present" not in rows[("original", "all")]
+    model, loaded = load_model(tmp_path / "run")
+    batches = list(predict_batches(model, open_eval_dataset(loaded, "test"), **inference_settings(loaded)))
+    binary = BinaryAVSMetrics(scores="probabilities")
+    binary.update(torch.cat([b["fg_score"] for b in batches]), torch.cat([b["labels"] for b in batches]) == 1)
+    assert float(rows[("original", "all")]["binary_miou"]) == pytest.approx(binary.compute()["miou"], rel=1e-12)
+    assert {r["count"] for r in read_csv(out / "semantics.csv") if r["by"] == "semantics"} <= {"0", "1", "all"}
