@@ -914,6 +914,7 @@ class _Trainer:
                 return evaluate(self.raw_model, dataset, batch_size=cfg.eval.batch_size, device=self.device,
                                 modes=cfg.eval_modes(), bias=cfg.eval.bias, max_clips=cfg.eval.max_clips,
                                 biased=self.objective.config.biased_audio, alpha=self.objective.config.alpha,
+                                scheme=self.objective.config.scheme,
                                 strategy="uncertainty" if self.objective.config.strategy == "uncertainty"
                                 else "fixed", precision=cfg.run.precision, distributed=self.info.enabled)
         finally:
