@@ -128,6 +128,11 @@ def _ddp_worker(rank: int, world_size: int, port: int, config: dict, run_dir: st
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     train(TrainConfig.from_dict(config), run_dir)
+    # The run folder is complete here. Skip interpreter teardown: a C++ thread still joinable at exit
+    # occasionally aborts the child ("terminate called without an active exception") after a finished run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def test_two_process_gloo_run_reports_the_metrics_of_one_process(tiny_set, cache, tmp_path):
