@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import coavs.ops as ops
-from benchmarks.common import base_parser, peak_memory_mb, print_table, time_ms, write_results
+from benchmarks.common import Work, add_roofline, base_parser, peak_memory_mb, print_table, time_ms, write_results
 from coavs.ops import _dispatch, reference
 
 
@@ -36,6 +36,17 @@ def _step(fn, leaves, backward: bool):
             torch.autograd.grad(out.float().square().sum(), leaves)
         return out
     return run
+
+
+def work(row):
+    """Compulsory work of assign_queries (hard gates, float32 scores). Forward: read scores, audio and query_feat,
+    write queries, gate and active; 2 FLOPs per query element. Backward: read the queries' gradient and the gate,
+    write d_query_feat, d_audio and d_scores; 3 FLOPs per query element."""
+    b, s, _, q, d = (int(part[1:]) for part in row["shape"].split())
+    es = getattr(torch, row["dtype"]).itemsize
+    fwd = Work(4 * b * s + es * (b * d + q * d + b * q * d) + 5 * b * q, other_flops=2 * b * q * d)
+    bwd = Work(es * (b * q * d + q * d + b * d) + 4 * (b * q + b * s), other_flops=3 * b * q * d)
+    return fwd + bwd if row["mode"] == "fwd+bwd" else fwd
 
 
 def main(argv=None):
@@ -86,6 +97,7 @@ def main(argv=None):
                                  "peak_MiB": peak_memory_mb(step, device)})
     notes = ("per_sample_loop = the paper's Python loop over the batch; eager_reference = coavs.ops.reference "
              "(batched PyTorch). fwd+bwd differentiates a square-sum of the queries w.r.t. audio and query_feat.")
+    add_roofline(rows, device, work)
     print(notes)
     print_table(rows)
     folder = write_results(args.out, "assign", device, rows, notes)

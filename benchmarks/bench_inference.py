@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 import coavs.ops as ops
-from benchmarks.common import base_parser, peak_memory_mb, print_table, time_ms, write_results
+from benchmarks.common import (Work, add_roofline, base_parser, matmul_flops, peak_memory_mb, print_table, time_ms,
+                               write_results)
 from coavs.ops import _dispatch, reference
 
 K = 71
@@ -50,6 +51,19 @@ def providers(mask, cls, size, device):
                     return ops.semantic_inference(mask, cls, size)
             table[f"fused_{backend}"] = run
     return table
+
+
+def work(row):
+    """Compulsory work of semantic_inference (argmax labels): read the [B,Q,h,w] mask logits and [B,Q,K+1] class
+    logits, write [B,H,W] int64 labels. Per output pixel: the class-score contraction (2·Q·K, a matmul), and
+    ~15 FLOPs per query (bilinear taps, sigmoid) and one per class (argmax)."""
+    parts = row["shape"].split()
+    batch, queries = int(parts[0][1:]), int(parts[1][1:])
+    side, out = (int(v) for v in parts[3].split("->"))
+    es = getattr(torch, row["dtype"]).itemsize
+    pixels = batch * out * out
+    return (Work(es * batch * queries * (side * side + K + 1) + 8 * pixels, other_flops=pixels * (15 * queries + K))
+            + matmul_flops(2 * pixels * queries * K, getattr(torch, row["dtype"])))
 
 
 def _status_kib(key: str) -> int:
@@ -130,6 +144,7 @@ def main(argv=None):
     notes = ("peak_MiB: extra memory of one call (CUDA: allocator peak; CPU: peak RSS growth in a fresh process). "
              "The output alone is B·H·W·8 bytes (int64 labels). labels_equal_eager: fraction of identical labels "
              "(near-ties may round either way).")
+    add_roofline(rows, device, work)
     print(notes)
     print_table(rows)
     folder = write_results(args.out, "inference", device, rows, notes)

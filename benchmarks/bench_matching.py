@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 import coavs.ops as ops
-from benchmarks.common import base_parser, peak_memory_mb, print_table, synchronize, time_ms, write_results
+from benchmarks.common import (Work, add_roofline, base_parser, nbytes, peak_memory_mb, print_table, synchronize,
+                               time_ms, write_results)
 from coavs.ops import _dispatch, reference
 from coavs.training.matcher import ConstrainedHungarianMatcher, allowed_pairs, constrained_assignment
 from coavs.training.point_sampling import point_sample, random_points
@@ -165,6 +166,12 @@ def main(argv=None):
              f"{args.matchings_per_step} matchings per training step"
              + (f"; pct_of_step against a {args.step_ms} ms step." if args.step_ms else
                 "; pass --step-ms for the share of a training step."))
+    # Roofline of the cost level (the matcher and Hungarian rows are host-bound): read the sampled points, class
+    # logits, labels, allowed pairs and counts, write the [B,Q,G] costs; two P-long dot products per pair and
+    # ~12 FLOPs per point of a query (sigmoid, softplus from one exp).
+    cost_work = Work(nbytes(*cost_args) + 4 * batch * num_queries * num_gt,
+                     other_flops=4 * batch * num_queries * num_gt * num_points + 12 * batch * num_queries * num_points)
+    add_roofline(rows, device, lambda row: cost_work if row["level"] == "cost" else None)
     print(notes)
     print_table(rows)
     folder = write_results(args.out, "matching", device, rows, notes)

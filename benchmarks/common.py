@@ -12,6 +12,7 @@ import platform
 import re
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -86,6 +87,7 @@ def environment(device: torch.device) -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "roofline_peaks": ROOFLINE_PEAKS,
     }
 
 
@@ -117,3 +119,136 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Roofline: the compulsory work of a call and the lower bound it puts on the time.
+#
+# The figures every benchmark uses (NVIDIA datasheets, SXM parts, dense, no sparsity). bf16/fp16 matmul FLOPs are
+# bounded by the tensor-core figure; every other FLOP (elementwise, reductions, fp32 matmuls without TF32) by the
+# fp32 non-tensor figure. The bound is max(bytes / HBM bandwidth, tensor FLOPs / tensor peak + other FLOPs / fp32
+# peak); bytes are the compulsory traffic: every input read once, every output written once.
+ROOFLINE_PEAKS = {
+    "H100": {"hbm_TBps": 3.35, "bf16_dense_TFLOPs": 989.0, "fp32_TFLOPs": 67.0},
+    "H200": {"hbm_TBps": 4.8, "bf16_dense_TFLOPs": 989.0, "fp32_TFLOPs": 67.0},
+}
+
+
+@dataclass(frozen=True)
+class Work:
+    """Compulsory work of one call: bytes moved (inputs once + outputs once) and FLOPs, split into matmul FLOPs
+    that tensor cores can run (16-bit operands) and all other FLOPs."""
+
+    bytes: float
+    tensor_flops: float = 0.0
+    other_flops: float = 0.0
+
+    @property
+    def flops(self) -> float:
+        return self.tensor_flops + self.other_flops
+
+    def __add__(self, other: "Work") -> "Work":
+        return Work(self.bytes + other.bytes, self.tensor_flops + other.tensor_flops,
+                    self.other_flops + other.other_flops)
+
+
+def matmul_flops(flops: float, dtype: torch.dtype) -> Work:
+    """``flops`` of matmul work: tensor-core FLOPs for 16-bit dtypes, fp32 FLOPs otherwise."""
+    return Work(0, flops, 0) if dtype in (torch.float16, torch.bfloat16) else Work(0, 0, flops)
+
+
+def nbytes(*tensors_or_counts) -> int:
+    """Total bytes of tensors (or of (numel, dtype) pairs)."""
+    total = 0
+    for t in tensors_or_counts:
+        if isinstance(t, torch.Tensor):
+            total += t.numel() * t.element_size()
+        else:
+            numel, dtype = t
+            total += int(numel) * torch.empty((), dtype=dtype).element_size()
+    return total
+
+
+def lower_bound_s(work: Work, gpu: str) -> float:
+    peak = ROOFLINE_PEAKS[gpu]
+    memory = work.bytes / (peak["hbm_TBps"] * 1e12)
+    compute = work.tensor_flops / (peak["bf16_dense_TFLOPs"] * 1e12) + work.other_flops / (peak["fp32_TFLOPs"] * 1e12)
+    return max(memory, compute)
+
+
+def _gpu_of(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((gpu for gpu in ROOFLINE_PEAKS if gpu in name), None)
+
+
+_COPY_MS: dict = {}
+
+
+def copy_ms(total_bytes: int, device: torch.device) -> float:
+    """Median time of ``torch.empty_like(x).copy_(x)`` with x of ``total_bytes / 2`` bytes, so that the copy moves
+    ``total_bytes`` (read + write) like the op it is compared with; measured once per size and run."""
+    key = (int(total_bytes), str(device))
+    if key not in _COPY_MS:
+        x = torch.empty(max(1, int(total_bytes) // 8), dtype=torch.float32, device=device).fill_(1.0)
+        _COPY_MS[key] = time_ms(lambda: torch.empty_like(x).copy_(x), device)["median_ms"]
+    return _COPY_MS[key]
+
+
+def roofline_fields(work: Work, median_ms: float | None, device: torch.device) -> dict:
+    """The roofline columns of one measurement: MB, GFLOP, the H100/H200 lower bounds, and the share of the bound
+    reached (GPU: the bound of this GPU when it is an H100/H200; CPU: a copy of the same bytes, measured now)."""
+    fields = {"MB": work.bytes / 1e6, "GFLOP": work.flops / 1e9}
+    for gpu in ROOFLINE_PEAKS:
+        fields[f"{gpu}_bound_us"] = lower_bound_s(work, gpu) * 1e6
+    if median_ms is None or median_ms <= 0:
+        return fields
+    fields["achieved_GB/s"] = work.bytes / (median_ms * 1e-3) / 1e9
+    fields["achieved_GFLOP/s"] = work.flops / (median_ms * 1e-3) / 1e9
+    gpu = _gpu_of(device)
+    if gpu is not None:
+        fields["pct_of_bound"] = 100 * lower_bound_s(work, gpu) * 1e3 / median_ms
+    elif device.type == "cpu" and work.bytes > 0:
+        copy = copy_ms(work.bytes, device)
+        fields["copy_GB/s"] = work.bytes / (copy * 1e-3) / 1e9
+        fields["pct_of_copy"] = 100 * copy / median_ms
+    return fields
+
+
+def add_roofline(rows: list[dict], device: torch.device, work_of) -> list[dict]:
+    """Adds the roofline columns to every row that has a ``median_ms`` and for which ``work_of(row)`` returns a
+    :class:`Work` (None: no roofline for that row, e.g. host-side work), prints one roofline line per distinct
+    work and returns the rows."""
+    print(roofline_legend(device))
+    seen = set()
+    for row in rows:
+        if row.get("median_ms") is None:
+            continue
+        work = work_of(row)
+        if work is None:
+            continue
+        row.update(roofline_fields(work, row["median_ms"], device))
+        if work not in seen:
+            seen.add(work)
+            label = ", ".join(f"{k}={row[k]}" for k in row if k in ROOFLINE_KEYS)
+            print(f"roofline [{label}]: {work.bytes / 1e6:.4g} MB, {work.flops / 1e9:.4g} GFLOP -> "
+                  + ", ".join(f"{gpu} >= {lower_bound_s(work, gpu) * 1e6:.4g} us" for gpu in ROOFLINE_PEAKS))
+    return rows
+
+
+# Row fields that identify a shape in the roofline lines.
+ROOFLINE_KEYS = ("shape", "dtype", "mode", "level", "N", "active", "config")
+
+
+def roofline_legend(device: torch.device) -> str:
+    peaks = "; ".join(f"{gpu}: HBM {p['hbm_TBps']} TB/s, bf16 dense {p['bf16_dense_TFLOPs']:g} TFLOP/s, fp32 "
+                      f"{p['fp32_TFLOPs']:g} TFLOP/s" for gpu, p in ROOFLINE_PEAKS.items())
+    if _gpu_of(device):
+        share = f"pct_of_bound: the {_gpu_of(device)} bound / measured time"
+    elif device.type == "cpu":
+        share = ("pct_of_copy: time of torch.empty_like(x).copy_(x) moving the same bytes, measured in this run / "
+                 "measured time (copy_GB/s: that copy's bandwidth)")
+    else:
+        share = "no share: not an H100/H200"
+    return f"roofline peaks: {peaks}. Bytes: inputs read once + outputs written once. {share}."

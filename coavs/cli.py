@@ -1,6 +1,7 @@
 """The ``coavs`` command line. Each subcommand is a function ``cmd_<name>(args)`` plus its parser setup.
 
-User mistakes (bad paths, bad values) end with one clear line on stderr and exit code 2, not a traceback.
+User mistakes (bad paths, bad values, unreadable files) end with one clear line on stderr and exit code 1, not a
+traceback: every layer raises :class:`coavs.errors.UserError` (or a subclass) and :func:`main` alone prints it.
 """
 
 from __future__ import annotations
@@ -8,9 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed as one line."""
+from coavs.errors import EXIT_USER_ERROR, UserError, one_line  # UserError re-exported: coavs.cli.UserError
 
 
 def cmd_info(args) -> int:
@@ -158,9 +157,13 @@ def _eval_settings(args, config):
         if mode not in ("vanilla", "debias", "ensemble"):
             raise UserError(f"--modes: {mode!r} is not vanilla, debias or ensemble")
     strategy = args.strategy or ("uncertainty" if debias.strategy == "uncertainty" else "fixed")
+    from coavs.eval.gate import load_gate
+
+    gate = None if getattr(args, "no_gate", False) else load_gate(args.run)  # the run's calibrated gate.json
     return dict(modes=modes, biased=args.biased or debias.biased_audio,
                 alpha=debias.alpha if args.alpha is None else args.alpha, scheme=args.scheme or debias.scheme,
-                strategy=strategy)
+                strategy=strategy, overall_reading=getattr(args, "overall_reading", None) or debias.overall_reading,
+                gate=gate)
 
 
 def cmd_eval(args) -> int:
@@ -261,8 +264,7 @@ def cmd_bench(args) -> int:
         command = [sys.executable, "-m", f"benchmarks.bench_{name}"] + (["--quick"] if args.quick else [])
         if args.device:
             command += ["--device", args.device]
-        if args.out:
-            command += ["--out", str(Path(args.out).resolve())]
+        command += ["--out", str(Path(args.out).resolve())]  # never into the source checkout by default
         print(f"== {' '.join(command[1:])}", flush=True)
         if subprocess.run(command, cwd=root, env=env).returncode != 0:
             failed.append(name)
@@ -358,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--alpha", type=float, help="debias strength (default: the training config's)")
         p.add_argument("--scheme", choices=("separate", "mask", "class", "overall"), help="debias scheme")
         p.add_argument("--strategy", choices=("fixed", "uncertainty"), help="debias strength strategy")
+        p.add_argument("--overall-reading", choices=("score", "product"),
+                       help="scheme overall: per-pixel scores or the literal mask x class logits (D.3)")
+        p.add_argument("--no-gate", action="store_true", help="ignore the run's calibrated gate (gate.json)")
 
     p = sub.add_parser("eval", help="metrics table of a trained model: mIoU, F and false-positive rates under "
                                     "silence / noise / misaligned audio")
@@ -392,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small shapes, seconds each (smoke run)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     p.add_argument("--device", help="passed to each benchmark (default: theirs)")
-    p.add_argument("--out", help="results folder passed to each benchmark (default: benchmarks/results)")
+    p.add_argument("--out", default=".", help="results folder passed to each benchmark (default: the current "
+                                              "folder; each writes <out>/<device>/<name>.json and .md)")
     p.add_argument("--repo", help="repository root holding benchmarks/ (default: found automatically)")
     p.set_defaults(func=cmd_bench)
 
@@ -410,22 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from coavs.data.errors import DataError
-    from coavs.training.config import ConfigError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"coavs {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except UserError as exc:  # DataError and ConfigError included
+        message = one_line(exc)
     except FileNotFoundError as exc:
-        print(f"coavs {args.command}: error: file not found: {exc.filename or exc}", file=sys.stderr)
-        return 2
-    except (DataError, ConfigError) as exc:
-        print(f"coavs {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        message = f"file not found: {exc.filename if exc.filename else one_line(exc)}"
+    except OSError as exc:  # the file system refused (permissions, read-only, not a folder, disk full)
+        reason = exc.strerror or type(exc).__name__
+        message = f"{exc.filename}: {reason}" if exc.filename else one_line(exc) or reason
     except KeyboardInterrupt:
         print(f"coavs {args.command}: interrupted", file=sys.stderr)
         return 130
+    print(f"coavs {args.command}: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR

@@ -3,12 +3,19 @@
 1. ``coavs synth``: a Co-AVS set with a **strong visual prior**: in training a visible object is almost always
    sounding (silent with probability 0.05), in val/test each featured object is silent with probability 0.5
    (at least one sounds per clip, so about a third end up silent);
-2. trains ``configs/demo_vanilla.yaml`` and ``configs/demo_debias.yaml`` (same model, data, steps and seed; the
-   second adds the muted biased branch and the debiased loss);
-3. evaluates both on the test split, each with plain and debiased inference, and prints one table: mIoU, F, and
-   the false-positive rates (share of pixels called sounding) under silence, white noise and misaligned audio.
+2. trains one model per row, each from its ``configs/demo_<name>.yaml`` (same model, data, steps and seed):
+   ``vanilla``; ``debias`` (the paper: muted biased branch, debiased loss, debiased inference); ``negatives``
+   (negative-audio training — silence, noise and another clip's audio with empty targets — and the
+   classifier's "nothing sounds" gate, calibrated on the val split); ``combined`` (both). Two models train at
+   a time, one process and one thread each;
+3. evaluates each on the test split as it is meant to be used and prints one table: mIoU, F, the
+   false-positive rates (share of pixels called sounding) under silence, white noise and misaligned audio, and
+   the counterfactual IoU (two sources visible, one played alone: IoU with the one playing).
 
-The numbers are whatever training gives; ``--out`` keeps the data, run folders and ``results.{json,md}``.
+``--seeds N`` repeats every training with seeds 0 … N−1 and reports mean ± std (N × 4 trainings; the default
+single seed keeps the demo under ten minutes on two cores). The numbers are whatever training gives; ``--out``
+keeps the data, run folders and ``results.{json,md}`` (which also holds every seed's row and the gated models'
+numbers without their gate).
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ import time
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-MODELS = ("vanilla", "debias")
+MODELS = ("vanilla", "debias", "negatives", "combined")
+ROW_NAMES = {"vanilla": "vanilla", "debias": "paper debias", "negatives": "negative-audio training + gate",
+             "combined": "paper debias + negative audio + gate"}
+METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou")
 
 
 def synth_config(quick: bool):
@@ -76,7 +86,7 @@ def train_side_by_side(jobs: dict[str, tuple[Path, list[str]]], work: Path, prog
     import subprocess
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    at_once = len(jobs) if _cores() >= len(jobs) else 1
+    at_once = max(1, min(len(jobs), _cores()))
     pending, running, seconds = list(jobs), {}, {}
     bars = {}
     if progress:
@@ -120,14 +130,64 @@ def train_side_by_side(jobs: dict[str, tuple[Path, list[str]]], work: Path, prog
     return seconds
 
 
-def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True) -> int:
+def evaluate_run(run_dir: Path, gated: bool = True) -> dict:
+    """The test-split row of a demo run, in the inference it was trained for (debiased for a debias run, with
+    its calibrated gate when it has one; ``gated`` False: without the gate)."""
+    from coavs.eval.gate import load_gate
+    from coavs.eval.runner import evaluate
+    from coavs.training.trainer import load_model, open_split
+
+    model, config = load_model(run_dir)
+    debias = config.debias_config()
+    mode = "debias" if debias.enabled else "vanilla"
+    gate = load_gate(run_dir) if gated else None
+    result = evaluate(model, open_split(config, "test"), batch_size=8, modes=(mode,), bias=True,
+                      biased=debias.biased_audio, alpha=debias.alpha, scheme=debias.scheme,
+                      strategy="uncertainty" if debias.strategy == "uncertainty" else "fixed",
+                      overall_reading=debias.overall_reading, gate=gate)
+    return result[mode]
+
+
+def summarize(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
+    """``{row: [metrics per seed]}`` → ``{row: {metric: mean, metric_std: std (0 for one seed), seeds: n}}``."""
+    import statistics
+
+    out = {}
+    for name, rows in per_seed.items():
+        summary = {"seeds": len(rows), "frames": rows[0].get("frames")}
+        for key in METRICS:
+            values = [r[key] for r in rows if r.get(key) is not None and r[key] == r[key]]
+            summary[key] = statistics.fmean(values) if values else float("nan")
+            summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out[name] = summary
+    return out
+
+
+def format_summary(summary: dict[str, dict], title: str) -> str:
+    """A Markdown table of :func:`summarize`'s rows (mean ± std when more than one seed)."""
+    labels = ("mIoU", "F", "FPR silence", "FPR noise", "FPR misaligned", "CF IoU")
+    width = max(len(n) for n in summary)
+    cells = {}
+    for name, row in summary.items():
+        cells[name] = [f"{row[k]:.4f}" + (f" ± {row[k + '_std']:.4f}" if row["seeds"] > 1 else "")
+                       for k in METRICS]
+    widths = [max(len(label), *(len(c[i]) for c in cells.values())) for i, label in enumerate(labels)]
+    lines = [title, "", "| " + "model".ljust(width) + " | " + " | ".join(l.rjust(w) for l, w in zip(labels, widths))
+             + " |", "|" + "-" * (width + 2) + "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"]
+    for name, row in cells.items():
+        lines.append("| " + name.ljust(width) + " | " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |")
+    return "\n".join(lines)
+
+
+def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True, seeds: int = 1,
+        models=MODELS) -> int:
     """Runs the demo in ``out`` (default: a temporary folder, removed unless ``keep``); prints the table."""
     import torch
 
     from coavs.data.synth import generate
-    from coavs.eval.runner import evaluate, format_table
-    from coavs.training.trainer import load_model, open_split
 
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     started = time.perf_counter()
     work = Path(out) if out else Path(tempfile.mkdtemp(prefix="coavs-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -143,41 +203,45 @@ def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True
               f"train, {stats['test']['silent_rate']:.2f} in test ({timings['synth']:.0f} s)", flush=True)
 
         jobs = {}
-        for name in MODELS:
-            path = CONFIG_DIR / f"demo_{name}.yaml"
-            if not path.is_file():
-                raise FileNotFoundError(2, "demo config not found (the demo runs from a source checkout)", str(path))
-            jobs[name] = (path, demo_overrides(data, work / "cache", quick))
+        for seed in range(seeds):
+            for name in models:
+                path = CONFIG_DIR / f"demo_{name}.yaml"
+                if not path.is_file():
+                    raise FileNotFoundError(2, "demo config not found (the demo runs from a source checkout)",
+                                            str(path))
+                jobs[f"{name}-s{seed}"] = (path, demo_overrides(data, work / "cache", quick) + [f"run.seed={seed}"])
         step = time.perf_counter()
         took = train_side_by_side(jobs, work, progress)
         timings["train"] = time.perf_counter() - step
-        print(f"[demo] trained {' and '.join(f'{n} ({s:.0f} s)' for n, s in took.items())}", flush=True)
+        print(f"[demo] trained {', '.join(f'{n} ({s:.0f} s)' for n, s in took.items())}", flush=True)
 
-        rows = {}
+        per_seed: dict[str, list[dict]] = {ROW_NAMES[name]: [] for name in models}
+        ungated: dict[str, list[dict]] = {}
         step = time.perf_counter()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            for name in MODELS:
-                model, config = load_model(work / "runs" / name)
-                debias = config.debias_config()
-                result = evaluate(model, open_split(config, "test"), batch_size=8, modes=("vanilla", "debias"),
-                                  bias=True, biased=debias.biased_audio, alpha=debias.alpha, scheme=debias.scheme)
-                trained = "vanilla-trained" if name == "vanilla" else "debias-trained"
-                rows[f"{trained}, plain inference"] = result["vanilla"]
-                rows[f"{trained}, debiased inference"] = result["debias"]
+            for job in jobs:
+                name = job.rsplit("-s", 1)[0]
+                run_dir = work / "runs" / job
+                per_seed[ROW_NAMES[name]].append(evaluate_run(run_dir))
+                if (run_dir / "gate.json").is_file():
+                    ungated.setdefault(f"{ROW_NAMES[name]} (no gate)", []).append(evaluate_run(run_dir, False))
         finally:
             torch.set_num_threads(threads)
         timings["eval"] = time.perf_counter() - step
+        rows = summarize(per_seed)
         frames = next(iter(rows.values()))["frames"]
-        title = (f"Co-AVS test split, {frames} frames; {stats['test']['silent_rate']:.0%} of the featured objects "
-                 "are visible but silent (train: "
-                 f"{stats['train']['silent_rate']:.0%}). "
-                 "mIoU, F: higher is better. FPR: share of pixels called sounding under silence / white noise / "
-                 "another clip's audio: lower is better.")
-        table = format_table(rows, title=title)
+        title = (f"Co-AVS test split, {frames} frames, {seeds} seed(s){' (mean ± std)' if seeds > 1 else ''}; "
+                 f"{stats['test']['silent_rate']:.0%} of the featured objects are visible but silent (train: "
+                 f"{stats['train']['silent_rate']:.0%}). mIoU, F, CF IoU (counterfactual: one of two sources "
+                 "played alone): higher is better. FPR: share of pixels called sounding under silence / white "
+                 "noise / another clip's audio: lower is better.")
+        table = format_summary(rows, title)
         timings["total"] = time.perf_counter() - started
-        (work / "results.json").write_text(json.dumps({"rows": rows, "timings_s": timings}, indent=2))
+        (work / "results.json").write_text(json.dumps(
+            {"rows": rows, "per_seed": per_seed, "without_gate": summarize(ungated) if ungated else {},
+             "timings_s": timings, "train_seconds": took}, indent=2))
         (work / "results.md").write_text(table + "\n")
         print()
         print(table)
@@ -196,8 +260,17 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds; the numbers mean nothing)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seeds", type=int, default=1, help="train every model with seeds 0..N-1 (mean ± std)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"rows to run (default: {','.join(MODELS)})")
     args = parser.parse_args(argv)
-    return run(args.out, args.quick, args.keep, progress=not args.no_progress and sys.stderr.isatty())
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        parser.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    return run(args.out, args.quick, args.keep, progress=not args.no_progress and sys.stderr.isatty(),
+               seeds=args.seeds, models=models)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,18 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
                                   const at::Tensor& foreground, int64_t height, int64_t width, double alpha,
                                   bool uncertainty, bool mask_debias, bool overall, int64_t reduce);
 
+// masked_cross_attention: see csrc/cpu/masked_attention_cpu.cpp. Returns (out [B,h,Q,dh], lse [B,h,Q] float32,
+// float64 for float64 inputs); rows of dormant queries or without a visible key are 0 in both.
+std::tuple<at::Tensor, at::Tensor> masked_cross_attention_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                              const at::Tensor& v, const at::Tensor& mask_bits,
+                                                              const at::Tensor& block_occupancy,
+                                                              const at::Tensor& active, double scale);
+// Returns (dq, dk, dv), contiguous.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const at::Tensor& mask_bits, const at::Tensor& block_occupancy, const at::Tensor& active,
+    double scale);
+
 #ifdef COAVS_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> debias_logits_cuda(const at::Tensor& mask, const at::Tensor& cls,
                                                       const at::Tensor& mask_biased, const at::Tensor& cls_biased,

@@ -40,6 +40,12 @@ TORCH_LIBRARY(coavs_C, m) {
       "semantic_inference(Tensor mask, Tensor mask_biased, Tensor probs, Tensor probs_biased, Tensor gate,"
       " Tensor foreground, int height, int width, float alpha, bool uncertainty, bool mask_debias, bool overall,"
       " int reduce) -> Tensor");
+  m.def(
+      "masked_cross_attention(Tensor q, Tensor k, Tensor v, Tensor mask_bits, Tensor block_occupancy,"
+      " Tensor active, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "masked_cross_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+      " Tensor mask_bits, Tensor block_occupancy, Tensor active, float scale) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(coavs_C, CPU, m) {
@@ -49,6 +55,8 @@ TORCH_LIBRARY_IMPL(coavs_C, CPU, m) {
   m.impl("assign_queries_backward", &coavs::assign_queries_backward_cpu);
   m.impl("matching_cost", &coavs::matching_cost_cpu);
   m.impl("semantic_inference", &coavs::semantic_inference_cpu);
+  m.impl("masked_cross_attention", &coavs::masked_cross_attention_cpu);
+  m.impl("masked_cross_attention_backward", &coavs::masked_cross_attention_backward_cpu);
 }
 
 #ifdef COAVS_WITH_CUDA

@@ -71,61 +71,87 @@ def _assign_queries_kernel(
 
 
 @triton.jit
+def _d_query_feat_block(grad_ptr, d_feat_ptr, batch, num_queries, width, block_id,
+                        ACC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_CHUNK: tl.constexpr):
+    """d_query_feat[q, j] = Σ_b g[b, q, j]: BLOCK elements of [Q, D], BLOCK_CHUNK samples at a time."""
+    chunk = tl.arange(0, BLOCK_CHUNK)
+    i = block_id.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = i < num_queries * width
+    total = tl.zeros([BLOCK], dtype=ACC)
+    for b0 in range(0, batch, BLOCK_CHUNK):
+        bb = (b0 + chunk).to(tl.int64)
+        tile = (bb < batch)[:, None] & valid[None, :]
+        g = tl.load(grad_ptr + bb[:, None] * num_queries * width + i[None, :], mask=tile, other=0.0)
+        total += tl.sum(g.to(ACC), axis=0)
+    tl.store(d_feat_ptr + i, total.to(d_feat_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _d_audio_block(grad_ptr, gate_ptr, d_audio_ptr, batch, num_queries, width, block_id,
+                   ACC: tl.constexpr, SCORE_ACC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_CHUNK: tl.constexpr):
+    """d_audio[b, j] = Σ_q gate[b, q]·g[b, q, j]: BLOCK elements of [B, D], BLOCK_CHUNK queries at a time."""
+    chunk = tl.arange(0, BLOCK_CHUNK)
+    i = block_id.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = i < batch * width
+    b = i // width
+    j = i % width
+    total = tl.zeros([BLOCK], dtype=ACC)
+    for q0 in range(0, num_queries, BLOCK_CHUNK):
+        qq = (q0 + chunk).to(tl.int64)
+        tile = (qq < num_queries)[:, None] & valid[None, :]
+        row = b[None, :] * num_queries + qq[:, None]
+        gate = tl.load(gate_ptr + row, mask=tile, other=0.0).to(SCORE_ACC).to(ACC)
+        g = tl.load(grad_ptr + row * width + j[None, :], mask=tile, other=0.0).to(ACC)
+        total += tl.sum(gate * g, axis=0)
+    tl.store(d_audio_ptr + i, total.to(d_audio_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _d_scores_block(grad_ptr, grad_gate_ptr, audio_ptr, active_ptr, d_scores_ptr,
+                    batch, num_queries, width, num_markers, dilation, block_id,
+                    SOFT: tl.constexpr, ACC: tl.constexpr, SCORE_ACC: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr):
+    """d_scores[b, s] for BLOCK_R (sample, marker) pairs (zero unless SOFT)."""
+    pair = block_id.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    valid = pair < batch * num_markers
+    b = pair // num_markers
+    s = pair % num_markers
+    total = tl.zeros([BLOCK_R], dtype=ACC)
+    if SOFT:
+        for k in range(0, dilation):
+            r = b * num_queries + s * dilation + k
+            on = valid & (tl.load(active_ptr + r, mask=valid, other=0) != 0)
+            dot = tl.zeros([BLOCK_R], dtype=ACC)
+            for d0 in range(0, width, BLOCK_E):
+                j = d0 + tl.arange(0, BLOCK_E)
+                tile = on[:, None] & (j < width)[None, :]
+                g = tl.load(grad_ptr + r[:, None] * width + j[None, :], mask=tile, other=0.0).to(ACC)
+                a = tl.load(audio_ptr + b[:, None] * width + j[None, :], mask=tile, other=0.0).to(ACC)
+                dot += tl.sum(g * a, axis=1)
+            gate_grad = tl.load(grad_gate_ptr + r, mask=on, other=0.0).to(SCORE_ACC).to(ACC)
+            total += tl.where(on, dot + gate_grad, 0.0)
+    tl.store(d_scores_ptr + pair, total.to(d_scores_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
 def _assign_queries_backward_kernel(
     grad_ptr, grad_gate_ptr, audio_ptr, gate_ptr, active_ptr, d_feat_ptr, d_audio_ptr, d_scores_ptr,
     batch, num_queries, width, num_markers, dilation, feat_programs, audio_programs,
     SOFT: tl.constexpr, ACC: tl.constexpr, SCORE_ACC: tl.constexpr,
     BLOCK: tl.constexpr, BLOCK_CHUNK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
+    # One function per branch: the compiler requires a variable assigned in several branches of a runtime
+    # ``if`` to keep one type, and the branches' tiles differ in shape.
     pid = tl.program_id(0)
-    chunk = tl.arange(0, BLOCK_CHUNK)
     if pid < feat_programs:
-        # d_query_feat[q, j] = Σ_b g[b, q, j]: BLOCK elements of [Q, D], BLOCK_CHUNK samples at a time.
-        i = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        valid = i < num_queries * width
-        total = tl.zeros([BLOCK], dtype=ACC)
-        for b0 in range(0, batch, BLOCK_CHUNK):
-            bb = (b0 + chunk).to(tl.int64)
-            tile = (bb < batch)[:, None] & valid[None, :]
-            g = tl.load(grad_ptr + bb[:, None] * num_queries * width + i[None, :], mask=tile, other=0.0)
-            total += tl.sum(g.to(ACC), axis=0)
-        tl.store(d_feat_ptr + i, total.to(d_feat_ptr.dtype.element_ty), mask=valid)
+        _d_query_feat_block(grad_ptr, d_feat_ptr, batch, num_queries, width, pid, ACC, BLOCK, BLOCK_CHUNK)
     elif pid < feat_programs + audio_programs:
-        # d_audio[b, j] = Σ_q gate[b, q]·g[b, q, j]: BLOCK elements of [B, D], BLOCK_CHUNK queries at a time.
-        i = (pid - feat_programs).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        valid = i < batch * width
-        b = i // width
-        j = i % width
-        total = tl.zeros([BLOCK], dtype=ACC)
-        for q0 in range(0, num_queries, BLOCK_CHUNK):
-            qq = (q0 + chunk).to(tl.int64)
-            tile = (qq < num_queries)[:, None] & valid[None, :]
-            row = b[None, :] * num_queries + qq[:, None]
-            gate = tl.load(gate_ptr + row, mask=tile, other=0.0).to(SCORE_ACC).to(ACC)
-            g = tl.load(grad_ptr + row * width + j[None, :], mask=tile, other=0.0).to(ACC)
-            total += tl.sum(gate * g, axis=0)
-        tl.store(d_audio_ptr + i, total.to(d_audio_ptr.dtype.element_ty), mask=valid)
+        _d_audio_block(grad_ptr, gate_ptr, d_audio_ptr, batch, num_queries, width, pid - feat_programs,
+                       ACC, SCORE_ACC, BLOCK, BLOCK_CHUNK)
     else:
-        # d_scores[b, s] for BLOCK_R (sample, marker) pairs.
-        pair = (pid - feat_programs - audio_programs).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-        valid = pair < batch * num_markers
-        b = pair // num_markers
-        s = pair % num_markers
-        total = tl.zeros([BLOCK_R], dtype=ACC)
-        if SOFT:
-            for k in range(0, dilation):
-                r = b * num_queries + s * dilation + k
-                on = valid & (tl.load(active_ptr + r, mask=valid, other=0) != 0)
-                dot = tl.zeros([BLOCK_R], dtype=ACC)
-                for d0 in range(0, width, BLOCK_E):
-                    j = d0 + tl.arange(0, BLOCK_E)
-                    tile = on[:, None] & (j < width)[None, :]
-                    g = tl.load(grad_ptr + r[:, None] * width + j[None, :], mask=tile, other=0.0).to(ACC)
-                    a = tl.load(audio_ptr + b[:, None] * width + j[None, :], mask=tile, other=0.0).to(ACC)
-                    dot += tl.sum(g * a, axis=1)
-                gate_grad = tl.load(grad_gate_ptr + r, mask=on, other=0.0).to(SCORE_ACC).to(ACC)
-                total += tl.where(on, dot + gate_grad, 0.0)
-        tl.store(d_scores_ptr + pair, total.to(d_scores_ptr.dtype.element_ty), mask=valid)
+        _d_scores_block(grad_ptr, grad_gate_ptr, audio_ptr, active_ptr, d_scores_ptr,
+                        batch, num_queries, width, num_markers, dilation, pid - feat_programs - audio_programs,
+                        SOFT, ACC, SCORE_ACC, BLOCK_R, BLOCK_E)
 
 
 def _representable(value: float, dtype: torch.dtype) -> float:
@@ -179,5 +205,6 @@ def assign_queries_backward(grad_queries, grad_gate, audio, gate, active, num_ma
         batch, num_queries, width, num_markers, dilation, feat_programs, audio_programs,
         SOFT=bool(soft), ACC=_acc(grad_queries.dtype), SCORE_ACC=_acc(gate.dtype),
         BLOCK=block, BLOCK_CHUNK=16, BLOCK_R=block_r, BLOCK_E=min(128, max(16, triton.next_power_of_2(width))),
+        num_warps=8,  # 16x256 chunk tiles: 16 elements a thread (float64 spills registers with 4 warps)
     )
     return d_scores, d_audio, d_query_feat

@@ -29,7 +29,6 @@ import torch
 import triton
 import triton.language as tl
 
-from coavs.ops import _dispatch
 
 BLOCK_N = 64  # keys per block; equals the mask's occupancy block
 LOG2E = 1.4426950408889634
@@ -269,6 +268,42 @@ def _backward_kernel(
 _TUNED = {}
 
 
+class SharedMemoryPrune:
+    """``early_config_prune`` of the autotuned kernels: drops the configs whose shared memory would exceed what
+    one block may use on the current device (A100 163 KiB, H100 227 KiB), so none fails at launch.
+
+    Upper bound (bytes), checked against the compiled kernels by ``benchmarks/compile_check.py``:
+    ``num_stages`` buffers of the key-block operand tiles (k and v, ``BLOCK_N·BLOCK_D`` each, input dtype)
+    plus the layout-conversion scratch of one float32 ``BLOCK_M·max(BLOCK_N, BLOCK_D)`` tile, and for the
+    backward also the row-block tiles (q, dO: ``BLOCK_M·BLOCK_D`` each) and a second scratch tile."""
+
+    def __init__(self, kernel: str):
+        self.kernel = kernel
+
+    def estimate(self, config, nargs: dict, kwargs: dict) -> int:
+        element = nargs["q_ptr"].element_size()
+        block_m, block_n, block_d = config.kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_D"]
+        scratch = 4 * block_m * max(block_n, block_d)
+        if self.kernel == "forward":
+            return config.num_stages * 2 * block_n * block_d * element + scratch
+        return config.num_stages * 2 * (block_n + block_m) * block_d * element + 2 * scratch
+
+    def __call__(self, configs, nargs, **kwargs):
+        device = nargs["q_ptr"].device
+        properties = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)
+        limit = properties["max_shared_mem"]
+        kept = [config for config in configs if self.estimate(config, nargs, kwargs) <= limit]
+        if not kept:
+            raise ValueError(f"masked_cross_attention: no {self.kernel} config fits {limit} bytes of shared memory "
+                             f"(BLOCK_D={kwargs['BLOCK_D']})")
+        return kept
+
+
+def _interpreting() -> bool:
+    """Triton runs under its CPU interpreter (as ``coavs.ops._dispatch`` decides; kernels/ does not import coavs)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _kernel(name, kernel, configs, interpreting, reset_to_zero=None):
     """The kernel and its fixed launch options: under the interpreter one small config; on the GPU an autotuned
     wrapper, or one default config when ``COAVS_TRITON_AUTOTUNE=0`` (tests over many shapes)."""
@@ -278,6 +313,7 @@ def _kernel(name, kernel, configs, interpreting, reset_to_zero=None):
         return kernel, {"BLOCK_M": 32, "num_warps": 4, "num_stages": 2}
     if name not in _TUNED:
         _TUNED[name] = triton.autotune(configs, key=["queries", "num_keys", "head_dim"],
+                                       prune_configs_by={"early_config_prune": SharedMemoryPrune(name)},
                                        reset_to_zero=reset_to_zero)(kernel)
     return _TUNED[name], {}
 
@@ -294,7 +330,7 @@ def _common(q, k, active):
                               BLOCK_Q=triton.next_power_of_2(queries))
     block_d = max(16, triton.next_power_of_2(q.shape[3]))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    upcast = q.dtype == torch.bfloat16 and _dispatch.triton_interpreting()
+    upcast = q.dtype == torch.bfloat16 and _interpreting()
     return order, count, block_d, dict(BLOCK_N=BLOCK_N, BLOCK_D=block_d, PRECISION=precision, UPCAST=upcast)
 
 
@@ -327,7 +363,7 @@ def masked_cross_attention_forward(q, k, v, bits, occupancy, active, scale: floa
         return out, lse
     order, count, block_d, constants = _common(q, k, active)
     bits, occupancy = bits.contiguous(), occupancy.contiguous()
-    interpreting = _dispatch.triton_interpreting()
+    interpreting = _interpreting()
     splits, per_split = key_splits(key_blocks)
     if splits > 1:
         o_part = torch.empty((splits, batch, heads, queries, head_dim), dtype=torch.float32, device=q.device)
@@ -366,7 +402,7 @@ def masked_cross_attention_backward(grad_out, q, k, v, out, lse, bits, occupancy
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     order, count, block_d, constants = _common(q, k, active)
     bits, occupancy, lse = bits.contiguous(), occupancy.contiguous(), lse.contiguous()
-    interpreting = _dispatch.triton_interpreting()
+    interpreting = _interpreting()
     delta = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)  # read only where written
     block_m = _row_block(interpreting)
     _delta_kernel[(batch * triton.cdiv(queries, block_m), heads)](

@@ -103,7 +103,7 @@ def test_predict_on_a_folder_of_frames_and_a_wav(trained_run, workspace, tmp_pat
 def test_user_mistakes_are_one_line(argv, message, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("data:\n  batchsize: 2\n")
     (tmp_path / "no_data.yaml").write_text(f"data:\n  root: {tmp_path / 'absent'}\n")
-    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
@@ -114,20 +114,27 @@ def test_bench_finds_the_repository_benchmarks(capsys):
     assert main(["bench", "--list"]) == 0
     listed = capsys.readouterr().out.split()
     assert "debias" in listed
-    assert main(["bench", "no_such_benchmark"]) == 2
+    assert main(["bench", "no_such_benchmark"]) == 1
     assert "unknown benchmark" in capsys.readouterr().err
 
 
-def test_demo_quick_trains_both_models_and_prints_the_table(tmp_path, capsys):
+def test_demo_quick_trains_the_four_models_and_prints_the_table(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| vanilla-trained, plain inference" in out and "| debias-trained, debiased inference" in out
+    for row in ("| vanilla ", "| paper debias ", "| negative-audio training + gate ",
+                "| paper debias + negative audio + gate "):
+        assert row in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["rows"]) == 4
     for row in results["rows"].values():
-        assert {"miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned"} <= set(row)
-    configs = [json.loads((tmp_path / "runs" / n / "config.json").read_text()) for n in ("vanilla", "debias")]
-    assert [c["debias"]["mode"] for c in configs] == ["none", "fixed"]
+        assert {"miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou"} <= set(row)
+    names = ("vanilla", "debias", "negatives", "combined")
+    configs = [json.loads((tmp_path / "runs" / f"{n}-s0" / "config.json").read_text()) for n in names]
+    assert [c["debias"]["mode"] for c in configs] == ["none", "fixed", "none", "fixed"]
+    assert [c["negatives"]["ratio"] > 0 for c in configs] == [False, False, True, True]
+    assert all((tmp_path / "runs" / f"{n}-s0" / "gate.json").is_file() for n in ("negatives", "combined"))
+    assert set(results["without_gate"]) == {"negative-audio training + gate (no gate)",
+                                            "paper debias + negative audio + gate (no gate)"}
 
 
 def test_sigterm_to_the_process_group_saves_and_exits_cleanly(workspace, tmp_path, capsys):

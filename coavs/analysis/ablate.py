@@ -10,8 +10,9 @@ variant                 training                                               i
 vanilla                 no biased branch                                       vanilla
 scheme/mask, /class,    debias on mask logits / class logits / both separately  debias, same scheme
 /separate               (D.3)
-scheme/overall          as scheme/separate (a set loss cannot train per-pixel  debias on the per-pixel scores
-                        scores; DESIGN op 4)
+scheme/overall,         debias of the per-pixel scores Σ softmax(c)·σ(m) /     the same reading
+/overall_product        of the literal product Σ_q m·c of Eq. (1) (D.3),
+                        trained with a per-pixel loss on them
 biased/mute, /noise,    biased-branch audio (D.2; random_semantic: the audio   debias
 /ddpm, /random_semantic of another frame whose markers differ)
 strategy/fixed,         debias strategy (D.1)                                  debias with α fixed / α scaled by
@@ -19,7 +20,17 @@ strategy/fixed,         debias strategy (D.1)                                  d
 /bias_only
 strategy/ensemble       as strategy/fixed                                      mean of vanilla and debiased logits
 dilation/1, /2, /5      queries per marker d (B.1)                             debias
+biased_queries/shared   the biased branch reuses the vanilla markers (the      debias
+                        pre-D.2 behaviour; the base perceives its own)
+negatives/none, /fixed, negative-audio training (ratio 0.5: silence, noise,    vanilla (none) / debias
+/uncertainty,           misaligned audio with empty targets) with no debias
+/bias_only              or each debias strategy
+gate/any, gate/class    as negatives/none                                      vanilla + the classifier gate,
+                                                                               τ calibrated on the val split
 ======================  =====================================================  ===================================
+
+``--seeds N`` (``seeds=``) trains every run with seeds 0 … N−1 and reports the mean ± std over seeds of every
+metric (the counterfactual IoU included).
 
 Variants whose training configs are identical share one training run (``scheme/separate``, ``biased/mute``,
 ``strategy/fixed``, ``strategy/ensemble``, ``scheme/overall`` and the base dilation are one run). Runs live in
@@ -46,6 +57,10 @@ SCHEMES = ("mask", "class", "separate", "overall")
 BIASED = ("mute", "noise", "ddpm", "random_semantic")
 STRATEGIES = ("fixed", "uncertainty", "bias_only", "ensemble")
 DILATIONS = (1, 2, 5)
+NEGATIVE_STRATEGIES = ("none", "fixed", "uncertainty", "bias_only")
+GATES = ("any", "class")
+NEGATIVES = {"ratio": 0.5, "kinds": ["silence", "noise", "misaligned"], "mode": "add"}
+METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou")
 WARMUP_STEPS = 3  # steps left out of the step time (first-call overheads), when the run is long enough
 
 BASE_DEBIAS = {"mode": "fixed", "biased_audio": "mute", "scheme": "separate"}
@@ -65,15 +80,20 @@ class Variant:
     scheme: str = "separate"
     strategy: str = "fixed"
     note: str = ""
+    negatives: dict = field(default_factory=dict)  # the training config's negatives section ({}: off)
+    gate: str = "none"  # inference gate (calibrated on the val split at evaluation)
+    overall_reading: str = "score"
 
 
 def all_variants() -> list[Variant]:
     """Every variant, in table order."""
     out = [Variant("vanilla", "baseline", {"mode": "none"}, mode="vanilla", note="no biased branch")]
     for scheme in SCHEMES:
-        train_scheme = "separate" if scheme == "overall" else scheme
-        out.append(Variant(f"scheme/{scheme}", "debias scheme (D.3)", {**BASE_DEBIAS, "scheme": train_scheme},
-                           scheme=scheme, note="trained as separate" if scheme == "overall" else ""))
+        out.append(Variant(f"scheme/{scheme}", "debias scheme (D.3)", {**BASE_DEBIAS, "scheme": scheme},
+                           scheme=scheme, note="per-pixel scores" if scheme == "overall" else ""))
+    out.append(Variant("scheme/overall_product", "debias scheme (D.3)",
+                       {**BASE_DEBIAS, "scheme": "overall", "overall_reading": "product"}, scheme="overall",
+                       overall_reading="product", note="literal mask × class logits"))
     for kind in BIASED:
         out.append(Variant(f"biased/{kind}", "biased-branch audio (D.2)", {**BASE_DEBIAS, "biased_audio": kind}))
     for strategy in STRATEGIES:
@@ -84,6 +104,16 @@ def all_variants() -> list[Variant]:
                            note="trained as fixed" if strategy == "ensemble" else ""))
     for d in DILATIONS:
         out.append(Variant(f"dilation/{d}", "dilation (B.1)", dict(BASE_DEBIAS), model={"dilation": d}))
+    out.append(Variant("biased_queries/shared", "biased-branch queries (D.2)", dict(BASE_DEBIAS),
+                       model={"biased_queries": "shared"}, note="vanilla markers reused"))
+    for strategy in NEGATIVE_STRATEGIES:
+        debias = {"mode": "none"} if strategy == "none" else {**BASE_DEBIAS, "mode": strategy}
+        out.append(Variant(f"negatives/{strategy}", "negative audio", debias, negatives=dict(NEGATIVES),
+                           mode="vanilla" if strategy == "none" else "debias",
+                           strategy="uncertainty" if strategy == "uncertainty" else "fixed"))
+    for gate in GATES:
+        out.append(Variant(f"gate/{gate}", "negative audio", {"mode": "none"}, negatives=dict(NEGATIVES),
+                           mode="vanilla", gate=gate, note="τ from the val split"))
     return out
 
 
@@ -101,7 +131,7 @@ def select_variants(spec: str | None) -> list[Variant]:
         matches = [v for v in variants if v.name == part or v.name.split("/")[0] == part]
         if not matches:
             raise ValueError(f"unknown variant {part!r}; known: {', '.join(VARIANT_NAMES)} (or a group: vanilla, "
-                             "scheme, biased, strategy, dilation)")
+                             "scheme, biased, strategy, dilation, biased_queries, negatives, gate)")
         chosen += [v for v in matches if v not in chosen]
     return chosen
 
@@ -122,19 +152,23 @@ def default_base_config(data_root: str, device: str = "auto") -> dict:
     }
 
 
-def training_config(base: dict, variant: Variant, steps: int, progress: bool) -> dict:
+def training_config(base: dict, variant: Variant, steps: int, progress: bool, seed: int | None = None) -> dict:
     """The variant's full training config (a dict for ``TrainConfig.from_dict``): ``base`` with the variant's
     debias section (keeping the base's ``weight``, ``alpha`` and ``aux``) and model overrides, and the base's
     stages replaced by one stage capped at ``steps`` steps (every variant sees the same data for as long), no
     evaluation during training."""
     config = copy.deepcopy(base)
     kept = {k: v for k, v in config.get("debias", {}).items() if k in ("weight", "alpha", "aux")}
+    if variant.negatives:
+        config["negatives"] = dict(variant.negatives)
     config["debias"] = {**kept, **variant.debias} if variant.debias.get("mode") != "none" else dict(variant.debias)
     config["model"] = {**config.get("model", {}), **variant.model}
     config["stages"] = [{"name": "main", "epochs": 100000}]
     config["eval"] = {**config.get("eval", {}), "split": ""}
     config["run"] = {**config.get("run", {}), "max_steps": int(steps), "progress": bool(progress),
                      "checkpoint_every": 0}
+    if seed is not None:
+        config["run"]["seed"] = int(seed)
     return config
 
 
@@ -154,27 +188,31 @@ class TrainingRun:
     config: dict
     variants: list[Variant]
     run_dir: Path
+    seed: int = 0
     step_ms: float = math.nan
     seconds: float = math.nan
     reused: bool = False
 
 
 def plan_trainings(base: dict, variants: list[Variant], steps: int, out_dir: Path,
-                   progress: bool = False) -> list[TrainingRun]:
-    """Group ``variants`` by identical training config; one :class:`TrainingRun` each, in first-use order."""
+                   progress: bool = False, seeds=None) -> list[TrainingRun]:
+    """Group ``variants`` by identical training config (per seed of ``seeds``; None: the base's seed, as
+    before); one :class:`TrainingRun` each, in first-use order."""
     from coavs.training.trainer import TrainConfig
 
     resolved = TrainConfig.from_dict(base).model_config().to_dict()
     runs: dict[str, TrainingRun] = {}
-    for variant in variants:
-        # a model override equal to the base's resolved value (e.g. the preset's dilation) is no change
-        same = {k: v for k, v in variant.model.items() if resolved.get(k) != v}
-        config = training_config(base, dataclasses.replace(variant, model=same), steps, progress)
-        key = _key(config)
-        if key not in runs:
-            name = variant.name.replace("/", "-")
-            runs[key] = TrainingRun(key, config, [], out_dir / "runs" / f"{name}-{key}")
-        runs[key].variants.append(variant)
+    for seed in (list(seeds) if seeds is not None else [None]):
+        for variant in variants:
+            # a model override equal to the base's resolved value (e.g. the preset's dilation) is no change
+            same = {k: v for k, v in variant.model.items() if resolved.get(k) != v}
+            config = training_config(base, dataclasses.replace(variant, model=same), steps, progress, seed)
+            key = _key(config)
+            if key not in runs:
+                name = variant.name.replace("/", "-")
+                runs[key] = TrainingRun(key, config, [], out_dir / "runs" / f"{name}-{key}",
+                                        seed=int(config["run"].get("seed", 0)))
+            runs[key].variants.append(variant)
     return list(runs.values())
 
 
@@ -244,9 +282,18 @@ def evaluate_variant(run: TrainingRun, variant: Variant, split: str, device: str
     if data_key not in dataset_cache:
         dataset_cache[data_key] = open_eval_dataset(config, split)
     debias = config.debias_config()
+    gate = None
+    if variant.gate != "none":
+        from coavs.eval.gate import calibrate_gate
+
+        gate_key = data_key + "|val"
+        if gate_key not in dataset_cache:
+            dataset_cache[gate_key] = open_eval_dataset(config, "val")
+        gate, _ = calibrate_gate(model, dataset_cache[gate_key], variant.gate, device=_device(device))
     rows = evaluate(model, dataset_cache[data_key], batch_size=batch_size, device=_device(device),
                     modes=(variant.mode,), bias=True, biased=debias.biased_audio, alpha=debias.alpha,
-                    scheme=variant.scheme, strategy=variant.strategy, max_clips=max_clips)
+                    scheme=variant.scheme, strategy=variant.strategy, max_clips=max_clips,
+                    overall_reading=variant.overall_reading, gate=gate)
     return rows[variant.mode]
 
 
@@ -265,44 +312,63 @@ class AblationResult:
     seconds: float
     steps: int
     split: str
+    seeds: int = 1
 
 
 def run_ablation(base: dict, variants: list[Variant], out_dir, *, steps: int = 600, split: str = "test",
                  device: str = "auto", batch_size: int = 4, max_clips: int | None = None, fresh: bool = False,
-                 progress: bool = True, log=print) -> AblationResult:
+                 progress: bool = True, log=print, seeds: int | None = None) -> AblationResult:
     """Train and evaluate every variant; write ``ablation.md``, ``ablation.csv`` and ``ablation.png`` in
-    ``out_dir``. ``log``: where one line per finished training goes."""
+    ``out_dir``. ``log``: where one line per finished training goes. ``seeds``: train every run with seeds
+    0 … N−1; each row then holds the mean over seeds and ``<metric>_std`` (None: one run with the base's seed)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     if not variants:
         raise ValueError("no variant to run")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    runs = plan_trainings(base, variants, steps, out_dir, progress)
-    results: dict[str, dict] = {}
+    runs = plan_trainings(base, variants, steps, out_dir, progress, range(seeds) if seeds is not None else None)
+    per_seed: dict[str, list[dict]] = {}
     datasets: dict = {}
     for i, run in enumerate(runs, 1):
         names = ", ".join(v.name for v in run.variants)
         train_one(run, fresh)
-        log(f"[{i}/{len(runs)}] {names}: {'reused' if run.reused else 'trained'} {steps} steps, "
+        log(f"[{i}/{len(runs)}] {names} (seed {run.seed}): {'reused' if run.reused else 'trained'} {steps} steps, "
             f"{run.step_ms:.0f} ms/step -> {run.run_dir}")
         for variant in run.variants:
             metrics = evaluate_variant(run, variant, split, device, batch_size, max_clips, datasets)
-            results[variant.name] = {"variant": variant.name, "group": variant.group, "note": variant.note,
-                                     "mode": variant.mode, "scheme": variant.scheme, "strategy": variant.strategy,
-                                     **{k: metrics.get(k) for k in ("miou", "fscore", "fpr_silence", "fpr_noise",
-                                                                    "fpr_misaligned", "frames")},
-                                     "step_ms": run.step_ms, "run": str(run.run_dir)}
-    rows = [results[v.name] for v in variants]
-    result = AblationResult(rows, runs, time.perf_counter() - start, steps, split)
+            per_seed.setdefault(variant.name, []).append(
+                {"seed": run.seed, **{k: metrics.get(k) for k in (*METRICS, "frames")}, "step_ms": run.step_ms,
+                 "run": str(run.run_dir)})
+    rows = []
+    for v in variants:
+        row = {"variant": v.name, "group": v.group, "note": v.note, "mode": v.mode, "scheme": v.scheme,
+               "strategy": v.strategy, "gate": v.gate}
+        row.update(aggregate_seeds(per_seed[v.name]))
+        rows.append(row)
+    result = AblationResult(rows, runs, time.perf_counter() - start, steps, split, seeds or 1)
     write_ablation_outputs(result, out_dir, base)
     return result
 
 
+def aggregate_seeds(rows: list[dict]) -> dict:
+    """Per-seed rows → the mean of every metric (NaNs left out), ``<metric>_std`` (sample std; 0 for one seed),
+    ``seeds`` and ``runs`` (the run folders); ``frames`` and ``step_ms`` as the first row's / the median."""
+    out = {"seeds": len(rows), "frames": rows[0].get("frames"),
+           "step_ms": statistics.median([r["step_ms"] for r in rows]), "run": ";".join(r["run"] for r in rows)}
+    for key in METRICS:
+        values = [r[key] for r in rows if r.get(key) is not None and not math.isnan(r[key])]
+        out[key] = statistics.fmean(values) if values else math.nan
+        out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- output
-COLUMNS = [("miou", "mIoU ↑"), ("fscore", "F ↑"), ("fpr_silence", "FPR silence ↓"), ("fpr_noise", "FPR noise ↓"),
-           ("fpr_misaligned", "FPR misaligned ↓")]
+COLUMNS = [("miou", "mIoU ↑"), ("fscore", "F ↑"), ("fpr_silence", "FPR silence ↓"),
+           ("fpr_noise", "FPR noise ↓"), ("fpr_misaligned", "FPR misaligned ↓"), ("counterfactual_iou", "CF IoU ↑")]
 
 
 def ablation_markdown(result: AblationResult, base: dict) -> str:
@@ -312,14 +378,16 @@ def ablation_markdown(result: AblationResult, base: dict) -> str:
     header = ["variant", *(label for _, label in COLUMNS), "step (ms)", "note"]
     body = []
     for row in result.rows:
-        body.append([row["variant"], *(fmt(row[key]) for key, _ in COLUMNS),
-                     fmt(row["step_ms"], 0, percent=False), row["note"]])
+        cells = [fmt(row[key]) + (f" ± {fmt(row[key + '_std'])}" if result.seeds > 1 else "") for key, _ in COLUMNS]
+        body.append([row["variant"], *cells, fmt(row["step_ms"], 0, percent=False), row["note"]])
     data = base.get("data", {})
     model = base.get("model", {})
     frames = result.rows[0].get("frames") if result.rows else None
     lines = [
         "# Ablation", "",
-        f"Each run: {result.steps} training steps of the `{model.get('preset', 'custom')}` model on "
+        f"Each run: {result.steps} training steps, {result.seeds} seed(s)"
+        f"{' (mean ± std over seeds)' if result.seeds > 1 else ''} of the `{model.get('preset', 'custom')}` "
+        "model on "
         f"`{data.get('root', '?')}` (batch {data.get('batch_size', '?')} clips); evaluated on the "
         f"{result.split} split ({frames} annotated frames). Metrics in %; FPR = share of pixels called sounding "
         "when the audio is silence / white noise / another clip's (lower is better). Step time: median wall "

@@ -13,7 +13,8 @@ Outputs (:func:`write_area_outputs`):
   :class:`coavs.analysis.stats.GroupedMetrics` (``frames``, ``mean_area`` — the achieved area for rescaled rows —,
   ``binary_miou``, ``binary_fscore``, ``binary_iou_std``, ``semantic_*`` for multi-class data);
 - ``area_frames.csv``: per frame ``uid``, ``frame``, ``area``, ``iou`` (and ``rescaled_area``, ``zoom``,
-  ``rescaled_iou``);
+  ``rescaled_iou``, ``rescaled_object_area`` — the mean area of one sounding object after the per-object
+  rescaling of A.1);
 - ``area_classes.csv`` (multi-class data): per class its mean area over the frames that show it and its IoU/F
   over the whole set (the points of the paper's Figure A1a);
 - ``area.png``: (a) per class, (b) per frame with a fitted quadratic (red), the binned mIoU (blue) and the
@@ -41,7 +42,7 @@ def annotated_frames(batch: dict) -> dict:
     keep = batch["annotated"].bool().cpu()
     rows = keep.nonzero().flatten()
     out = {}
-    for key in ("pred_labels", "fg_score", "labels", "clip_index", "frame_index", "zoom"):
+    for key in ("pred_labels", "fg_score", "labels", "clip_index", "frame_index", "zoom", "object_area"):
         if key in batch and batch[key] is not None:
             out[key] = batch[key].detach().cpu().index_select(0, rows)
     out["uid"] = [batch["uid"][i] for i in rows.tolist()]
@@ -124,9 +125,12 @@ def area_analysis(batches, num_classes: int | None, edges=DEFAULT_EDGES, rescale
             rescaled.update([ALL] * len(bins), b["fg_score"], b["labels"], b.get("pred_labels"), area)
             ious = binary_frame_iou(b["fg_score"], b["labels"])
             zoom = b.get("zoom")
+            per_object = b.get("object_area")  # the achieved area of one object (per-object rescaling, A.1)
             for i, k in enumerate(keys):
                 frames[k].update(rescaled_area=float(area[i]), rescaled_iou=float(ious[i]),
                                  zoom=float(zoom[i]) if zoom is not None else math.nan)
+                if per_object is not None:
+                    frames[k]["rescaled_object_area"] = float(per_object[i])
         result.rows += _bin_rows(rescaled, edges, "rescaled")
     result.frames = [{k: v for k, v in row.items() if k != "bin"} for row in frames.values()]
     if per_class is not None:

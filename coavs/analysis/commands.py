@@ -127,6 +127,8 @@ def cmd_ablate(args) -> int:
         raise _user_error(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise _user_error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.seeds is not None and args.seeds < 1:
+        raise _user_error(f"--seeds must be >= 1, got {args.seeds}")
     try:
         variants = select_variants(args.variants)
     except ValueError as exc:
@@ -147,7 +149,7 @@ def cmd_ablate(args) -> int:
     TrainConfig.from_dict(base)  # bad keys fail here, before any training
     result = run_ablation(base, variants, args.out, steps=args.steps, split=args.split, device=args.device,
                           batch_size=args.batch_size, max_clips=args.max_clips, fresh=args.fresh,
-                          progress=not args.quiet)
+                          progress=not args.quiet, seeds=args.seeds)
     print((Path(args.out) / "ablation.md").read_text())
     print(f"{len(variants)} variants, {len(result.runs)} trainings in {result.seconds / 60:.1f} min -> {args.out}")
     return 0
@@ -216,9 +218,12 @@ def register(sub) -> None:
     p = sub.add_parser("ablate", help="train the small model under each debias variant and write one Markdown "
                                       "table (supplementary D.1-D.3, dilation)",
                        description="Variants (comma-separated names or groups with --variants): vanilla; "
-                                   "scheme/mask|class|separate|overall; biased/mute|noise|ddpm|random_semantic; "
-                                   "strategy/fixed|uncertainty|bias_only|ensemble; dilation/1|2|5. Variants with "
-                                   "the same training share one run; finished runs in OUT/runs are reused.")
+                                   "scheme/mask|class|separate|overall|overall_product; "
+                                   "biased/mute|noise|ddpm|random_semantic; "
+                                   "strategy/fixed|uncertainty|bias_only|ensemble; dilation/1|2|5; "
+                                   "biased_queries/shared; negatives/none|fixed|uncertainty|bias_only; "
+                                   "gate/any|class. Variants with the same training share one run; finished runs "
+                                   "in OUT/runs are reused. --seeds N: mean ± std over seeds 0..N-1.")
     p.add_argument("--data", help="dataset folder (default base config: the small preset on it)")
     p.add_argument("--config", help="base training config instead of the default (YAML/JSON); its stages are "
                                     "replaced by one stage of --steps steps")
@@ -231,5 +236,7 @@ def register(sub) -> None:
     p.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N clips")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (training and evaluation)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished in OUT/runs")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="train every run with seeds 0..N-1 and report mean ± std (default: the base's seed once)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ablate)

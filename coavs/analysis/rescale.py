@@ -1,6 +1,13 @@
-"""The supplementary A.1 intervention: rescale every frame so its sounding objects cover 30–40 % of it.
+"""The supplementary A.1 intervention: rescale every frame so each sounding object covers 30–40 % of it.
 
-A frame whose sounding area fraction ``a`` lies outside ``[lo, hi]`` is zoomed by the linear factor
+The supplementary scales "each target object" to 30–40 % of the image. ``per="object"`` (the default) measures
+``a`` as the area of one object: the sounding area divided by the number of sounding instances (8-connected
+components of each class, :func:`coavs.analysis.stats.count_instances`), i.e. the mean object area — exactly the
+object's area in a single-object frame. One view cannot put objects of different sizes in the range at once, so
+in a multi-object frame the *mean* object lands there; the achieved per-object area is what the analysis reports.
+``per="frame"`` (the earlier behaviour, kept for comparison) measures the whole sounding area instead.
+
+A frame whose area ``a`` lies outside ``[lo, hi]`` is zoomed by the linear factor
 ``z = sqrt(t / a)``, with ``t`` the nearest point of ``[lo, hi]`` (the smallest change that lands in the range):
 
 - ``z > 1`` (small objects): a window of ``H/z × W/z`` centred on the bounding box of the sounding pixels
@@ -26,9 +33,23 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from coavs.analysis.stats import sounding_mask
+from coavs.analysis.stats import count_instances, sounding_mask
 
 DEFAULT_TARGET = (0.30, 0.40)
+PER = ("object", "frame")
+
+
+def object_area(labels: Tensor) -> Tensor:
+    """``[N]`` float64: the mean area fraction of one sounding object (sounding area / sounding instances; 0
+    without one)."""
+    area = sounding_mask(labels).flatten(1).double().mean(1)
+    return area / count_instances(labels).clamp_min(1).double()
+
+
+def _measure(labels: Tensor, per: str) -> float:
+    if per == "object":
+        return float(object_area(labels[None])[0])
+    return float(sounding_mask(labels[None]).double().mean())
 
 
 def check_target(target) -> tuple[float, float]:
@@ -81,15 +102,19 @@ def _warp(frame: Tensor, labels: Tensor, box, zoom: float) -> tuple[Tensor, Tens
     return new_frame.to(frame.dtype), new_labels
 
 
-def rescale_frame(frame: Tensor, labels: Tensor, target=DEFAULT_TARGET) -> tuple[Tensor, Tensor, float]:
-    """One frame ``[3,H,W]`` (float) and its labels ``[H,W]`` (int) rescaled so the sounding objects cover
-    ``target`` of it (see the module docstring). Returns ``(frame, labels, zoom)``; ``zoom == 1`` means unchanged."""
+def rescale_frame(frame: Tensor, labels: Tensor, target=DEFAULT_TARGET,
+                  per: str = "object") -> tuple[Tensor, Tensor, float]:
+    """One frame ``[3,H,W]`` (float) and its labels ``[H,W]`` (int) rescaled so each sounding object (``per=
+    "object"``) or all of them together (``"frame"``) cover ``target`` of it (see the module docstring). Returns
+    ``(frame, labels, zoom)``; ``zoom == 1`` means unchanged."""
     if frame.dim() != 3 or labels.dim() != 2 or frame.shape[1:] != labels.shape:
         raise ValueError(f"frame must be [3,H,W] and labels [H,W] of the same size, got {tuple(frame.shape)} and "
                          f"{tuple(labels.shape)}")
+    if per not in PER:
+        raise ValueError(f"per must be one of {PER}, got {per!r}")
     lo, hi = check_target(target)
     mask = sounding_mask(labels[None])[0]
-    area = float(mask.double().mean()) if mask.numel() else 0.0
+    area = _measure(labels, per) if mask.numel() else 0.0
     zoom = zoom_factor(area, (lo, hi))
     if zoom == 1.0:
         return frame, labels, 1.0
@@ -103,7 +128,7 @@ def rescale_frame(frame: Tensor, labels: Tensor, target=DEFAULT_TARGET) -> tuple
             return result  # the objects already span the frame: nothing can be zoomed without cutting one
         new_frame, new_labels = _warp(frame, labels, box, zoom)
         result = (new_frame, new_labels, zoom)
-        achieved = float(sounding_mask(new_labels[None]).double().mean())
+        achieved = _measure(new_labels, per)
         if lo <= achieved <= hi or achieved == 0.0 or (zoom >= largest and achieved < lo):
             break
         zoom *= math.sqrt(min(max(achieved, lo), hi) / achieved)
@@ -113,13 +138,17 @@ def rescale_frame(frame: Tensor, labels: Tensor, target=DEFAULT_TARGET) -> tuple
 class RescaledDataset(Dataset):
     """A clip dataset whose annotated frames are rescaled to ``target`` sounding area (:func:`rescale_frame`).
 
-    Items are the base dataset's, with ``frames`` and ``labels`` replaced and ``zoom [T]`` added; every other
-    attribute (``num_classes``, ``label_map``, ``kind``, ...) is the base dataset's.
+    Items are the base dataset's, with ``frames`` and ``labels`` replaced and ``zoom [T]`` and ``object_area
+    [T]`` (the achieved mean area of one sounding object) added; every other attribute (``num_classes``,
+    ``label_map``, ``kind``, ...) is the base dataset's. ``per``: ``object`` (A.1) or ``frame``.
     """
 
-    def __init__(self, base: Dataset, target=DEFAULT_TARGET):
+    def __init__(self, base: Dataset, target=DEFAULT_TARGET, per: str = "object"):
+        if per not in PER:
+            raise ValueError(f"per must be one of {PER}, got {per!r}")
         self.base = base
         self.target = check_target(target)
+        self.per = per
 
     def __len__(self) -> int:
         return len(self.base)
@@ -138,7 +167,7 @@ class RescaledDataset(Dataset):
             if not bool(annotated[t]):
                 continue
             scale = 255.0 if frames.dtype == torch.uint8 else 1.0
-            frame, labels[t], zoom[t] = rescale_frame(frames[t].float() / scale, labels[t], self.target)
+            frame, labels[t], zoom[t] = rescale_frame(frames[t].float() / scale, labels[t], self.target, self.per)
             frames[t] = (frame * scale).round().to(frames.dtype) if scale != 1.0 else frame
-        item.update(frames=frames, labels=labels, zoom=zoom)
+        item.update(frames=frames, labels=labels, zoom=zoom, object_area=object_area(labels).float())
         return item

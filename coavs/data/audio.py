@@ -31,7 +31,9 @@ LOG_OFFSET = 0.01
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Mono float32 samples in [-1, 1] ``[N]`` and the file's sample rate. Channels are averaged.
 
-    Raises :class:`DataError` for a missing, truncated or undecodable file."""
+    Raises :class:`DataError` for a missing, truncated or undecodable file, and for a file that cannot be used as
+    audio: no samples at all, or NaN / infinite samples (float wavs). ``coavs verify``, training and ``coavs
+    predict`` all read wavs here, so they share this rule."""
     path = Path(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", wavfile.WavFileWarning)
@@ -58,6 +60,11 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise DataError(path, f"unsupported sample type {data.dtype}")
     if samples.ndim == 2:
         samples = samples.mean(axis=1)
+    if samples.size == 0:
+        raise DataError(path, "the wav holds no samples (0 s of audio)")
+    if not np.isfinite(samples).all():
+        bad = int((~np.isfinite(samples)).sum())
+        raise DataError(path, f"the wav holds NaN or infinite samples ({bad} of {samples.size})")
     return np.ascontiguousarray(samples), int(rate)
 
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 
+from coavs.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A dataset file is missing, unreadable or malformed. The message names the file (and row or pixel)."""
 
-    def __init__(self, path: str | os.PathLike | None, message: str):
+    def __init__(self, path: str | os.PathLike | None, message: str | None = None):
+        if message is None:  # rebuilt from its text alone, as torch's DataLoader re-raises a worker's error
+            super().__init__(str(path))
+            self.path, self.reason = None, str(self)
+            return
         self.path = None if path is None else os.fspath(path)
         self.reason = message
         super().__init__(message if path is None else f"{self.path}: {message}")

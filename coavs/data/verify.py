@@ -10,7 +10,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from coavs.data import audio as audio_io
 from coavs.data.avsbench import (AVSS_NUM_CLASSES, OFFICIAL_COUNTS, SPLITS, SYNTH_INFO_FILE, ClipRecord, detect_layout,
@@ -142,8 +141,6 @@ def _check_clip(record: ClipRecord, num_classes: int, deep: bool) -> tuple[list[
                 problems.append(Problem("warning", str(record.audio_path),
                                         f"audio lasts {seconds:.2f} s for {record.num_frames} frames (padded with "
                                         "silence when read)"))
-            if samples.size and not np.isfinite(samples).all():
-                problems.append(Problem("error", str(record.audio_path), "audio holds NaN or infinite samples"))
         except DataError as exc:
             error(exc)
     return problems, checked, sizes, rates
@@ -206,9 +203,9 @@ def verify_dataset(root: str | os.PathLike, kind: str = "auto", *, deep: bool = 
     checked = records if limit is None else records[:limit]
     chunk = 16
     jobs = [(checked[i:i + chunk], label_map.num_classes, deep) for i in range(0, len(checked), chunk)]
-    from tqdm import tqdm
+    from coavs.progress import progress_bar
 
-    with tqdm(total=len(checked), desc="coavs verify", unit="clip", disable=not progress) as bar:
+    with progress_bar(len(checked), desc="coavs verify", unit="clip", disable=not progress) as bar:
         if workers > 1 and len(jobs) > 1:
             from concurrent.futures import ProcessPoolExecutor
 

@@ -237,6 +237,12 @@ class CounterfactualScore:
         self._leak_sum += float(frame_iou(sounding, silent).sum())
         self.frames += sounding.shape[0]
 
+    def merge(self, other: "CounterfactualScore") -> None:
+        """Adds the statistics of ``other`` (e.g. another process's shard)."""
+        self.frames += other.frames
+        self._follow_sum += other._follow_sum
+        self._leak_sum += other._leak_sum
+
     def compute(self) -> dict:
         n = self.frames
         return {"follow_iou": self._follow_sum / n if n else math.nan,

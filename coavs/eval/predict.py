@@ -31,6 +31,8 @@ def natural_key(path: Path):
 def read_frame_folder(folder) -> tuple[list[np.ndarray], list[str]]:
     """RGB frames ``[H,W,3] uint8`` of every image in ``folder`` (natural order) and their names (no suffix)."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder of frames (a video goes to --video)")
     if not folder.is_dir():
         raise FileNotFoundError(2, "frame folder not found", str(folder))
     paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)

@@ -174,42 +174,68 @@ def _model_batches(model, dataset, indices, *, batch_size, device, conditions, n
 
 
 def postprocess(outputs: dict, size: tuple[int, int], mode: str = "vanilla", binary: bool = False,
-                alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed") -> tuple[Tensor, Tensor]:
+                alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed",
+                overall_reading: str = "score", gate=None) -> tuple[Tensor, Tensor]:
     """Model outputs → ``(pred_labels [N,H,W] long, fg_score [N,H,W] float in [0,1])`` at ``size`` for ``mode``.
 
     Semantic models: labels = argmax of the per-class scores ``S[k] = Σ_q softmax(c_q)[k]·σ(m_q)·gate_q``;
     ``fg_score`` = the non-background share ``Σ_{k≠0} S[k] / Σ_k S[k]``. Binary models (S4/MS3): ``fg_score`` =
-    the sounding class's score ``S[1]`` clipped to [0,1], labels = ``fg_score > 0.5``."""
+    the sounding class's score ``S[1]`` clipped to [0,1], labels = ``fg_score > 0.5``. Debias scheme ``overall``
+    with ``overall_reading="product"`` debiases the literal product of mask and class logits (supplementary D.3,
+    :func:`coavs.training.debias.overall_maps`): labels = its argmax, ``fg_score`` = 1 − its background softmax
+    (binary: its sounding-class softmax). ``gate``: a :class:`coavs.eval.gate.Gate` applied last."""
     import coavs.ops as ops
+    from coavs.eval.gate import apply_gate
     from coavs.training.debias import combine
 
-    gate = outputs.get("gate")
+    gate_q = outputs.get("gate")
     biased, debias = None, None
     mask, cls = outputs["pred_masks"], outputs["pred_logits"]
     if mode == "debias":
         if "biased" not in outputs:
             raise ValueError("mode 'debias' needs outputs with a biased branch")
+        if scheme == "overall" and overall_reading == "product":
+            labels, fg = _product_reading(outputs, size, alpha, strategy, binary)
+            return apply_gate(labels, fg, outputs.get("audio_logits"), gate, binary)
         biased = (outputs["biased"]["pred_masks"], outputs["biased"]["pred_logits"])
         debias = ops.Debias(alpha=alpha, scheme=scheme, strategy=strategy)
     elif mode == "ensemble":
         mask, cls = combine(outputs, "ensemble", alpha=alpha, scheme=scheme, strategy=strategy)
     elif mode != "vanilla":
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    fg = ops.semantic_inference(mask, cls, size, gate=gate, biased=biased, debias=debias, mode="binary",
+    fg = ops.semantic_inference(mask, cls, size, gate=gate_q, biased=biased, debias=debias, mode="binary",
                                 background=0)
     if binary:
         fg = fg.clamp(0.0, 1.0)
+        return apply_gate((fg > 0.5).long(), fg, outputs.get("audio_logits"), gate, binary)
+    total = ops.semantic_inference(mask, cls, size, gate=gate_q, biased=biased, debias=debias, mode="binary")
+    labels = ops.semantic_inference(mask, cls, size, gate=gate_q, biased=biased, debias=debias, mode="semantic")
+    fg = (fg / total.clamp_min(1e-12)).clamp(0.0, 1.0)
+    return apply_gate(labels, fg, outputs.get("audio_logits"), gate, binary)
+
+
+def _product_reading(outputs: dict, size, alpha: float, strategy: str, binary: bool) -> tuple[Tensor, Tensor]:
+    """Labels and foreground score from the debiased literal product of mask and class logits (plain PyTorch)."""
+    import torch.nn.functional as F
+
+    from coavs.training.debias import overall_maps
+
+    biased = outputs["biased"]
+    maps = overall_maps(outputs["pred_masks"], outputs["pred_logits"], biased["pred_masks"], biased["pred_logits"],
+                        alpha, "product", strategy, outputs.get("gate"), biased.get("gate"))
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    probs = torch.softmax(maps, dim=1)
+    if binary:
+        fg = probs[:, 1] if probs.shape[1] > 1 else probs[:, 0]
         return (fg > 0.5).long(), fg
-    total = ops.semantic_inference(mask, cls, size, gate=gate, biased=biased, debias=debias, mode="binary")
-    labels = ops.semantic_inference(mask, cls, size, gate=gate, biased=biased, debias=debias, mode="semantic")
-    return labels, (fg / total.clamp_min(1e-12)).clamp(0.0, 1.0)
+    return maps.argmax(dim=1), (1.0 - probs[:, 0]).clamp(0.0, 1.0)
 
 
 def predict_batches(model, dataset, *, batch_size: int = 8, device="cpu", audio: str = "normal",
                     mode: str = "vanilla", alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed",
                     biased: str = "mute", max_clips: int | None = None, indices: list[int] | None = None,
                     seed: int = 0, num_workers: int = 0, precision: str = "fp32",
-                    progress: bool = False) -> Iterator[dict]:
+                    progress: bool = False, overall_reading: str = "score", gate=None) -> Iterator[dict]:
     """Predictions for the annotated frames of ``dataset``, one dict per batch of ``batch_size`` clips.
 
     Each dict holds the frame batch (``frames``, ``audio`` — the clip's own —, ``labels [N,H,W]`` with 255 =
@@ -227,20 +253,22 @@ def predict_batches(model, dataset, *, batch_size: int = 8, device="cpu", audio:
                                          seed=seed, num_workers=num_workers, precision=precision,
                                          progress=progress):
         out = outputs[audio]
-        labels, fg = postprocess(out, tuple(batch["labels"].shape[-2:]), mode, binary, alpha, scheme, strategy)
+        labels, fg = postprocess(out, tuple(batch["labels"].shape[-2:]), mode, binary, alpha, scheme, strategy,
+                                 overall_reading, gate)
         yield {**batch, "pred_labels": labels, "fg_score": fg, "outputs": out, "audio_condition": audio,
                "mode": mode}
 
 
 # ---------------------------------------------------------------------------------------------- metrics
 class _ModeMeters:
-    def __init__(self, binary: bool, num_classes: int, conditions):
-        from coavs.eval.bias import FalsePositiveRate
+    def __init__(self, binary: bool, num_classes: int, conditions, counterfactual: bool = False):
+        from coavs.eval.bias import CounterfactualScore, FalsePositiveRate
         from coavs.eval.metrics import BinaryAVSMetrics, SemanticAVSMetrics
 
         self.binary = binary
         self.segmentation = BinaryAVSMetrics(scores="probabilities") if binary else SemanticAVSMetrics(num_classes)
         self.fpr = {c: FalsePositiveRate() for c in conditions if c != "normal"}
+        self.counterfactual = CounterfactualScore() if counterfactual else None
 
     def update(self, condition: str, labels: Tensor, fg: Tensor, gt: Tensor) -> None:
         if condition == "normal":
@@ -255,6 +283,8 @@ class _ModeMeters:
         self.segmentation.merge(other.segmentation)
         for condition, meter in self.fpr.items():
             meter.merge(other.fpr[condition])
+        if self.counterfactual is not None:
+            self.counterfactual.merge(other.counterfactual)
 
     def row(self) -> dict:
         seg = self.segmentation.compute()
@@ -264,17 +294,100 @@ class _ModeMeters:
             row["fscore_present_classes"] = seg["fscore_present_classes"]
         for condition, meter in self.fpr.items():
             row[f"fpr_{condition}"] = meter.compute()
+        if self.counterfactual is not None:  # the scores only where some frame had two sources (no NaN)
+            cf = self.counterfactual.compute()
+            row["counterfactual_frames"] = cf["frames"]
+            if cf["frames"]:
+                row.update(counterfactual_iou=cf["follow_iou"], counterfactual_leak_iou=cf["leak_iou"])
         return row
+
+
+# ------------------------------------------------------------------------------------------ counterfactual
+def _lone_sounders(dataset) -> dict[int, list[int]] | None:
+    """Class → clips that sound that class alone (Co-AVS), or None when the dataset does not say."""
+    if not hasattr(dataset, "sounding_classes"):
+        return None
+    lone: dict[int, list[int]] = {}
+    for j in range(len(dataset)):
+        heard = dataset.sounding_classes(j)
+        if len(heard) == 1:
+            lone.setdefault(next(iter(heard)), []).append(j)
+    return lone
+
+
+def counterfactual_cases(dataset, batch: dict, lone: dict, seed: int = 0):
+    """Frames of ``batch`` with two sounding sources ``a``, ``b`` (the two largest in the labels) that each have a
+    clip sounding them alone: ``(rows [M], (audio_a, audio_b), (mask_a, mask_b))`` — the same second of a clip
+    where only ``a`` (``b``) sounds, and the two masks; None when no frame qualifies."""
+    import numpy as np
+
+    labels = batch["labels"]
+    rows, audio, masks = [], ([], []), ([], [])
+    cache: dict[int, Tensor] = {}
+    for i in range(labels.shape[0]):
+        values, counts = labels[i][(labels[i] != 0) & (labels[i] != 255)].unique(return_counts=True)
+        if values.numel() < 2:
+            continue
+        pair = values[counts.argsort(descending=True)[:2]].tolist()
+        clip, second = int(batch["clip_index"][i]), int(batch["frame_index"][i])
+        donors = []
+        for c in pair:
+            pool = [j for j in lone.get(c, []) if j != clip]
+            if not pool:
+                break
+            donors.append(pool[int(np.random.default_rng([seed, clip, c]).integers(len(pool)))])
+        if len(donors) < 2:
+            continue
+        rows.append(i)
+        for side, (donor, c) in enumerate(zip(donors, pair)):
+            if donor not in cache:
+                cache[donor] = dataset.load_audio(donor)
+            clip_audio = cache[donor]
+            audio[side].append(clip_audio[second % clip_audio.shape[0]])
+            masks[side].append(labels[i] == c)
+    if not rows:
+        return None
+    device = batch["audio"].device
+    return (torch.tensor(rows, device=labels.device),
+            tuple(torch.stack(a).to(device, batch["audio"].dtype) for a in audio),
+            tuple(torch.stack(m) for m in masks))
+
+
+def _update_counterfactual(model, meter, batch: dict, case, mode: str, binary: bool, settings: dict,
+                           biased, device, precision) -> None:
+    """Feeds ``meter`` (a CounterfactualScore) through :class:`coavs.eval.bias.BiasEvaluator`'s counterfactual
+    update, with the model + postprocess of ``mode`` as the predict callable."""
+    from coavs.eval.bias import BiasEvaluator
+    from coavs.training.runtime import autocast
+
+    def predict(frames, audio):
+        with autocast(torch.device(device), precision):
+            out = model(frames, audio, biased=biased if mode != "vanilla" else None)
+        return postprocess(out, tuple(frames.shape[-2:]), mode, binary, **settings)[0]
+
+    rows, audio, masks = case
+    evaluator = BiasEvaluator(predict, output="labels")
+    evaluator.counterfactual = meter
+    evaluator.update_counterfactual(batch["frames"][rows], audio, masks)
 
 
 def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanilla",), bias: bool = True,
              biased: str = "mute", alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed",
              max_clips: int | None = None, seed: int = 0, num_workers: int = 0, precision: str = "fp32",
-             distributed: bool | None = None, progress: bool = False) -> dict:
+             distributed: bool | None = None, progress: bool = False, overall_reading: str = "score",
+             gate=None, counterfactual: bool | None = None) -> dict:
     """The metrics table of ``model`` on ``dataset``: ``{mode: row}`` with ``miou``, ``fscore``, ``frames``
     (semantic sets also ``miou_present_classes``/``fscore_present_classes``) and, with ``bias``,
     ``fpr_silence``, ``fpr_noise``, ``fpr_misaligned``. One model pass per audio condition serves every mode.
-    ``distributed`` None: shard over processes when ``torch.distributed`` is initialised (results merged)."""
+    ``distributed`` None: shard over processes when ``torch.distributed`` is initialised (results merged).
+
+    ``counterfactual`` (default: with ``bias``, on datasets that say which classes each clip sounds — Co-AVS):
+    on frames with two sounding sources, play a clip where only one of them sounds and score the prediction
+    against that source (``counterfactual_iou``) and the other (``counterfactual_leak_iou``), with
+    :class:`coavs.eval.bias.BiasEvaluator`'s counterfactual score; ``counterfactual_frames`` = frames × 2 (the
+    two scores are left out when it is 0).
+    ``overall_reading``: the ``overall`` scheme's reading (``score`` or ``product``); ``gate``: a
+    :class:`coavs.eval.gate.Gate` applied to every prediction."""
     modes = tuple(modes)
     if not modes:
         raise ValueError("modes must name at least one of vanilla, debias, ensemble")
@@ -283,7 +396,10 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
     conditions = AUDIO_CONDITIONS if bias else ("normal",)
     binary = _is_binary(dataset)
     num_classes = _base_dataset(dataset).num_classes
-    meters = {mode: _ModeMeters(binary, num_classes, conditions) for mode in modes}
+    base = _base_dataset(dataset)
+    lone = _lone_sounders(base) if (bias if counterfactual is None else counterfactual) else None
+    meters = {mode: _ModeMeters(binary, num_classes, conditions, lone is not None) for mode in modes}
+    settings = dict(alpha=alpha, scheme=scheme, strategy=strategy, overall_reading=overall_reading, gate=gate)
     indices = _clip_indices(dataset, max_clips, distributed)
     show = progress and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0)
     for batch, outputs in _model_batches(model, dataset, indices, batch_size=batch_size, device=device,
@@ -293,8 +409,14 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
         size = tuple(batch["labels"].shape[-2:])
         for condition, out in outputs.items():
             for mode in modes:
-                labels, fg = postprocess(out, size, mode, binary, alpha, scheme, strategy)
+                labels, fg = postprocess(out, size, mode, binary, **settings)
                 meters[mode].update(condition, labels, fg, batch["labels"])
+        case = counterfactual_cases(base, batch, lone, seed) if lone is not None else None
+        if case is not None:
+            with torch.no_grad():
+                for mode in modes:
+                    _update_counterfactual(model, meters[mode].counterfactual, batch, case, mode, binary, settings,
+                                           biased, device, precision)
     shard = (torch.distributed.is_available() and torch.distributed.is_initialized()) if distributed is None \
         else distributed
     if shard:
@@ -309,7 +431,7 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
 
 # ------------------------------------------------------------------------------------------------ table
 COLUMNS = (("miou", "mIoU"), ("fscore", "F"), ("fpr_silence", "FPR silence"), ("fpr_noise", "FPR noise"),
-           ("fpr_misaligned", "FPR misaligned"))
+           ("fpr_misaligned", "FPR misaligned"), ("counterfactual_iou", "CF IoU"))
 
 
 def format_table(rows: dict[str, dict], title: str | None = None) -> str:

@@ -6,9 +6,10 @@
     features  = pixel_decoder(backbone(frames))                    once, shared by both branches
     outputs   = decoder([queries | biased queries], features)      one decoder pass over 2·Q queries
 
-The biased branch (``biased="mute" | "noise" | "ddpm" | "random_semantic"``) prompts the *same* active queries
-with bias-only audio (:mod:`coavs.models.biased`). Only ``coavs.ops`` is called for fused work; nothing here
-knows about backends.
+The biased branch (``biased="mute" | "noise" | "ddpm" | "random_semantic"``) is prompted by bias-only audio
+(:mod:`coavs.models.biased`); its markers, active queries and gates are perceived from that audio itself
+(supplementary D.2, ``ModelConfig.biased_queries="own"``), or reused from the vanilla branch (``"shared"``).
+Only ``coavs.ops`` is called for fused work; nothing here knows about backends.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 import coavs.ops as ops
 from coavs.models.audio import AudioEncoder
 from coavs.models.backbone import build_backbone
-from coavs.models.biased import BIASED_AUDIO, DiffusionSchedule, biased_embedding
+from coavs.models.biased import BIASED_AUDIO, DiffusionSchedule, biased_embedding, biased_input
 from coavs.models.config import ModelConfig
 from coavs.models.decoder import TransformerDecoder
 from coavs.models.perception import Perception, load_kmeans
@@ -118,12 +119,11 @@ class AVSModel(nn.Module):
             marker_scores, audio_logits = perceived.scores, perceived.class_logits
         assigned = self.assign(marker_scores, embedding)
         queries, active, branches = assigned.queries, assigned.active, 1
+        biased_assigned = None
         if biased is not None:
-            bias_only = biased_embedding(biased, embedding, audio, self.prompt_encoder, marker_scores, self.diffusion,
-                                         self.config.marker_threshold, self.training)
-            biased_queries = self.assign(marker_scores, bias_only).queries
-            queries = torch.cat([queries, biased_queries], dim=1)
-            active = torch.cat([active, active], dim=1)
+            biased_assigned = self._biased_queries(biased, embedding, audio, marker_scores, assigned)
+            queries = torch.cat([queries, biased_assigned.queries], dim=1)
+            active = torch.cat([active, biased_assigned.active], dim=1)
             branches = 2
 
         mask_features, levels = self.image_features(frames)
@@ -135,7 +135,22 @@ class AVSModel(nn.Module):
                        marker_scores=marker_scores, audio_logits=audio_logits)
         if biased is not None:
             outputs["biased"] = _branch(predictions, slice(q, 2 * q))
+            outputs["biased"].update(active=biased_assigned.active, gate=biased_assigned.gate)
         return outputs
+
+    def _biased_queries(self, kind: str, embedding: Tensor, audio: Tensor, marker_scores: Tensor, assigned):
+        """The biased branch's assigned queries: markers perceived from the bias-only audio (``own``, D.2; no
+        teacher forcing) or the vanilla branch's markers (``shared``)."""
+        c = self.config
+        noise_input = self.prompt_encoder.noise_like(audio) if kind == "noise" and hasattr(
+            self.prompt_encoder, "noise_like") else None
+        bias_only = biased_embedding(kind, embedding, audio, self.prompt_encoder, marker_scores, self.diffusion,
+                                     c.marker_threshold, self.training, noise_input=noise_input)
+        if c.biased_queries == "shared":
+            return self.assign(marker_scores, bias_only)
+        heard = biased_input(kind, audio, self.prompt_encoder, marker_scores, c.marker_threshold, noise_input)
+        scores = self.perceive(bias_only, heard).scores
+        return self.assign(scores, bias_only)
 
     def _check_inputs(self, frames, audio, biased, marker_scores, class_presence) -> None:
         if not isinstance(frames, Tensor) or frames.dim() != 4 or frames.shape[1] != 3:

@@ -1,7 +1,10 @@
 """Bias-only audio for the biased branch: an audio embedding ``[N,D]`` that carries no (or the wrong) semantics.
 
-The biased branch reuses the vanilla branch's markers (so the same queries are active) and replaces only the
-audio that prompts them:
+Supplementary D.2: the biased branch must carry no audio semantics, so by default (``ModelConfig.biased_queries
+= "own"``) its markers, active queries and gates are perceived from the bias-only audio itself
+(:func:`biased_input` gives the input the k-means descriptor is computed from). ``"shared"`` reuses the vanilla
+branch's markers and active queries and replaces only the prompting embedding (the earlier behaviour; an
+ablation: changing only the markers then moves the "visual prior" logits). The bias-only audio:
 
 - ``mute``: a zero embedding — the queries get no audio prompt at all;
 - ``noise``: white noise in the encoder's input space, run through the audio encoder;
@@ -48,16 +51,42 @@ def other_semantic_partner(scores: Tensor, threshold: float) -> Tensor:
     return cost.argmin(dim=1)
 
 
+def silence_input(audio: Tensor, encoder: nn.Module) -> Tensor:
+    """The encoder input of silence shaped like ``audio``: the log-mel of silence for log-mel encoders, zeros for
+    waveforms, VGGish features and any other encoder."""
+    if getattr(encoder, "input_kind", None) == "logmel":
+        from coavs.data.audio import LOG_OFFSET
+
+        return torch.full_like(audio, float(torch.log(torch.tensor(LOG_OFFSET))))
+    return torch.zeros_like(audio)
+
+
+def biased_input(kind: str, audio: Tensor, encoder: nn.Module, scores: Tensor, threshold: float,
+                 noise_input: Tensor | None = None) -> Tensor:
+    """The encoder-space audio the biased branch "hears", for its own markers (``biased_queries="own"``):
+    silence for ``mute`` and ``ddpm`` (its noised embedding has no input), ``noise_input`` (the noise the
+    embedding was made from) for ``noise``, the partner frame's audio for ``random_semantic``."""
+    if kind in ("mute", "ddpm"):
+        return silence_input(audio, encoder)
+    if kind == "noise":
+        return noise_input if noise_input is not None else encoder.noise_like(audio)
+    if kind == "random_semantic":
+        return audio[other_semantic_partner(scores, threshold)]
+    raise ValueError(f"biased must be one of {BIASED_AUDIO} or None, got {kind!r}")
+
+
 def biased_embedding(kind: str, embedding: Tensor, audio: Tensor, encoder: nn.Module, scores: Tensor,
-                     schedule: DiffusionSchedule, threshold: float, training: bool) -> Tensor:
-    """The biased branch's audio embedding ``[N,D]`` (see the module docstring for ``kind``)."""
+                     schedule: DiffusionSchedule, threshold: float, training: bool,
+                     noise_input: Tensor | None = None) -> Tensor:
+    """The biased branch's audio embedding ``[N,D]`` (see the module docstring for ``kind``); ``noise_input``:
+    the encoder-space noise to use for ``noise`` (default: drawn here)."""
     if kind == "mute":
         return torch.zeros_like(embedding)
     if kind == "noise":
         if not hasattr(encoder, "noise_like"):
             raise ValueError(f"biased audio 'noise' needs a prompt encoder with noise_like(); "
                              f"{type(encoder).__name__} has none (use 'mute' or 'ddpm')")
-        return encoder(encoder.noise_like(audio))
+        return encoder(noise_input if noise_input is not None else encoder.noise_like(audio))
     if kind == "ddpm":
         n = embedding.shape[0]
         if training:

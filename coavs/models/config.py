@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 AUDIO_INPUTS = ("vggish", "logmel", "waveform")
+BIASED_QUERIES = ("own", "shared")
 
 
 @dataclass
@@ -42,6 +43,9 @@ class ModelConfig:
     pixel_decoder_layers: int = 1  # transformer-encoder layers on the coarsest feature level
     # biased branch
     diffusion_steps: int = 100  # `ddpm` biased audio: betas linspace(1e-4, 0.02, steps), as the reference code
+    # "own" (supplementary D.2): the biased branch's markers, active queries and gates come from the biased audio
+    # itself; "shared": it reuses the vanilla branch's (the earlier behaviour, kept as an ablation)
+    biased_queries: str = "own"
 
     def __post_init__(self):
         self.audio_channels = tuple(self.audio_channels)
@@ -101,6 +105,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
         if len(self.backbone_widths) != 4 or any(w < 1 for w in self.backbone_widths):
             raise ValueError(f"ModelConfig.backbone_widths needs 4 positive widths, got {self.backbone_widths}")
+        if self.biased_queries not in BIASED_QUERIES:
+            raise ValueError(f"ModelConfig.biased_queries must be one of {BIASED_QUERIES}, got {self.biased_queries!r}")
         if not self.audio_channels or any(c < 1 for c in self.audio_channels):
             raise ValueError(f"ModelConfig.audio_channels needs positive widths, got {self.audio_channels}")
 
@@ -116,8 +122,10 @@ class ModelConfig:
 
     @classmethod
     def paper(cls, **overrides) -> "ModelConfig":
-        """The paper's decoder sizes (Mask2Former: D=256, Q=100, 9 layers, 8 heads, FFN 2048) on AVSS (K=71)."""
-        base = dict(num_classes=71, num_audio_classes=70, num_clusters=30, dilation=1, num_queries=100,
+        """The paper's decoder (Mask2Former: D=256, 9 layers, 8 heads, FFN 2048) on AVSS (K=71), with the simple
+        dilation of supplementary B.1 at d = 2 (its Figure B3): each of the S = 70 + 30 = 100 markers owns two
+        queries, so Q = S·d = 200 (Mask2Former's Q = 100 would leave room for d = 1 only)."""
+        base = dict(num_classes=71, num_audio_classes=70, num_clusters=30, dilation=2, num_queries=None,
                     hidden_dim=256, num_layers=9, num_heads=8, ffn_dim=2048)
         base.update(overrides)
         return cls(**base)

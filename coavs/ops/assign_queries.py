@@ -212,6 +212,9 @@ def assign_queries(
     Returns :class:`AssignedQueries` ``(queries = query_feat[q] + gate[b,q]·audio[b], gate, active,
     query_marker)``. Gradients flow to ``query_feat`` and ``audio``, and to ``scores`` in soft mode (presence
     itself is a step and has none). Float32/16/bfloat16 (and float64), float32 arithmetic.
+
+    Non-finite values (every backend alike): a NaN score is never ``>= threshold`` but ranks highest for the
+    top-marker fallback (as ``torch.argmax``); queries follow IEEE arithmetic elementwise.
     """
     _validate(scores, audio, query_feat)
     _check_layout(query_feat.shape[0], scores.shape[1], dilation)

@@ -211,6 +211,10 @@ def debias_logits(
 
     Returns ``DebiasedLogits(mask, cls)``; a part the scheme leaves alone is returned as given.
     Float32/16/bfloat16 (and float64) with float32 (float64) arithmetic; both tensors in one kernel launch.
+
+    Non-finite values (every backend alike): elementwise IEEE arithmetic, so a NaN or ±inf affects its own
+    element only (inf − inf is NaN); under ``uncertainty`` a class row whose softmax is undefined (NaN or +inf
+    biased logit) has confidence 1, as the reference's entropy (``nan_to_num``) gives.
     """
     _validate(mask, cls, mask_biased, cls_biased, alpha, scheme, strategy)
     uncertainty = strategy == "uncertainty"

@@ -6,23 +6,19 @@ query to its visible keys. No backend materialises a ``[B,h,Q,N]`` tensor except
 
 Backends:
   reference  dense PyTorch (materialises ``[B,h,Q,N]``; the definition the others are tested against)
-  native     CPU, per sample over its active rows only (``CPU_KERNEL``):
-             "flash" (default): PyTorch's own key-blocked CPU attention kernel (what
-               ``F.scaled_dot_product_attention`` runs on CPU; vectorised C++, forward and backward) on the
-               sample's active rows and on the key range they see, with a ``[rows, keys]`` additive mask;
-             "chunked": pure PyTorch, keys in chunks with an online softmax, chunks no row sees skipped; the
-               fallback when a torch build lacks that kernel.
-             benchmarks/bench_attention.py compares both with eager attention: the kernel is about 2x faster
-             forward and 1.2-1.6x backward than the chunked path, which is why coavs has no C++ kernel of its own.
+  native     CPU, the coavs C++ kernel (csrc/cpu/masked_attention_cpu.cpp): at::parallel_for over (b, h); each
+             active row walks only the 64-key blocks it sees, online softmax in float32 (float64 for float64),
+             vectorised (AVX-512 / AVX2 / baseline chosen at run time), value and gradient updates over the
+             visible keys' bits only; the backward recomputes the probabilities from the saved log-sum-exp.
+             Reads q, k, v with any strides. benchmarks/bench_attention.py measures it against SDPA and eager.
   triton     Triton kernels over compacted active rows with empty-block skipping (kernels/masked_cross_attention.py:
              forward with the key range split over programs plus a combine, and one backward kernel per key
              block giving dk, dv and, by atomic adds, dq); float64 inputs, which Triton's dot does not take,
-             run the key-chunked path on the same device instead
+             run a key-chunked pure-PyTorch path (``_chunked_forward``) on the same device instead
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -30,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from coavs import _native
 from coavs.ops import _dispatch, reference
 
 BITS_PER_WORD = 32
 OCCUPANCY_BLOCK = 64  # keys per occupancy flag; the Triton kernels' key block
 CHUNK_ELEMENTS = 1 << 20  # the key-chunked path keeps one sample's score chunk [h,Q_active,C] under this size
-CPU_KERNEL = "flash"  # "flash": PyTorch's key-blocked CPU attention kernel per sample; "chunked": pure PyTorch
 
 
 class AttentionMask(NamedTuple):
@@ -63,14 +59,17 @@ def pack_visibility(visible: Tensor) -> AttentionMask:
     batch, queries, keys = visible.shape
     words = -(-keys // BITS_PER_WORD)
     blocks = -(-keys // OCCUPANCY_BLOCK)
-    padded = F.pad(visible, (0, blocks * OCCUPANCY_BLOCK - keys))
+    # Padded as uint8, not bool: inductor's CPU codegen fails (CppCompileError, VecMask<int> vs VecMask<float> in
+    # the pad's masked load) on a padded bool that fuses with `visible | ~any` when a row has one key.
+    padded = F.pad(visible.to(torch.uint8), (0, blocks * OCCUPANCY_BLOCK - keys))
     weights = torch.bitwise_left_shift(
         torch.ones((), dtype=torch.int64, device=visible.device),
         torch.arange(BITS_PER_WORD, dtype=torch.int64, device=visible.device))
     as_words = padded[..., : words * BITS_PER_WORD].reshape(batch, queries, words, BITS_PER_WORD)
     unsigned = (as_words.to(torch.int64) * weights).sum(-1)
     bits = torch.where(unsigned >= 2**31, unsigned - 2**32, unsigned).to(torch.int32)
-    occupancy = padded.reshape(batch, queries, blocks, OCCUPANCY_BLOCK).any(-1).to(torch.uint8)
+    # amax, not any: any() of a uint8 tensor is uint8 in eager but bool under inductor.
+    occupancy = padded.reshape(batch, queries, blocks, OCCUPANCY_BLOCK).amax(-1)
     return AttentionMask(bits, occupancy, keys)
 
 
@@ -105,6 +104,9 @@ def build_attention_mask(mask_logits: Tensor, size: tuple[int, int]) -> Attentio
         raise ValueError(f"size must be positive, got {tuple(size)}")
     if mask_logits.shape[2] < 1 or mask_logits.shape[3] < 1:
         raise ValueError(f"mask_logits must have a non-empty spatial size, got {tuple(mask_logits.shape)}")
+    if mask_logits.shape[0] == 0 or mask_logits.shape[1] == 0:  # no query (F.interpolate rejects B or Q = 0)
+        keys = int(size[0]) * int(size[1])
+        return pack_visibility(torch.zeros(*mask_logits.shape[:2], keys, dtype=torch.bool, device=mask_logits.device))
     with torch.no_grad():
         visible = reference.attention_visibility(mask_logits.detach(), (int(size[0]), int(size[1])))
         return pack_visibility(visible)
@@ -120,24 +122,33 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _working_visibility(bits, keys, active):
+    """``(seen [B,Q,N], works [B,Q])``: a row without a visible key sees every key in ``seen`` (finite softmax)
+    and does no work (zero output and gradient), like a dormant row."""
+    visible = unpack_bits(bits, keys)
+    any_key = visible.any(-1)
+    return visible | ~any_key[..., None], any_key & active
+
+
 def _reference_forward(q, k, v, bits, occupancy, active, scale):
     visible = unpack_bits(bits, k.shape[2])
     out = reference.masked_cross_attention(q, k, v, visible, active, scale)
     acc = _accumulation_dtype(q.dtype)
+    seen, works = _working_visibility(bits, k.shape[2], active)
     scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
-    lse = scores.masked_fill(~visible[:, None], float("-inf")).logsumexp(-1)
-    lse = torch.where(active[:, None, :], lse, torch.zeros((), dtype=acc, device=q.device))
+    lse = scores.masked_fill(~seen[:, None], float("-inf")).logsumexp(-1)
+    lse = torch.where(works[:, None, :], lse, torch.zeros((), dtype=acc, device=q.device))
     return out, lse
 
 
 def _reference_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale):
     """Dense gradients: ``dv = Pᵀ·g``, ``dS = P∘(g·vᵀ − rowsum(g∘o))``, ``dq = s·dS·k``, ``dk = s·dSᵀ·q``."""
     acc = _accumulation_dtype(q.dtype)
-    visible = unpack_bits(bits, k.shape[2])
+    seen, works = _working_visibility(bits, k.shape[2], active)
     q32, k32, v32 = q.to(acc), k.to(acc), v.to(acc)
     scores = torch.matmul(q32, k32.transpose(-1, -2)) * scale
-    probs = torch.softmax(scores.masked_fill(~visible[:, None], float("-inf")), dim=-1)
-    g = torch.where(active[:, None, :, None], grad_out.to(acc), torch.zeros((), dtype=acc, device=q.device))
+    probs = torch.softmax(scores.masked_fill(~seen[:, None], float("-inf")), dim=-1)
+    g = torch.where(works[:, None, :, None], grad_out.to(acc), torch.zeros((), dtype=acc, device=q.device))
     dv = torch.matmul(probs.transpose(-1, -2), g)
     dp = torch.matmul(g, v32.transpose(-1, -2))
     ds = probs * (dp - (dp * probs).sum(-1, keepdim=True))
@@ -167,99 +178,13 @@ def _sample_rows(bits: Tensor, occupancy: Tensor, active: Tensor, b: int):
     return index, bits[b].index_select(0, index), occupied
 
 
-def _cpu_flash_kernel():
-    """PyTorch's key-blocked CPU attention kernel (the one ``F.scaled_dot_product_attention`` runs on CPU), with
-    its backward; None when this torch build lacks it."""
-    forward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-    return (forward, backward) if forward is not None and backward is not None else None
+def _native_forward(q, k, v, bits, occupancy, active, scale):
+    return tuple(torch.ops.coavs_C.masked_cross_attention(q, k, v, bits, occupancy, active, scale))
 
 
-def _visible_key_range(bits_rows: Tensor, occupied: list[bool], num_keys: int, dtype: torch.dtype):
-    """``(start, stop, additive)``: the keys from the first to the last block the rows see, and the additive
-    mask ``[1,1,rows,stop − start]`` (0 visible, −inf not) over them, in ``dtype``."""
-    blocks = [i for i, seen in enumerate(occupied) if seen]
-    start, stop = blocks[0] * OCCUPANCY_BLOCK, min(num_keys, (blocks[-1] + 1) * OCCUPANCY_BLOCK)
-    words = bits_rows[:, start // BITS_PER_WORD: -(-stop // BITS_PER_WORD)].contiguous()
-    # each byte of the words looks up its 8 additive values (bit i of a byte is key 8·byte + i)
-    additive = F.embedding(words.view(torch.uint8).to(torch.int32), _byte_to_additive(dtype, words.device))
-    return start, stop, additive.flatten(1)[:, : stop - start][None, None]
-
-
-@functools.lru_cache(maxsize=None)
-def _byte_to_additive(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``[256, 8]``: row ``byte``, column ``i`` is 0 when bit ``i`` of ``byte`` is set, else −inf."""
-    bits = torch.bitwise_and(torch.arange(256)[:, None] >> torch.arange(8), 1).bool()
-    return torch.zeros(256, 8, dtype=dtype).masked_fill_(~bits, float("-inf")).to(device)
-
-
-class _Rows:
-    """Selects the working rows of one sample along dim 2 of ``[B,h,Q,...]`` tensors (a plain slice when every
-    query works) and writes them back."""
-
-    def __init__(self, b: int, index: Tensor, queries: int):
-        self.b, self.index = b, index
-        self.everyone = index.numel() == queries
-
-    def take(self, t: Tensor) -> Tensor:
-        one = t[self.b:self.b + 1]
-        return one if self.everyone else one.index_select(2, self.index)
-
-    def put(self, target: Tensor, rows: Tensor) -> None:
-        if self.everyone:
-            target[self.b] = rows[0]
-        else:
-            target[self.b, :, self.index] = rows[0]
-
-
-def _flash_cpu_forward(q, k, v, bits, occupancy, active, scale):
-    """Per sample: its active rows against the key range its rows see, in PyTorch's key-blocked CPU kernel
-    (additive mask ``[rows, keys]`` per sample, shared by the heads; no ``[h,Q,N]`` scores)."""
-    forward, _ = _cpu_flash_kernel()
-    out = torch.zeros(q.shape[:3] + (v.shape[3],), dtype=q.dtype, device=q.device)
-    lse = torch.zeros(q.shape[:3], dtype=_accumulation_dtype(q.dtype), device=q.device)
-    for b in range(q.shape[0]):
-        index, bits_rows, occupied = _sample_rows(bits, occupancy, active, b)
-        if index.numel() == 0:
-            continue
-        rows = _Rows(b, index, q.shape[2])
-        start, stop, additive = _visible_key_range(bits_rows, occupied, k.shape[2], q.dtype)
-        out_rows, lse_rows = forward(rows.take(q), k[b:b + 1, :, start:stop], v[b:b + 1, :, start:stop], 0.0,
-                                     False, attn_mask=additive, scale=scale)
-        rows.put(out, out_rows)
-        rows.put(lse, lse_rows.to(lse.dtype))
-    return out, lse
-
-
-def _flash_cpu_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale):
-    _, backward = _cpu_flash_kernel()
-    # contiguous like the fake kernel says, whatever the strides of q, k, v
-    dq, dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-    for b in range(q.shape[0]):
-        index, bits_rows, occupied = _sample_rows(bits, occupancy, active, b)
-        if index.numel() == 0:
-            continue
-        rows = _Rows(b, index, q.shape[2])
-        start, stop, additive = _visible_key_range(bits_rows, occupied, k.shape[2], q.dtype)
-        dq_rows, dk_range, dv_range = backward(rows.take(grad_out), rows.take(q), k[b:b + 1, :, start:stop],
-                                               v[b:b + 1, :, start:stop], rows.take(out), rows.take(lse), 0.0,
-                                               False, attn_mask=additive, scale=scale)
-        rows.put(dq, dq_rows)
-        dk[b, :, start:stop] = dk_range[0]
-        dv[b, :, start:stop] = dv_range[0]
-    return dq, dk, dv
-
-
-def _native_forward(*args):
-    if CPU_KERNEL == "flash" and _cpu_flash_kernel() is not None:
-        return _flash_cpu_forward(*args)
-    return _chunked_forward(*args)
-
-
-def _native_backward(*args):
-    if CPU_KERNEL == "flash" and _cpu_flash_kernel() is not None:
-        return _flash_cpu_backward(*args)
-    return _chunked_backward(*args)
+def _native_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale):
+    return tuple(torch.ops.coavs_C.masked_cross_attention_backward(grad_out, q, k, v, out, lse, bits, occupancy,
+                                                                   active, scale))
 
 
 def _chunk_scores(q_rows: Tensor, k_sample: Tensor, bits_rows: Tensor, start: int, stop: int) -> Tensor:
@@ -347,13 +272,14 @@ def _triton_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale
     return kernels.masked_cross_attention_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale)
 
 
-_NOTE = ("CPU: PyTorch's key-blocked CPU attention kernel per sample over the active rows (no coavs C++ "
-         "kernel); GPU: Triton")
+_NOTE = ("CPU: coavs C++ kernel over the active rows and the key blocks each row sees "
+         "(csrc/cpu/masked_attention_cpu.cpp); GPU: Triton")
 _FORWARD = _dispatch.register(
     _dispatch.OpSpec(
         name="masked_cross_attention",
         impls={"reference": _reference_forward, "native": _native_forward, "triton": _triton_forward},
         gpu_order=("triton", "reference"),
+        native_op="masked_cross_attention",
         note=_NOTE,
     )
 )
@@ -362,6 +288,7 @@ _BACKWARD = _dispatch.register(
         name="masked_cross_attention_backward",
         impls={"reference": _reference_backward, "native": _native_backward, "triton": _triton_backward},
         gpu_order=("triton", "reference"),
+        native_op="masked_cross_attention_backward",
         note=_NOTE,
     )
 )
@@ -378,7 +305,7 @@ def masked_cross_attention_op(
 
 
 @masked_cross_attention_op.register_fake
-def _(q, k, v, mask_bits, block_occupancy, active, scale):
+def _fake_forward(q, k, v, mask_bits, block_occupancy, active, scale):
     out = q.new_empty(q.shape[:3] + (v.shape[3],))
     return out, q.new_empty(q.shape[:3], dtype=_accumulation_dtype(q.dtype))
 
@@ -394,7 +321,7 @@ def masked_cross_attention_backward_op(
 
 
 @masked_cross_attention_backward_op.register_fake
-def _(grad_out, q, k, v, out, lse, mask_bits, block_occupancy, active, scale):
+def _fake_backward(grad_out, q, k, v, out, lse, mask_bits, block_occupancy, active, scale):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -416,6 +343,11 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 masked_cross_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+if _native.has_op("masked_cross_attention"):
+    # fake kernels of the C++ ops, so that they trace and pass opcheck on their own
+    torch.library.register_fake("coavs_C::masked_cross_attention")(_fake_forward)
+    torch.library.register_fake("coavs_C::masked_cross_attention_backward")(_fake_backward)
 
 
 # ---------------------------------------------------------------------------------------------- public API

@@ -15,10 +15,21 @@ from coavs import _native
 from coavs.ops import _dispatch, reference
 
 
-def _triton_cost(*args):
+def _triton_cost(mask_logits, target_masks, class_logits, *rest):
     from coavs.kernels import matching_cost as k
 
-    return k.matching_cost(*args)
+    # The kernel takes exp(c - logsumexp(c)), which loses |max c|·eps; class logits shifted so that each row's
+    # largest is 0 (exact for the logits near the max) keep the softmax at float32 precision for any scale.
+    c = class_logits.float()
+    if c.numel():
+        row_max = c.amax(-1, keepdim=True)
+        c = c - torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    cost = k.matching_cost(mask_logits, target_masks, c, *rest)
+    # The non-finite policy of reference.matching_cost, which the kernel's arithmetic does not follow by itself.
+    allowed, num_targets = rest[1], rest[2]
+    real = torch.arange(cost.shape[2], device=cost.device)[None, None, :] < num_targets[:, None, None]
+    undefined = reference.matching_cost_undefined(mask_logits, target_masks, class_logits) & allowed & real
+    return cost.masked_fill(undefined, math.nan)
 
 
 def _native_cost(*args):
@@ -98,8 +109,8 @@ def _validate(mask_logits, target_masks, class_logits, target_labels, allowed, n
     for name, t in named[1:]:
         if t.device != mask_logits.device:
             raise ValueError(f"{name} must be on the device of mask_logits: {t.device} vs {mask_logits.device}")
-    if torch.compiler.is_compiling() or batch == 0:
-        return
+    if torch.compiler.is_compiling() or batch == 0 or mask_logits.device.type == "meta":
+        return  # meta tensors have no values: the fake kernel gives the shape
     # Value checks (one small device-to-host copy): a bad label would index out of bounds in a kernel.
     counts = num_targets.cpu()
     if bool(((counts < 0) | (counts > num_gt)).any()):
@@ -138,6 +149,11 @@ def matching_cost(
     Returns the cost ``[B,Q,G]`` (float32; float64 for float64 ``mask_logits`` on the CPU backends):
     ``cost_class·(−softmax(c)[label]) + cost_mask·mean sigmoid-CE + cost_dice·dice``, ``+inf`` where not allowed
     or padding. One kernel launch; no gradient.
+
+    Non-finite values (every backend alike): an allowed, real pair costs NaN when its query's mask logits or its
+    ground truth's values hold a NaN or ±inf, or its class row holds a NaN or +inf or is all −inf (a −inf class
+    logit beside finite ones has probability 0). Any finite class logits keep float32 precision (stable softmax).
+    Meta tensors give the output's shape and dtype.
     """
     if num_targets is None and isinstance(target_masks, Tensor) and target_masks.dim() == 3:
         num_targets = torch.full((target_masks.shape[0],), target_masks.shape[1], dtype=torch.long,

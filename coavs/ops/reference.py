@@ -14,14 +14,19 @@ from torch import Tensor
 
 
 # ---------------------------------------------------------------------------------------------- debias_logits
+def _confidence_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def mask_confidence(mask_biased: Tensor) -> Tensor:
-    """|2·sigmoid(m_b) − 1| per element, without gradient."""
-    return (2 * torch.sigmoid(mask_biased.detach().float()) - 1).abs()
+    """|2·sigmoid(m_b) − 1| per element, without gradient (float32; float64 for float64)."""
+    return (2 * torch.sigmoid(mask_biased.detach().to(_confidence_dtype(mask_biased))) - 1).abs()
 
 
 def class_confidence(cls_biased: Tensor) -> Tensor:
-    """1 − H(softmax(c_b)) / log(K+1) per row of ``[..., K+1]``, without gradient; shape ``[..., 1]``."""
-    c = cls_biased.detach().float()
+    """1 − H(softmax(c_b)) / log(K+1) per row of ``[..., K+1]``, without gradient; shape ``[..., 1]`` (float32;
+    float64 for float64)."""
+    c = cls_biased.detach().to(_confidence_dtype(cls_biased))
     width = c.shape[-1]
     if width <= 1:
         return torch.ones_like(c[..., :1])
@@ -106,15 +111,18 @@ def masked_cross_attention(
     """Dense masked attention, ``[B,h,Q,dh]``, written the way Mask2Former's ``nn.MultiheadAttention`` runs it.
 
     ``softmax(scale·q·kᵀ + mask)·v`` with the additive mask 0 where ``visible [B,Q,N]`` (shared by all heads) and
-    −inf elsewhere; rows of queries with ``active [B,Q] == False`` are zero (None: every query is active).
+    −inf elsewhere; rows of queries with ``active [B,Q] == False`` are zero (None: every query is active), and so
+    are rows that see no key (only a hand-built ``visible`` has them; they get zero gradient, not NaN).
     Float32 arithmetic (float64 stays float64), returned in the dtype of ``q``. Materialises ``[B,h,Q,N]``.
     """
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    additive = torch.zeros(visible.shape, dtype=acc, device=q.device).masked_fill(~visible, float("-inf"))
+    works = visible.any(-1) if active is None else visible.any(-1) & active
+    # a row without a visible key attends to every key (finite softmax, no NaN in the backward) and is zeroed
+    seen = visible | ~visible.any(-1, keepdim=True)
+    additive = torch.zeros(visible.shape, dtype=acc, device=q.device).masked_fill(~seen, float("-inf"))
     scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale + additive[:, None]
     out = torch.matmul(torch.softmax(scores, dim=-1), v.to(acc))
-    if active is not None:
-        out = torch.where(active[:, None, :, None], out, torch.zeros((), dtype=acc, device=q.device))
+    out = torch.where(works[:, None, :, None], out, torch.zeros((), dtype=acc, device=q.device))
     return out.to(q.dtype)
 
 
@@ -199,6 +207,10 @@ def matching_cost(
         cost   cost_class·class + cost_mask·mask + cost_dice·dice,   +inf where not allowed or padding
 
     Computed in float32 (float64 inputs in float64, returned as float64).
+
+    Non-finite inputs (:func:`matching_cost_undefined`): an allowed, real pair costs NaN when its query's mask
+    logits or its ground truth's values hold a NaN or ±inf, or its class row holds a NaN or +inf or is all −inf;
+    a −inf class logit beside a finite one is a class of probability 0.
     """
     acc = torch.float64 if mask_logits.dtype == torch.float64 else torch.float32
     x, t = mask_logits.to(acc), target_masks.to(acc)
@@ -211,9 +223,19 @@ def matching_cost(
     sig = torch.sigmoid(x)
     dice_cost = 1 - (2 * (sig @ t.transpose(1, 2)) + 1) / (sig.sum(-1)[:, :, None] + t.sum(-1)[:, None, :] + 1)
     cost = cost_class * class_cost + cost_mask * mask_cost + cost_dice * dice_cost
+    cost = cost.masked_fill(matching_cost_undefined(mask_logits, target_masks, class_logits), math.nan)
     column = torch.arange(t.shape[1], device=t.device)
     valid = allowed & (column[None, None, :] < num_targets[:, None, None])
     return torch.where(valid, cost, torch.full_like(cost, math.inf))
+
+
+def matching_cost_undefined(mask_logits: Tensor, target_masks: Tensor, class_logits: Tensor) -> Tensor:
+    """``[B,Q,G]`` bool: pairs whose cost is NaN by the non-finite policy of :func:`matching_cost`."""
+    c = class_logits
+    query = (~torch.isfinite(mask_logits)).any(-1) | torch.isnan(c).any(-1) | torch.isposinf(c).any(-1)
+    query = query | torch.isneginf(c).all(-1)
+    target = (~torch.isfinite(target_masks)).any(-1)
+    return query[:, :, None] | target[:, None, :]
 
 
 # ----------------------------------------------------------------------------------------- semantic_inference

@@ -190,6 +190,26 @@ def _validate(mask_logits, cls_logits, gate, biased, debias, mode, background):
                          f"{debias.scheme!r}")
 
 
+def _check_finite(mask_logits, cls_logits, gate, biased) -> None:
+    """Non-finite policy: NaN or ±inf inputs are an error on every backend (one reduction per input).
+
+    The bilinear resize turns an infinite logit into NaN (inf·0) and the kernels reduce NaN differently from
+    ``torch.argmax``/``amax``, so no backend-independent answer exists; a clear error beats a silent label.
+    Skipped while tracing (``torch.compile``) and on meta tensors, which have no values.
+    """
+    if torch.compiler.is_compiling() or mask_logits.device.type == "meta":
+        return
+    named = [("mask_logits", mask_logits), ("cls_logits", cls_logits),
+             ("gate", gate if gate is not None and gate.is_floating_point() else None)]
+    if biased is not None:
+        named += [("biased mask logits", biased[0]), ("biased class logits", biased[1])]
+    for name, t in named:
+        if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+            raise ValueError(f"{name} must be finite, got {t[tuple(bad)].item()} at index {tuple(bad)} "
+                             "(semantic_inference accepts no NaN or ±inf; check the model's outputs or dtype)")
+
+
 def semantic_inference(
     mask_logits: Tensor,
     cls_logits: Tensor | None,
@@ -220,9 +240,12 @@ def semantic_inference(
             ``coavs.eval.metrics.BinaryAVSMetrics(scores="probabilities")``.
         background: class index of "background" among the K classes (AVSS: 0), excluded from the binary score.
 
+    Every input must be finite (NaN or ±inf raise ``ValueError`` naming the tensor, on every backend).
+
     Returns ``[B,H,W]`` labels (int64) or scores (float32). Extra memory: the output plus a bounded tile.
     """
     _validate(mask_logits, cls_logits, gate, biased, debias, mode, background)
+    _check_finite(mask_logits, cls_logits, gate, biased)
     height, width = _check_size(size)
     mask = mask_logits.detach()
     device = mask.device

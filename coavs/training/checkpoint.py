@@ -57,13 +57,53 @@ def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Deletes the ``.<name>.tmp-<pid>`` files that :func:`save_atomic` leaves when its process is killed
+    mid-write; call it only while holding the run folder's lock (then no live writer owns one). Returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.glob(".*.tmp-*"):
+        if path.is_file() and path.name.rsplit(".tmp-", 1)[-1].isdigit():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Loads a checkpoint written by :func:`save_atomic` with ``weights_only=True``; clear error when absent or
-    unreadable."""
+    """Loads a checkpoint written by :func:`save_atomic` with ``weights_only=True``.
+
+    Raises :class:`coavs.errors.UserError` (one line) when the file is absent, a folder, empty, truncated, not a
+    checkpoint, or holds Python objects that ``weights_only`` refuses to unpickle (a crafted pickle)."""
+    import pickle
+    import re
+    import warnings
+
+    from coavs.errors import UserError, one_line
+
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint file")
     if not path.is_file():
-        raise FileNotFoundError(2, "no checkpoint", str(path))
+        raise UserError(f"{path} is not a checkpoint file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
+        size = path.stat().st_size
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    if size == 0:
+        raise UserError(f"{path} is an empty file, not a checkpoint")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        blocked = re.search(r"unsupported GLOBAL (\S+)", str(exc))
+        if blocked:
+            raise UserError(f"{path} was refused: it asks to call the Python object {blocked.group(1)} (loaded with "
+                            "weights_only=True; a coavs checkpoint holds only tensors and plain values)") from None
+        reason = "not a torch.save file"
+    except Exception as exc:  # torch raises RuntimeError, EOFError, IndexError, ... for a damaged file
+        reason = one_line(exc).split(". ")[0] or type(exc).__name__
+    raise UserError(f"{path} is not a readable checkpoint (truncated, or not written by torch.save): "
+                    f"{reason[:160]}")

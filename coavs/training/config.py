@@ -8,10 +8,12 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from coavs.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or value that cannot be used; the message names the key."""
 
 
@@ -19,8 +21,13 @@ def read_file(path: str | Path) -> dict:
     """A YAML (.yaml/.yml) or JSON (.json) file as a dict."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+        raise ConfigError(f"config file not found: {path}" if not path.exists() else f"{path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -35,6 +42,10 @@ def read_file(path: str | Path) -> dict:
             raise
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
     except Exception as exc:  # yaml.YAMLError and friends
+        problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+        if problem and mark is not None:  # YAML's own message spans several lines with a caret drawing
+            raise ConfigError(f"cannot parse {path}: {problem} (line {mark.line + 1}, column {mark.column + 1})"
+                              ) from None
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
     if data is None:
         return {}

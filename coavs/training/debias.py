@@ -8,6 +8,19 @@ Training (``DebiasConfig.strategy``):
   logits, i.e. the complement of what the bias explains (``sg`` = stop-gradient).
 Every debiased loss reuses the vanilla branch's matching (DESIGN: "with the same matching").
 
+Schemes (supplementary B.2, D.3): ``auto`` (the default) resolves from the dataset: binary AVS (S4, MS3)
+debiases the mask logits only (``mask``), semantic AVS both logits separately (``separate``). ``overall``
+debiases the per-mask product of mask and class logits, in one of two readings (``overall_reading``):
+
+- ``score``: the per-pixel class score ``S[k] = Σ_q softmax(c_q)[k]·σ(m_q)``, ``S' = (1+α)·S − α·S_b``
+  (``coavs.ops.debias_logits``' ``overall``);
+- ``product``: the literal product of Eq. (1), the matrix product of mask and class logits over the queries,
+  ``Z[k] = Σ_q m_q·c_q[k]``, ``Z' = (1+α)·Z − α·Z_b`` (class logits without "no object").
+
+Per-pixel maps cannot be trained with a set loss, so under ``overall`` the debiased loss is a per-pixel
+cross-entropy at the mask resolution (``score``: on ``S'`` clamped to ``[ε, ∞)`` and normalised; ``product``:
+softmax of ``Z'``) against the label map rebuilt from the targets; the vanilla set loss is unchanged.
+
 Inference (:func:`combine`): ``vanilla``, ``debias`` (the debiased logits) or ``ensemble`` (the average of the
 vanilla and the debiased logits).
 
@@ -17,8 +30,11 @@ Bias-only audio (``mute``, ``noise``, ``ddpm``, ``random_semantic``) is produced
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 import coavs.ops as ops
@@ -26,7 +42,9 @@ from coavs.models.biased import BIASED_AUDIO, DiffusionSchedule, biased_embeddin
 from coavs.training.losses import LossResult, SetCriterion
 
 STRATEGIES = ("fixed", "uncertainty", "bias_only")
-TRAIN_SCHEMES = ("separate", "mask", "class")
+TRAIN_SCHEMES = ("auto", "separate", "mask", "class", "overall")
+OVERALL_READINGS = ("score", "product")
+_EPS = 1e-4
 INFERENCE_MODES = ("vanilla", "debias", "ensemble")
 
 
@@ -39,7 +57,9 @@ class DebiasConfig:
     strategy: str = "fixed"  # fixed | uncertainty | bias_only
     weight: float = 10.0  # λ (the reference code uses 10)
     alpha: float = 1.0  # α of debias_logits (1 → 2x − x_b, the reference code)
-    scheme: str = "separate"  # separate (semantic AVS) | mask (binary AVS, no background class) | class
+    scheme: str = "auto"  # auto (from the dataset: mask for binary AVS, separate for semantic) | separate | mask |
+    #                       class | overall (per-pixel; see overall_reading)
+    overall_reading: str = "score"  # score: Σ softmax(c)·σ(m) | product: Σ_q m·c, the literal Eq. (1)
     aux: bool = False  # also debias every auxiliary prediction (the reference code debiases the final one only)
 
     def __post_init__(self):
@@ -48,10 +68,96 @@ class DebiasConfig:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"DebiasConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.scheme not in TRAIN_SCHEMES:
-            raise ValueError(f"DebiasConfig.scheme must be one of {TRAIN_SCHEMES} for training (the 'overall' scheme "
-                             f"gives per-pixel scores, which a set loss cannot use), got {self.scheme!r}")
+            raise ValueError(f"DebiasConfig.scheme must be one of {TRAIN_SCHEMES}, got {self.scheme!r}")
+        if self.overall_reading not in OVERALL_READINGS:
+            raise ValueError(f"DebiasConfig.overall_reading must be one of {OVERALL_READINGS}, got "
+                             f"{self.overall_reading!r}")
         if not (self.weight >= 0 and self.alpha >= 0):
             raise ValueError(f"DebiasConfig.weight and alpha must be >= 0, got {self.weight}, {self.alpha}")
+
+    def resolved(self, binary: bool) -> "DebiasConfig":
+        """This config with ``scheme: auto`` resolved for a binary (S4/MS3) or semantic dataset."""
+        return dataclasses.replace(self, scheme=resolve_scheme(self.scheme, binary))
+
+
+def resolve_scheme(scheme: str, binary: bool) -> str:
+    """``auto`` → ``mask`` for binary AVS (supplementary B.2: the mask logits only, no background), ``separate``
+    for semantic AVS; any other scheme as given."""
+    if scheme == "auto":
+        return "mask" if binary else "separate"
+    return scheme
+
+
+def overall_maps(mask: Tensor, cls: Tensor, mask_b: Tensor, cls_b: Tensor, alpha: float = 1.0,
+                 reading: str = "score", strategy: str = "fixed", gate: Tensor | None = None,
+                 gate_b: Tensor | None = None) -> Tensor:
+    """The debiased per-pixel class map ``[B,K,h,w]`` at the mask resolution under the ``overall`` scheme
+    (see the module docstring for the two readings). ``gate`` / ``gate_b`` ``[B,Q]``: query gates multiplied into
+    each branch's masks (None: none). ``uncertainty`` scales α by the biased map's confidence (``score``:
+    ``|2·clamp(S_b,0,1) − 1|``; ``product``: the biased branch's top softmax probability), without gradient."""
+    if reading not in OVERALL_READINGS:
+        raise ValueError(f"reading must be one of {OVERALL_READINGS}, got {reading!r}")
+    uncertain = strategy == "uncertainty"
+
+    def one(m, c, g):
+        if reading == "score":
+            s = torch.sigmoid(m.float())
+            if g is not None:
+                s = s * g.float()[:, :, None, None]
+            return torch.einsum("bqk,bqhw->bkhw", torch.softmax(c.float(), dim=-1)[..., :-1], s)
+        m = m.float() if g is None else m.float() * g.float()[:, :, None, None]
+        return torch.einsum("bqk,bqhw->bkhw", c.float()[..., :-1], m)
+
+    x, xb = one(mask, cls, gate), one(mask_b, cls_b, gate_b if gate_b is not None else gate)
+    if uncertain:
+        conf = ((2 * xb.detach().clamp(0, 1) - 1).abs() if reading == "score"
+                else torch.softmax(xb.detach(), dim=1).amax(dim=1, keepdim=True))
+        a = alpha * conf
+    else:
+        a = alpha
+    return (1 + a) * x - a * xb
+
+
+def overall_log_probs(maps: Tensor, reading: str) -> Tensor:
+    """Per-pixel log class probabilities ``[B,K,h,w]`` of an :func:`overall_maps` map."""
+    if reading == "score":
+        p = maps.clamp_min(_EPS)
+        return torch.log(p / p.sum(dim=1, keepdim=True))
+    return torch.log_softmax(maps, dim=1)
+
+
+def labels_from_targets(targets: list[dict], size: tuple[int, int], device) -> Tensor:
+    """The label map ``[N,h,w]`` (0 where no target mask) rebuilt from per-frame targets, resized (nearest)."""
+    maps = []
+    for t in targets:
+        masks = t["masks"]
+        if masks.numel() == 0:
+            maps.append(torch.zeros(size, dtype=torch.long, device=device))
+            continue
+        small = F.interpolate(masks.float()[None], size=size, mode="nearest")[0] > 0.5
+        label = torch.zeros(size, dtype=torch.long, device=device)
+        for g in range(small.shape[0]):
+            label[small[g]] = int(t["labels"][g])
+        maps.append(label)
+    return torch.stack(maps) if maps else torch.zeros((0, *size), dtype=torch.long, device=device)
+
+
+def overall_loss(outputs: dict, targets: list[dict], annotated: Tensor | None, alpha: float, reading: str,
+                 strategy: str, detach_biased: bool) -> Tensor:
+    """Per-pixel cross-entropy of the debiased ``overall`` map against the targets (annotated frames only)."""
+    biased = outputs["biased"]
+    mask_b, cls_b = biased["pred_masks"], biased["pred_logits"]
+    if detach_biased:
+        mask_b, cls_b = mask_b.detach(), cls_b.detach()
+    maps = overall_maps(outputs["pred_masks"], outputs["pred_logits"], mask_b, cls_b, alpha, reading, strategy,
+                        outputs.get("gate"), biased.get("gate"))
+    labels = labels_from_targets(targets, tuple(maps.shape[-2:]), maps.device)
+    keep = annotated if annotated is not None else torch.ones(maps.shape[0], dtype=torch.bool,
+                                                               device=maps.device)
+    keep = keep.to(maps.device).bool()
+    if not bool(keep.any()):
+        return maps.sum() * 0.0
+    return F.nll_loss(overall_log_probs(maps[keep], reading), labels[keep])
 
 
 def _debias_pair(vanilla: dict, biased: dict, alpha: float, scheme: str, strategy: str, detach_biased: bool) -> dict:
@@ -99,12 +205,13 @@ class DebiasObjective:
 
     ``terms`` holds the vanilla terms, ``debias/<term>`` for the debiased loss, ``biased/<term>`` for
     ``bias_only``, and ``vanilla_total``/``debias_total``. With ``config.enabled`` False (or outputs without a
-    biased branch and strategy ``fixed``/``uncertainty``) it is the plain set loss.
+    biased branch and strategy ``fixed``/``uncertainty``) it is the plain set loss. ``binary``: resolves
+    ``scheme: auto`` (mask-only for binary AVS, separate otherwise; the trainer passes the dataset's).
     """
 
-    def __init__(self, criterion: SetCriterion, config: DebiasConfig | None = None):
+    def __init__(self, criterion: SetCriterion, config: DebiasConfig | None = None, binary: bool = False):
         self.criterion = criterion
-        self.config = config or DebiasConfig()
+        self.config = (config or DebiasConfig()).resolved(binary)  # scheme auto: mask if binary, else separate
         if self.config.aux and not criterion.aux_loss:
             raise ValueError("DebiasConfig.aux needs a criterion with aux_loss=True (it reuses the aux matching)")
 
@@ -123,10 +230,15 @@ class DebiasObjective:
                              f"biased={cfg.biased_audio!r}")
         # The debiased loss reuses the vanilla matching (final prediction first, then aux in order).
         indices = vanilla.indices if cfg.aux else vanilla.indices[:1]
-        debiased = debiased_outputs(outputs, cfg.alpha, cfg.scheme,
-                                    "uncertainty" if cfg.strategy == "uncertainty" else "fixed", cfg.aux,
-                                    detach_biased=cfg.strategy == "bias_only")
-        debias_loss = self.criterion(debiased, targets, annotated, indices=indices, aux=cfg.aux)
+        strategy = "uncertainty" if cfg.strategy == "uncertainty" else "fixed"
+        if cfg.scheme == "overall":
+            pixel = overall_loss(outputs, targets, annotated, cfg.alpha, cfg.overall_reading, strategy,
+                                 detach_biased=cfg.strategy == "bias_only")
+            debias_loss = LossResult(pixel, {"overall_ce": pixel}, [])
+        else:
+            debiased = debiased_outputs(outputs, cfg.alpha, cfg.scheme, strategy, cfg.aux,
+                                        detach_biased=cfg.strategy == "bias_only")
+            debias_loss = self.criterion(debiased, targets, annotated, indices=indices, aux=cfg.aux)
         if cfg.strategy == "bias_only":
             biased_out = dict(outputs["biased"], active=outputs["active"], query_marker=outputs["query_marker"])
             biased_loss = self.criterion(biased_out, targets, annotated, indices=vanilla.indices)

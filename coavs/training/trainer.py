@@ -49,16 +49,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coavs.errors import UserError
 from coavs.training import checkpoint as ckpt
 from coavs.training import distributed as dist_utils
 from coavs.training.batches import collate_frames, select_frames, to_device
+from coavs.eval.gate import GateSection
 from coavs.training.config import ConfigError, from_dict, read_file, to_dict
+from coavs.training.negatives import NegativesSection
+from coavs.training.run_lock import RunLock
 from coavs.training.runtime import ResumableSampler, RunFolder, StopSignal, Throughput, autocast
 
 CHECKPOINT_FORMAT = "coavs-train-checkpoint"
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("poly", "cosine", "constant")
 DEBIAS_MODES = ("none", "fixed", "uncertainty", "bias_only")
+SPLITS = ("train", "val", "test")
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -204,6 +209,8 @@ class TrainConfig:
     stages: list[StageSection] = field(default_factory=lambda: [StageSection(epochs=10)])
     eval: EvalSection = field(default_factory=EvalSection)
     run: RunSection = field(default_factory=RunSection)
+    negatives: NegativesSection = field(default_factory=NegativesSection)  # negative-audio training (negatives.py)
+    gate: GateSection = field(default_factory=GateSection)  # inference "nothing sounds" gate (coavs/eval/gate.py)
     resolved: dict = field(default_factory=dict)  # filled by train(): dataset kind, classes, world size
 
     def __post_init__(self):
@@ -270,9 +277,10 @@ class TrainConfig:
             raise ConfigError(f"unknown key(s) {', '.join('debias.' + k for k in unknown)}; known: mode, "
                               f"{', '.join(sorted(known))}")
         try:
+            binary = bool(self.resolved.get("binary", False))  # scheme auto: mask for binary AVS (B.2)
             if mode == "none":
-                return DebiasConfig(enabled=False, **fields)
-            return DebiasConfig(enabled=True, strategy=mode, **fields)
+                return DebiasConfig(enabled=False, **fields).resolved(binary)
+            return DebiasConfig(enabled=True, strategy=mode, **fields).resolved(binary)
         except ValueError as exc:
             raise ConfigError(f"debias: {exc}") from None
 
@@ -288,6 +296,23 @@ class TrainConfig:
     # ----------------------------------------------------------------------------------- validation
     def validate(self) -> None:
         d, o, r, e = self.data, self.optim, self.run, self.eval
+        bad = _non_finite(to_dict(self))
+        if bad:
+            raise ConfigError("config values must be finite numbers: "
+                              + ", ".join(f"{key}={value}" for key, value in bad[:4]))
+        if d.split not in SPLITS:
+            raise ConfigError(f"data.split must be one of {', '.join(SPLITS)}, got {d.split!r}")
+        if e.split not in ("",) + SPLITS:
+            raise ConfigError(f"eval.split must be one of {', '.join(SPLITS)} or empty (no evaluation), "
+                              f"got {e.split!r}")
+        if d.image_size is not None and d.image_size < 1:
+            raise ConfigError(f"data.image_size must be >= 1 or null (as stored), got {d.image_size}")
+        if d.num_frames is not None and d.num_frames < 1:
+            raise ConfigError(f"data.num_frames must be >= 1 or null (as stored), got {d.num_frames}")
+        if d.audio == "vggish" and not d.vggish_dir:
+            raise ConfigError("data.audio=vggish needs data.vggish_dir (the folder of <uid>.npy VGGish features)")
+        if len(o.betas) == 2 and not all(0.0 <= b < 1.0 for b in o.betas):
+            raise ConfigError(f"optim.betas must both be in [0, 1), got {list(o.betas)}")
         if d.batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {d.batch_size}")
         if d.frames_per_clip < 0:
@@ -380,6 +405,15 @@ def _flatten(data, prefix: str = "") -> dict:
             out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: data}
+
+
+def _non_finite(data, where: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every NaN or infinite float in nested dicts and lists."""
+    if isinstance(data, dict):
+        return [bad for key, value in data.items() for bad in _non_finite(value, f"{where}.{key}" if where else key)]
+    if isinstance(data, (list, tuple)):
+        return [bad for i, value in enumerate(data) for bad in _non_finite(value, f"{where}[{i}]")]
+    return [(where, data)] if isinstance(data, float) and not math.isfinite(data) else []
 
 
 def config_differences(a: TrainConfig, b: TrainConfig, ignore=_RESUMABLE_CHANGES) -> list[str]:
@@ -530,6 +564,8 @@ class _Trainer:
 
         cfg = self.config
         folder = self.folder
+        if self.main:  # the run lock is held: a temporary checkpoint file is what a killed run left behind
+            ckpt.remove_temporaries(folder.checkpoints)
         has_checkpoint = folder.last_checkpoint.is_file()
         if resume and not has_checkpoint:
             raise FileNotFoundError(2, "nothing to resume: no checkpoint in the run folder",
@@ -577,7 +613,9 @@ class _Trainer:
                                  mask_weight=cfg.loss.mask_weight, dice_weight=cfg.loss.dice_weight,
                                  no_object_weight=cfg.loss.no_object_weight, num_points=cfg.loss.num_points,
                                  aux_loss=cfg.loss.aux)
-        self.objective = DebiasObjective(criterion, debias)
+        self.objective = DebiasObjective(criterion, debias, binary=self.binary)
+        self.negatives = _negative_sampler(cfg, model)
+        _check_gate_split(cfg)
 
         self.step = 0
         self.checkpoint_step = -1
@@ -629,8 +667,11 @@ class _Trainer:
             if self.main and not path.is_file():
                 d = self.config.data
                 vggish = d.vggish_dir if self.model_config.audio_input == "vggish" else None
-                fit_markers(path, self.model_config.num_clusters, data=d.root, vggish=vggish, split=d.split,
-                            seed=self.config.run.seed)
+                try:
+                    fit_markers(path, self.model_config.num_clusters, data=d.root, vggish=vggish, split=d.split,
+                                seed=self.config.run.seed)
+                except ValueError as exc:  # DataError included: no descriptors to fit the markers on
+                    raise ConfigError(f"data.markers=fit: {exc}") from None
             dist_utils.barrier()
         else:
             path = Path(source)
@@ -661,8 +702,8 @@ class _Trainer:
 
     def _load_checkpoint(self) -> None:
         state = ckpt.load(self.folder.last_checkpoint, map_location=self.device)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{self.folder.last_checkpoint} is not a coavs training checkpoint")
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{self.folder.last_checkpoint} is not a coavs training checkpoint")
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -689,9 +730,9 @@ class _Trainer:
         with open(self.folder.root / "train.log", "a") as f:
             f.write(f"{stamp} {message}\n")
         if self.config.run.progress:
-            from tqdm import tqdm
+            from coavs.progress import write
 
-            tqdm.write(message)
+            write(message)
 
     # ----------------------------------------------------------------------------------------- loop
     def loader(self, stage: _Stage, epoch: int, start_batch: int):
@@ -712,9 +753,13 @@ class _Trainer:
     def train_step(self, batch: dict) -> tuple[float, dict, int]:
         """One optimisation step on a frame batch → (loss, detached loss terms, frames used)."""
         from coavs.training.losses import audio_classification_loss, targets_from_labels
+        from coavs.training.negatives import classifier_rows
 
         cfg = self.config
         batch = self._training_frames(batch)
+        if self.negatives is not None:  # negative-audio frames with empty targets (coavs.training.negatives)
+            stage = self.plan.stages[self.plan.position(self.step)[0]]
+            batch = self.negatives.augment(batch, self.step, stage.dataset)
         batch = to_device(batch, self.device, non_blocking=True)
         targets = targets_from_labels(batch["labels"], self.model_config.num_classes, self.class_to_marker,
                                       background_is_class=not self.binary)
@@ -727,7 +772,8 @@ class _Trainer:
             result = self.objective(outputs, targets.targets, targets.annotated)
             loss, terms = result.total, dict(result.terms)
             if outputs.get("audio_logits") is not None and cfg.loss.audio_class_weight > 0:
-                audio_loss = audio_classification_loss(outputs["audio_logits"], presence, targets.annotated)
+                audio_loss = audio_classification_loss(outputs["audio_logits"], presence,
+                                                       classifier_rows(targets.annotated, batch))
                 terms["audio_cls"] = audio_loss
                 loss = loss + cfg.loss.audio_class_weight * audio_loss
         else:  # nothing annotated: a zero step that keeps every process in step
@@ -771,10 +817,11 @@ class _Trainer:
                  f"({self.info.world_size} process(es) on {self.device}; {self.model_config.queries} queries; "
                  f"debias {cfg.debias.get('mode', 'none')})")
         bar = None
-        if self.main and cfg.run.progress:
-            from tqdm import tqdm
+        if self.main and cfg.run.progress:  # a tqdm bar on a terminal, else a plain line every log_every steps
+            from coavs.progress import progress_bar
 
-            bar = tqdm(total=plan.total, initial=self.step, unit="step", dynamic_ncols=True, desc="train")
+            bar = progress_bar(plan.total, initial=self.step, unit="step", desc="train", every=cfg.run.log_every,
+                               dynamic_ncols=True)
         last_eval, reason, started = None, None, time.perf_counter()
         window = Throughput()
         window_loss = [0.0, 0]
@@ -806,8 +853,8 @@ class _Trainer:
                     if self.on_step is not None:
                         self.on_step(self.step, {"loss": loss, **terms})
                     if bar is not None:
-                        bar.update(1)
                         bar.set_postfix(loss=f"{loss:.3f}", stage=stage.section.name, epoch=epoch + 1)
+                        bar.update(1)
                     epoch_done = batch_index == stage.steps_per_epoch or self.step == plan.total
                     if self.step % cfg.run.log_every == 0 or epoch_done or self.step == stop_at:
                         self._log_window(window, window_loss, loss, terms, stage, epoch)
@@ -827,6 +874,8 @@ class _Trainer:
         finished = self.step >= plan.total
         if not finished and reason is None:
             reason = "max_steps"
+        if finished:
+            self.calibrate_gate()
         if self.checkpoint_step != self.step:
             self.save_checkpoint()
         seconds = time.perf_counter() - started
@@ -900,6 +949,9 @@ class _Trainer:
         self.save_checkpoint()
         return eval_result
 
+    def calibrate_gate(self):
+        return _calibrate_gate(self)
+
     def evaluate(self) -> dict:
         """Metrics on ``eval.split`` with the raw (un-wrapped) model, on this process's shard, merged."""
         from coavs.eval.runner import evaluate
@@ -916,9 +968,47 @@ class _Trainer:
                                 biased=self.objective.config.biased_audio, alpha=self.objective.config.alpha,
                                 scheme=self.objective.config.scheme,
                                 strategy="uncertainty" if self.objective.config.strategy == "uncertainty"
-                                else "fixed", precision=cfg.run.precision, distributed=self.info.enabled)
+                                else "fixed", precision=cfg.run.precision, distributed=self.info.enabled,
+                                overall_reading=self.objective.config.overall_reading, gate=self.calibrate_gate())
         finally:
             self.raw_model.train()
+
+
+def _negative_sampler(cfg: TrainConfig, model):
+    from coavs.training.negatives import NegativeSampler
+
+    return NegativeSampler(cfg.negatives, cfg.run.seed, cfg.data.audio, model) if cfg.negatives.enabled else None
+
+
+def _check_gate_split(cfg: TrainConfig) -> None:
+    """A gate to calibrate needs clips in its split: say so before training, not after it."""
+    if cfg.gate.mode != "none" and cfg.gate.threshold is None and len(open_split(cfg, cfg.gate.split)) == 0:
+        raise ConfigError(f"gate.split: the {cfg.gate.split} split of {cfg.data.root} has no clips to calibrate "
+                          "the gate on (use gate.split=train or set gate.threshold)")
+
+
+def _calibrate_gate(trainer) -> object:
+    """The run's gate (``gate`` section): a fixed threshold, or calibrated once per step on ``gate.split`` with
+    the raw model and saved as ``<run>/gate.json``; None when ``gate.mode`` is none."""
+    from coavs.eval.gate import Gate, calibrate_gate, save_gate
+
+    section = trainer.config.gate
+    if section.mode == "none":
+        return None
+    if section.threshold is not None:
+        return Gate(section.mode, section.threshold)
+    cached = getattr(trainer, "_gate", None)
+    if cached is not None and cached[0] == trainer.step:
+        return cached[1]
+    dataset = open_split(trainer.config, section.split)
+    with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
+        gate, stats = calibrate_gate(trainer.raw_model, dataset, section.mode, section.keep,
+                                     device=trainer.device, max_clips=section.max_clips, seed=trainer.config.run.seed,
+                                     precision=trainer.config.run.precision)
+    if trainer.main:
+        save_gate(trainer.folder.root, gate, {**stats, "step": trainer.step}, section.split)
+    trainer._gate = (trainer.step, gate)
+    return gate
 
 
 def _resolve(config: TrainConfig, dataset, info) -> TrainConfig:
@@ -952,14 +1042,26 @@ def train(config, run_dir, resume: bool = False, max_steps: int | None = None,
         config = TrainConfig.from_dict(config)
     if resume and max_steps is not None and max_steps < 0:
         raise ValueError("max_steps must be >= 0")
+    if config.run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device is cuda, but no CUDA device is visible (use run.device=auto or cpu)")
+    if config.data.audio == "vggish" and not Path(config.data.vggish_dir).is_dir():
+        raise ConfigError(f"data.vggish_dir {config.data.vggish_dir} is not a folder (data.audio=vggish reads "
+                          "<uid>.npy VGGish features from it)")
     was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
     threads = torch.get_num_threads()
     info = dist_utils.setup(config.run.device)
+    lock = RunLock(run_dir) if info.is_main else None  # one run per folder, for the run's whole life
     try:
+        if lock is not None:
+            lock.acquire()
         trainer = _Trainer(config, run_dir, info, on_step)
         trainer.build(resume)
+        if lock is not None and lock.previous_pid is not None:
+            trainer.say(f"took over the run folder from pid {lock.previous_pid}, which ended without releasing it")
         return trainer.run(max_steps)
     finally:
+        if lock is not None:
+            lock.release()
         torch.set_num_threads(threads)  # run.threads applies to the run only
         if not was_initialised:
             dist_utils.teardown()
@@ -983,7 +1085,7 @@ def load_model(run_dir_or_checkpoint, device="cpu"):
     path = checkpoint_path(run_dir_or_checkpoint)
     state = ckpt.load(path, map_location="cpu")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a coavs training checkpoint")
+        raise UserError(f"{path} is not a coavs training checkpoint")
     config = TrainConfig.from_dict(json.loads(state["config"]))
     model = AVSModel(config.model_config())
     model.load_state_dict(state["model"])

@@ -66,4 +66,28 @@ COAVS_HOST_DEVICE T prompted_query(T feature, T gate, T audio) {
   return feature + gate * audio;
 }
 
+// Gate and activity of query q of one sample, given the sample's scores row and its fallback marker
+// (PresenceState::fallback_marker). score_t is the storage type of the scores; the gate keeps it.
+template <typename score_t>
+struct QueryGate {
+  score_t gate;
+  bool active;
+};
+
+template <typename score_t>
+COAVS_HOST_DEVICE QueryGate<score_t> query_gate(const score_t* score_row, int64_t q, int64_t num_markers,
+                                               int64_t dilation, opmath_t<score_t> threshold, int64_t fallback,
+                                               score_t dormant_gate, bool soft) {
+  const int64_t m = marker_of_query(q, num_markers, dilation);
+  const score_t score = m >= 0 ? score_row[m] : dormant_gate;
+  const bool on = marker_present(static_cast<opmath_t<score_t>>(score), threshold, m, fallback);
+  return {gate_value(on, soft, score, dormant_gate), on};
+}
+
+// One active query's term of d_scores[b, s]: <g[b, q], audio[b]> + g_gate[b, q].
+template <typename score_acc, typename acc_t>
+COAVS_HOST_DEVICE score_acc score_grad_term(acc_t dot, score_acc grad_gate) {
+  return static_cast<score_acc>(dot) + grad_gate;
+}
+
 }  // namespace coavs

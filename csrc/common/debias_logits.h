@@ -28,6 +28,18 @@ COAVS_HOST_DEVICE T debias_value(T x, T x_biased, T a) {
   return (T(1) + a) * x - a * x_biased;
 }
 
+// Backward of debias_value for upstream gradient g: dx = (1 + a) g, dx_b = -a g.
+template <typename T>
+struct DebiasGrad {
+  T dx;
+  T dx_biased;
+};
+
+template <typename T>
+COAVS_HOST_DEVICE DebiasGrad<T> debias_grad(T g, T a) {
+  return {(T(1) + a) * g, -a * g};
+}
+
 // |2 sigmoid(m) - 1| == tanh(|m| / 2); the tanh form keeps full precision near 0 and saturates cleanly.
 template <typename T>
 COAVS_HOST_DEVICE T mask_confidence(T m_biased) {
@@ -76,12 +88,24 @@ struct EntropyState {
   }
 };
 
+// The strength of one mask element: alpha, or alpha * confidence(m_b) when uncertainty-weighted.
+template <typename T>
+COAVS_HOST_DEVICE T mask_strength(T alpha, T m_biased, bool uncertainty) {
+  return uncertainty ? alpha * mask_confidence(m_biased) : alpha;
+}
+
 // 1 - H / log(n), clamped to [0, 1]; a single-entry row has zero entropy and counts as fully confident.
 template <typename T>
 COAVS_HOST_DEVICE T class_confidence(T entropy, int n) {
   if (n <= 1) return T(1);
   const T c = T(1) - entropy / math_log(static_cast<T>(n));
   return c < T(0) ? T(0) : (c > T(1) ? T(1) : c);
+}
+
+// The strength of one class row from its (streamed) entropy: alpha * class_confidence when uncertainty-weighted.
+template <typename T>
+COAVS_HOST_DEVICE T class_row_strength(T alpha, const EntropyState<T>& state, int width, bool uncertainty) {
+  return uncertainty ? alpha * class_confidence(state.entropy(), width) : alpha;
 }
 
 }  // namespace coavs

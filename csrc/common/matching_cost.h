@@ -9,6 +9,11 @@
 //
 // Per query the kernels need sum softplus(x), sum sigmoid(x) and the class row's log-sum-exp; per ground truth
 // sum t; per pair sum x t and sum sigmoid(x) t (two dot products over P).
+//
+// Non-finite inputs (the same policy in the reference, native and Triton backends): a pair that is not allowed or
+// is padding costs +inf whatever its values; an allowed pair costs NaN when its query's mask logits or its ground
+// truth's values hold a NaN or ±inf, or when its query's class row holds a NaN or +inf or is all −inf. A −inf class
+// logit next to a finite one is an impossible class (probability 0), not an error.
 #pragma once
 
 #include <cmath>
@@ -64,9 +69,15 @@ struct LogSumExp {
   }
 
   COAVS_HOST_DEVICE T value() const { return sum > T(0) ? max + log_of(sum) : T(-INFINITY); }
+
+  // softmax probability of a logit of the row: exp(x - max) / sum. Not exp(x - value()): value() is rounded at
+  // the scale of max, so that form loses |max|·eps (1e-4 relative for float logits of 1e4). A NaN or +inf logit
+  // makes sum NaN and an all −inf row leaves sum 0, so those rows give NaN, as softmax does.
+  COAVS_HOST_DEVICE T probability(T x) const { return exp_of(x - max) / sum; }
 };
 
-// softmax probability of a logit given its row's log-sum-exp.
+// softmax probability of a logit given its row's log-sum-exp (exact only for logits of moderate size; the
+// kernels use LogSumExp::probability).
 template <typename T>
 COAVS_HOST_DEVICE T class_probability(T logit, T log_sum_exp) {
   return exp_of(logit - log_sum_exp);

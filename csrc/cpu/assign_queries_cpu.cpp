@@ -62,13 +62,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_queries_cpu(const at::Tens
           for (int64_t m = 0; m < num_markers; ++m) presence.add(static_cast<score_acc>(row[m]), m, thr);
           const int64_t fallback = presence.fallback_marker();
           for (int64_t q = 0; q < num_queries; ++q) {
-            const int64_t m = marker_of_query(q, num_markers, dilation);
-            const auto score = m >= 0 ? row[m] : dormant;
-            const bool on = marker_present(static_cast<score_acc>(score), thr, m, fallback);
-            const auto value = gate_value(on, soft, score, dormant);
-            gate_out[b * num_queries + q] = value;
-            active_out[b * num_queries + q] = on;
-            g_acc[b * num_queries + q] = static_cast<scalar_t>(static_cast<score_acc>(value));
+            const auto qg = query_gate(row, q, num_markers, dilation, thr, fallback, dormant, soft);
+            gate_out[b * num_queries + q] = qg.gate;
+            active_out[b * num_queries + q] = qg.active;
+            g_acc[b * num_queries + q] = static_cast<scalar_t>(static_cast<score_acc>(qg.gate));
           }
         }
       });
@@ -148,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_queries_backward_cpu(
             const int64_t m = marker_of_query(q, num_markers, dilation);
             if (soft && act[r] && m >= 0) {
               const acc_t dot = lane_dot<acc_t>(row, a_row, width);
-              marker_sum[m] += static_cast<score_acc>(dot) + static_cast<score_acc>(grad_gate_p[r]);
+              marker_sum[m] += score_grad_term(dot, static_cast<score_acc>(grad_gate_p[r]));
             }
           }
           for (int64_t j = 0; j < width; ++j) da[b * width + j] = static_cast<scalar_t>(sum[j]);

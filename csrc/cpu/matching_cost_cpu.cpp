@@ -1,6 +1,7 @@
 // matching_cost on the CPU: at::parallel_for over (sample, query) rows. Each row converts its mask logits once,
 // then takes two dot products over the points with every allowed ground truth of its sample.
 // The arithmetic is csrc/common/matching_cost.h.
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -98,7 +99,8 @@ at::Tensor matching_cost_cpu(const at::Tensor& mask_logits, const at::Tensor& ta
       for (int64_t r = begin; r < end; ++r) {
         double sum = 0;  // long sums of float terms: double keeps them exact enough for any P
         for (int64_t p = 0; p < num_points; ++p) sum += tp[r * num_points + p];
-        target_sum[r] = static_cast<acc_t>(sum);
+        // A NaN or ±inf value makes every pair of this ground truth NaN (see the policy in the header).
+        target_sum[r] = std::isfinite(sum) ? static_cast<acc_t>(sum) : std::numeric_limits<acc_t>::quiet_NaN();
       }
     });
 
@@ -120,17 +122,21 @@ at::Tensor matching_cost_cpu(const at::Tensor& mask_logits, const at::Tensor& ta
           LogSumExp<acc_t> lse;
           const acc_t* class_row = cp + r * num_classes;
           for (int64_t k = 0; k < num_classes; ++k) lse.add(class_row[k]);
-          const acc_t log_norm = lse.value();
           double softplus_total = 0, sigmoid_total = 0;
+          bool finite_row = true;
           for (int64_t p = 0; p < num_points; ++p) {
             const auto v = static_cast<acc_t>(xp[r * num_points + p]);
             acc_t soft;
+            finite_row = finite_row && std::isfinite(v);
             logits[p] = v;
             matching::sigmoid_softplus(v, probs[p], soft);
             softplus_total += soft;
             sigmoid_total += probs[p];
           }
-          const auto softplus_sum = static_cast<acc_t>(softplus_total), sigmoid_sum = static_cast<acc_t>(sigmoid_total);
+          // A NaN or ±inf mask logit makes every pair of this query NaN (see the policy in the header).
+          const auto softplus_sum = finite_row ? static_cast<acc_t>(softplus_total)
+                                               : std::numeric_limits<acc_t>::quiet_NaN();
+          const auto sigmoid_sum = static_cast<acc_t>(sigmoid_total);
           for (int64_t g = 0; g < num_gt; ++g) {
             if (g >= cnt[b] || !ok[r * num_gt + g]) {
               row_out[g] = std::numeric_limits<acc_t>::infinity();
@@ -139,7 +145,7 @@ at::Tensor matching_cost_cpu(const at::Tensor& mask_logits, const at::Tensor& ta
             acc_t logit_target = 0, sigmoid_target = 0;
             two_dots(logits.data(), probs.data(), tp + (b * num_gt + g) * num_points, num_points, logit_target,
                      sigmoid_target);
-            const acc_t prob = matching::class_probability(class_row[lab[b * num_gt + g]], log_norm);
+            const acc_t prob = lse.probability(class_row[lab[b * num_gt + g]]);
             row_out[g] = matching::pair_cost(prob, softplus_sum, logit_target, sigmoid_sum, sigmoid_target,
                                              target_sum[b * num_gt + g], num_points, weights);
           }

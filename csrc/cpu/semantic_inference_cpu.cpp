@@ -4,7 +4,10 @@
 // ATen's order), into a [Q, tile] buffer; ATen's vectorised sigmoid and the gate; one float32 GEMM with the class
 // probabilities for the [K, tile] scores; a last pass reduces each pixel to its label (or foreground score).
 // Every phase is parallel on its own (at::parallel_for, ATen, the BLAS): calling the BLAS from inside a parallel
-// region would oversubscribe it. The tile buffers stay within kTileBudgetBytes (plus one batch item's source
+// region would oversubscribe it. Tiles are small enough for the per-core L2 cache (kTileBudgetBytes), so each
+// phase reads what the previous one wrote from cache, not memory. The resize and the per-pixel reduction are
+// compiled twice, for AVX2 (8 lanes; chosen at run time, see cpu/vec_avx2.h) and for any x86-64 / other CPU, with
+// the same arithmetic (no FMA contraction), so both give the same labels. The tile buffers stay within kTileBudgetBytes (plus one batch item's source
 // logits when they need converting or debiasing), so the extra memory is the output plus a constant.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -16,12 +19,13 @@
 
 #include "common/semantic_inference.h"
 #include "common/tensor_checks.h"
+#include "cpu/vec_avx2.h"
 #include "ops.h"
 
 namespace coavs {
 namespace {
 
-constexpr int64_t kTileBudgetBytes = int64_t(32) << 20;  // tile buffers
+constexpr int64_t kTileBudgetBytes = int64_t(2) << 20;  // tile buffers: about a core's L2
 constexpr int64_t kPixelChunk = 1024;                    // pixels reduced together (stack arrays)
 
 std::vector<LinearTap> axis_taps(int64_t in_size, int64_t out_size) {
@@ -43,6 +47,43 @@ void prepare_source(const scalar_t* mask, const scalar_t* mask_biased, float* ds
   });
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define COAVS_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define COAVS_ALWAYS_INLINE inline
+#endif
+
+// One query's resize for output rows [r0, r1) (see resize_rows); inlined into a portable and an AVX2 copy.
+COAVS_ALWAYS_INLINE void resize_query_body(const float* src, float* rows, float* out, int64_t in_w, int64_t out_w,
+                                           const LinearTap* ty, const LinearTap* tx, int64_t s0, int64_t rows_in,
+                                           int64_t r0, int64_t r1) {
+  for (int64_t i = 0; i < rows_in; ++i) {
+    const float* row = src + (s0 + i) * in_w;
+    float* dst = rows + i * out_w;
+    for (int64_t x = 0; x < out_w; ++x) dst[x] = tx[x].l0 * row[tx[x].i0] + tx[x].l1 * row[tx[x].i1];
+  }
+  for (int64_t y = r0; y < r1; ++y) {
+    const float* top = rows + (ty[y].i0 - s0) * out_w;
+    const float* bottom = rows + (ty[y].i1 - s0) * out_w;
+    const float l0 = ty[y].l0, l1 = ty[y].l1;
+    float* dst = out + (y - r0) * out_w;
+    for (int64_t x = 0; x < out_w; ++x) dst[x] = l0 * top[x] + l1 * bottom[x];
+  }
+}
+
+void resize_query(const float* src, float* rows, float* out, int64_t in_w, int64_t out_w, const LinearTap* ty,
+                  const LinearTap* tx, int64_t s0, int64_t rows_in, int64_t r0, int64_t r1) {
+  resize_query_body(src, rows, out, in_w, out_w, ty, tx, s0, rows_in, r0, r1);
+}
+
+#if COAVS_HAVE_AVX2_KERNELS
+COAVS_TARGET_AVX2 void resize_query_avx2(const float* src, float* rows, float* out, int64_t in_w, int64_t out_w,
+                                         const LinearTap* ty, const LinearTap* tx, int64_t s0, int64_t rows_in,
+                                         int64_t r0, int64_t r1) {
+  resize_query_body(src, rows, out, in_w, out_w, ty, tx, s0, rows_in, r0, r1);
+}
+#endif
+
 // Resized logits of output rows [r0, r1) for every query, separably:
 // across[q, i, x] = l0x src[q, s0 + i, x0] + l1x src[q, s0 + i, x1] for the source rows s0..s1 the tile reads,
 // out[q, (y - r0) W + x] = l0y across[q, y0 - s0, x] + l1y across[q, y1 - s0, x].
@@ -51,24 +92,50 @@ void resize_rows(const float* src, float* across, float* out, int64_t out_stride
                  int64_t r0, int64_t r1) {
   const int64_t s0 = ty[r0].i0, s1 = ty[r1 - 1].i1;
   const int64_t rows_in = s1 - s0 + 1;
+  auto* fn = &resize_query;
+#if COAVS_HAVE_AVX2_KERNELS
+  if (cpu::use_avx2()) fn = &resize_query_avx2;
+#endif
   at::parallel_for(0, q_count, 1, [&](int64_t first, int64_t last) {
     for (int64_t q = first; q < last; ++q) {
-      float* rows = across + q * rows_in * out_w;
-      for (int64_t i = 0; i < rows_in; ++i) {
-        const float* row = src + (q * in_h + s0 + i) * in_w;
-        float* dst = rows + i * out_w;
-        for (int64_t x = 0; x < out_w; ++x) dst[x] = tx[x].l0 * row[tx[x].i0] + tx[x].l1 * row[tx[x].i1];
-      }
-      for (int64_t y = r0; y < r1; ++y) {
-        const float* top = rows + (ty[y].i0 - s0) * out_w;
-        const float* bottom = rows + (ty[y].i1 - s0) * out_w;
-        const float l0 = ty[y].l0, l1 = ty[y].l1;
-        float* dst = out + q * out_stride + (y - r0) * out_w;
-        for (int64_t x = 0; x < out_w; ++x) dst[x] = l0 * top[x] + l1 * bottom[x];
-      }
+      fn(src + q * in_h * in_w, across + q * rows_in * out_w, out + q * out_stride, in_w, out_w, ty.data(),
+         tx.data(), s0, rows_in, r0, r1);
     }
   });
 }
+
+// Labels of pixels [0, len) from the class scores rows[k][j] (k-th row at scores + k * stride): the first class
+// with the highest score, as torch.argmax. Inlined into a portable and an AVX2 copy.
+COAVS_ALWAYS_INLINE void argmax_body(const float* scores, int64_t stride, int64_t classes, int64_t len,
+                                     int64_t* labels) {
+  float best[kPixelChunk];
+  int32_t best_k[kPixelChunk];  // 32-bit, like the scores, so the compare-and-select vectorises
+  for (int64_t j = 0; j < len; ++j) {
+    best[j] = scores[j];
+    best_k[j] = 0;
+  }
+  for (int64_t k = 1; k < classes; ++k) {
+    const float* row = scores + k * stride;
+    const int32_t k32 = static_cast<int32_t>(k);
+    for (int64_t j = 0; j < len; ++j) {
+      const bool higher = row[j] > best[j];  // strict: ties keep the lower class
+      best[j] = higher ? row[j] : best[j];
+      best_k[j] = higher ? k32 : best_k[j];
+    }
+  }
+  for (int64_t j = 0; j < len; ++j) labels[j] = best_k[j];
+}
+
+void argmax_pixels(const float* scores, int64_t stride, int64_t classes, int64_t len, int64_t* labels) {
+  argmax_body(scores, stride, classes, len, labels);
+}
+
+#if COAVS_HAVE_AVX2_KERNELS
+COAVS_TARGET_AVX2 void argmax_pixels_avx2(const float* scores, int64_t stride, int64_t classes, int64_t len,
+                                          int64_t* labels) {
+  argmax_body(scores, stride, classes, len, labels);
+}
+#endif
 
 // fn(begin, end) over [0, n) in pieces of at most kPixelChunk, in parallel (parallel_for's grain is a minimum).
 template <typename Fn>
@@ -214,6 +281,10 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
           at::mm_out(scores_b_n, pb[b].t(), sig_b.narrow(1, 0, n));
         }
         const float* sc = scores.const_data_ptr<float>();
+        auto* argmax = &argmax_pixels;
+#if COAVS_HAVE_AVX2_KERNELS
+        if (cpu::use_avx2()) argmax = &argmax_pixels_avx2;
+#endif
         const float* sc_b = overall ? scores_b.const_data_ptr<float>() : nullptr;
         // Scores of class k for pixels [begin, end) of the tile (debiased under the overall scheme).
         auto class_scores = [&](int64_t k, int64_t begin, int64_t end, float* dst) {
@@ -230,7 +301,10 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
         for_each_chunk(n, [&](int64_t begin, int64_t end) {
           const int64_t len = end - begin;
           float best[kPixelChunk], value[kPixelChunk];
-          if (reduce == kReduceArgmax) {
+          if (reduce == kReduceArgmax && sc_b == nullptr) {
+            int64_t* o = out.mutable_data_ptr<int64_t>() + b * pixels + p0 + begin;
+            argmax(sc + begin, tile, classes, len, o);
+          } else if (reduce == kReduceArgmax) {
             int32_t best_k[kPixelChunk];  // 32-bit, like the scores, so the compare-and-select vectorises
             class_scores(0, begin, end, best);
             for (int64_t j = 0; j < len; ++j) best_k[j] = 0;

@@ -1,6 +1,6 @@
 // debias_logits on CUDA: mask elements and class rows in one launch.
-// Blocks [0, mask_blocks) stream mask tiles; the remaining blocks give one warp to each class row
-// (the row's entropy is reduced with warp shuffles when the strength is uncertainty-weighted).
+// The kernel is csrc/cuda/debias_logits_kernel.cuh (also run on the CPU by csrc/tests/test_device_code.cpp over an
+// emulated grid); this file launches it on ATen tensors.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -8,82 +8,16 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "common/debias_logits.h"
+#include <type_traits>
+
 #include "common/tensor_checks.h"
+#include "cuda/debias_logits_kernel.cuh"
 #include "ops.h"
 
 namespace coavs {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kItemsPerThread = 8;
-constexpr int64_t kMaskTile = int64_t(kThreads) * kItemsPerThread;
-constexpr int kWarp = 32;
-constexpr int kRowsPerBlock = kThreads / kWarp;
-constexpr unsigned kFullMask = 0xffffffffu;
-
-template <typename T>
-__device__ EntropyState<T> warp_merge(EntropyState<T> state) {
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
-    EntropyState<T> other;
-    other.max = __shfl_xor_sync(kFullMask, state.max, offset);
-    other.z = __shfl_xor_sync(kFullMask, state.z, offset);
-    other.t = __shfl_xor_sync(kFullMask, state.t, offset);
-    state.merge(other);
-  }
-  return state;
-}
-
-// Forward: x = logits, out = debiased.  Backward: x = upstream gradient, out = dx, out_b = dx_b.
-template <typename scalar_t, bool kBackward>
-__global__ void __launch_bounds__(kThreads)
-    debias_logits_kernel(const scalar_t* __restrict__ mask, const scalar_t* __restrict__ mask_b,
-                         scalar_t* __restrict__ mask_out, scalar_t* __restrict__ mask_out_b, int64_t mask_numel,
-                         int64_t mask_blocks, const scalar_t* __restrict__ cls, const scalar_t* __restrict__ cls_b,
-                         scalar_t* __restrict__ cls_out, scalar_t* __restrict__ cls_out_b, int64_t rows, int width,
-                         at::opmath_type<scalar_t> alpha, bool uncertainty) {
-  using acc_t = at::opmath_type<scalar_t>;
-  if (static_cast<int64_t>(blockIdx.x) < mask_blocks) {
-    const int64_t base = static_cast<int64_t>(blockIdx.x) * kMaskTile + threadIdx.x;
-#pragma unroll
-    for (int k = 0; k < kItemsPerThread; ++k) {
-      const int64_t i = base + int64_t(k) * kThreads;
-      if (i < mask_numel) {
-        const acc_t xb = static_cast<acc_t>(mask_b[i]);
-        const acc_t a = uncertainty ? alpha * mask_confidence(xb) : alpha;
-        const acc_t x = static_cast<acc_t>(mask[i]);
-        if constexpr (kBackward) {
-          mask_out[i] = static_cast<scalar_t>((acc_t(1) + a) * x);
-          mask_out_b[i] = static_cast<scalar_t>(-a * x);
-        } else {
-          mask_out[i] = static_cast<scalar_t>(debias_value(x, xb, a));
-        }
-      }
-    }
-    return;
-  }
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row = (static_cast<int64_t>(blockIdx.x) - mask_blocks) * kRowsPerBlock + threadIdx.x / kWarp;
-  if (row >= rows) return;  // whole warps exit together
-  const int64_t offset = row * width;
-  acc_t a = alpha;
-  if (uncertainty) {
-    EntropyState<acc_t> state;
-    for (int j = lane; j < width; j += kWarp) state.add(static_cast<acc_t>(cls_b[offset + j]));
-    state = warp_merge(state);
-    a = alpha * class_confidence(state.entropy(), width);
-    a = __shfl_sync(kFullMask, a, 0);  // identical strength on every lane
-  }
-  for (int j = lane; j < width; j += kWarp) {
-    const acc_t x = static_cast<acc_t>(cls[offset + j]);
-    if constexpr (kBackward) {
-      cls_out[offset + j] = static_cast<scalar_t>((acc_t(1) + a) * x);
-      cls_out_b[offset + j] = static_cast<scalar_t>(-a * x);
-    } else {
-      cls_out[offset + j] = static_cast<scalar_t>(debias_value(x, static_cast<acc_t>(cls_b[offset + j]), a));
-    }
-  }
-}
+using namespace debias_kernel;
 
 template <bool kBackward>
 void launch(const at::Tensor& mask, const at::Tensor& mask_b, at::Tensor& mask_out, at::Tensor* mask_out_b,
@@ -93,14 +27,15 @@ void launch(const at::Tensor& mask, const at::Tensor& mask_b, at::Tensor& mask_o
   const int64_t rows = num_rows(cls);
   const int64_t width = rows ? cls.size(-1) : 0;
   TORCH_CHECK(width <= std::numeric_limits<int>::max(), "cls has too many classes: ", width);
-  const int64_t mask_blocks = (mask_numel + kMaskTile - 1) / kMaskTile;
-  const int64_t cls_blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  const int64_t mask_blocks = num_mask_blocks(mask_numel);
+  const int64_t cls_blocks = num_class_blocks(rows);
   const int64_t blocks = mask_blocks + cls_blocks;
   if (blocks == 0) return;
   TORCH_CHECK(blocks <= std::numeric_limits<int>::max(), "debias_logits: input too large for one launch");
   const c10::cuda::CUDAGuard guard(mask.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mask.scalar_type(), "debias_logits_cuda", [&] {
+    static_assert(std::is_same_v<opmath_t<scalar_t>, at::opmath_type<scalar_t>>, "opmath_t must match ATen's");
     debias_logits_kernel<scalar_t, kBackward><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
         mask.const_data_ptr<scalar_t>(), mask_b.const_data_ptr<scalar_t>(), mask_out.mutable_data_ptr<scalar_t>(),
         mask_out_b ? mask_out_b->mutable_data_ptr<scalar_t>() : nullptr, mask_numel, mask_blocks,

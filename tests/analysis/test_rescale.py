@@ -88,3 +88,17 @@ def test_rescaled_dataset(tiny_set):
             assert after > before
         else:
             assert after < before
+
+
+def test_each_object_not_the_whole_sounding_area_is_rescaled():
+    """Supplementary A.1: "each target object" to 30-40 %: two equal objects side by side (12 % together) are
+    zoomed until each covers 30-40 %, where the earlier whole-area reading stops at 30-40 % for both together."""
+    frame, labels = frame_with([(40, 52, 30, 44), (40, 52, 52, 66)], classes=[1, 2])  # two objects, 6 % each
+    _, per_object, zoom_object = rescale_frame(frame, labels)
+    _, per_frame, zoom_frame = rescale_frame(frame, labels, per="frame")
+    for cls in (1, 2):
+        assert 0.29 <= float((per_object == cls).double().mean()) <= 0.41
+    assert 0.29 <= area(per_frame) <= 0.41
+    assert zoom_object > zoom_frame > 1
+    with pytest.raises(ValueError, match="per must be"):
+        rescale_frame(frame, labels, per="pixel")

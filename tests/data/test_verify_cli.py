@@ -85,15 +85,15 @@ def test_cli_synth_then_verify(tmp_path, capsys):
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
-    assert main(["synth", str(tmp_path / "a"), "--area", "big", "--quiet"]) == 2
+    assert main(["synth", str(tmp_path / "a"), "--area", "big", "--quiet"]) == 1
     expected = "coavs synth: error: --area must be a number or a range MIN-MAX, got 'big'"
     assert capsys.readouterr().err.strip() == expected
-    assert main(["synth", str(tmp_path / "a"), "--classes", "violin,unicorn", "--quiet"]) == 2
+    assert main(["synth", str(tmp_path / "a"), "--classes", "violin,unicorn", "--quiet"]) == 1
     assert "classes must be" in capsys.readouterr().err
-    assert main(["verify", str(tmp_path / "missing")]) == 2
+    assert main(["verify", str(tmp_path / "missing")]) == 1
     assert capsys.readouterr().err.strip().endswith("missing: dataset folder does not exist")
     (tmp_path / "empty").mkdir()
-    assert main(["verify", str(tmp_path / "empty")]) == 2
+    assert main(["verify", str(tmp_path / "empty")]) == 1
     assert "cannot tell the layout" in capsys.readouterr().err
 
 

@@ -99,3 +99,54 @@ def test_format_table():
     assert "| vanilla |" in text and "0.5000" in text and "0.1250" in text
     assert lines[-1].split("|")[3].strip() == "-"  # NaN and missing values print as "-"
     assert len({len(line) for line in lines[2:]}) == 1  # aligned columns
+
+
+def test_counterfactual_score_in_evaluate_and_in_the_trainers_evaluation(tmp_path):
+    """Frames with two sounding sources; the audio of a clip where only one of them sounds is played: the
+    row's ``counterfactual_iou`` is the mean IoU of the prediction with that source (BiasEvaluator's score)."""
+    import json
+
+    from coavs.data.synth import SynthConfig, generate
+    from coavs.eval.metrics import frame_iou
+    from coavs.eval.runner import _lone_sounders, counterfactual_cases, postprocess
+    from coavs.training.batches import collate_frames, select_frames
+
+    data = tmp_path / "two_sources"
+    generate(data, SynthConfig(num_clips=24, frames_per_clip=2, image_size=32, classes=("violin", "dog", "car"),
+                               silent_prob=0.3, eval_silent_prob=0.4, split_fractions=(0.4, 0.2, 0.4), seed=4))
+    config = TrainConfig.from_dict(tiny_config(data, tmp_path / "cache", run={"max_steps": 2},
+                                               eval={"split": "test", "bias": True, "every": 1}))
+    summary = train(config, tmp_path / "run")
+    assert "counterfactual_iou" in summary["eval"]["vanilla"]  # the trainer's evaluation reports it too
+    model, loaded = load_model(tmp_path / "run")
+    dataset = open_split(loaded, "test")
+    row = evaluate(model, dataset, batch_size=3, modes=("vanilla",))["vanilla"]
+    assert row["counterfactual_iou"] == pytest.approx(summary["eval"]["vanilla"]["counterfactual_iou"], abs=1e-12)
+    lone = _lone_sounders(dataset)
+    follow, leak, frames = [], [], 0
+    for start in range(0, len(dataset), 3):
+        batch = collate_frames([dataset[i] for i in range(start, min(start + 3, len(dataset)))])
+        batch = select_frames(batch, batch["annotated"])
+        case = counterfactual_cases(dataset, batch, lone)
+        if case is None:
+            continue
+        rows, audio, masks = case
+        for i, row_index in enumerate(rows.tolist()):
+            values = batch["labels"][row_index].unique().tolist()
+            assert len([v for v in values if v not in (0, 255)]) >= 2
+            for side in (0, 1):
+                cls = int(batch["labels"][row_index][masks[side][i]].unique()[0])
+                assert any(dataset.sounding_classes(j) == {cls} and any(
+                    torch.equal(audio[side][i], a) for a in dataset.load_audio(j)) for j in lone[cls])
+        for side in (0, 1):
+            with torch.no_grad():
+                labels, _ = postprocess(model(batch["frames"][rows], audio[side]), (32, 32))
+            follow.append(frame_iou(labels != 0, masks[side]))
+            leak.append(frame_iou(labels != 0, masks[1 - side]))
+            frames += rows.numel()
+    assert frames > 0 and row["counterfactual_frames"] == frames
+    assert row["counterfactual_iou"] == pytest.approx(float(torch.cat(follow).mean()), abs=1e-6)
+    assert row["counterfactual_leak_iou"] == pytest.approx(float(torch.cat(leak).mean()), abs=1e-6)
+    assert "CF IoU" in format_table({"m": row})
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "counterfactual_iou" in logged[-1]["eval"]["vanilla"]

@@ -47,12 +47,12 @@ def test_fit_markers_on_vggish_files(tmp_path):
 
 def test_fit_markers_user_errors(tmp_path, capsys):
     out = str(tmp_path / "m.pt")
-    assert main(["fit-markers", "--clusters", "3", "--out", out]) == 2
+    assert main(["fit-markers", "--clusters", "3", "--out", out]) == 1
     assert "give --data" in capsys.readouterr().err
-    assert main(["fit-markers", "--vggish", str(tmp_path), "--clusters", "3", "--out", out]) == 2
+    assert main(["fit-markers", "--vggish", str(tmp_path), "--clusters", "3", "--out", out]) == 1
     assert "no .npy VGGish feature files" in capsys.readouterr().err
     np.save(tmp_path / "a.npy", np.zeros((2, 128), np.float32))
-    assert main(["fit-markers", "--vggish", str(tmp_path), "--clusters", "3", "--out", out]) == 2
+    assert main(["fit-markers", "--vggish", str(tmp_path), "--clusters", "3", "--out", out]) == 1
     assert "at least num_clusters = 3 samples" in capsys.readouterr().err
-    assert main(["fit-markers", "--data", str(tmp_path / "nope"), "--clusters", "3", "--out", out]) == 2
-    assert main(["fit-markers", "--vggish", str(tmp_path), "--clusters", "0", "--out", out]) == 2
+    assert main(["fit-markers", "--data", str(tmp_path / "nope"), "--clusters", "3", "--out", out]) == 1
+    assert main(["fit-markers", "--vggish", str(tmp_path), "--clusters", "0", "--out", out]) == 1

@@ -71,7 +71,7 @@ def test_backbone_and_pixel_decoder_run_once_for_both_branches():
 
 
 def test_mute_branch_equals_a_vanilla_run_without_audio_on_the_same_markers():
-    model = tiny_model()
+    model = tiny_model(biased_queries="shared")  # the pre-D.2 behaviour, kept as an ablation
     frames, audio, _ = make_batch(3, size=32)
     out = model(frames, audio, biased="mute")
     encoder_forward = model.prompt_encoder.forward
@@ -214,11 +214,11 @@ def test_paper_sized_model_trains_on_gpu_with_debias_bf16_and_compile():
     frames, audio, labels = frames.to(device), audio.to(device), labels.to(device)
     model.perception.set_clusters(fit_kmeans(torch.randn(200, 128), config.num_clusters, iters=5))
     ft = targets_from_labels(labels, config.num_classes, model.class_to_marker())
-    objective = DebiasObjective(SetCriterion(config.num_classes), DebiasConfig(biased_audio="ddpm"))
+    objective = DebiasObjective(SetCriterion(config.num_classes), DebiasConfig(biased_audio="ddpm"))  # separate
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(frames, audio, biased="ddpm", class_presence=ft.presence[:, 1:])
         loss = objective(out, ft.targets, ft.annotated).total
-    assert out["pred_masks"].shape == (4, 100, 96, 96)
+    assert out["pred_masks"].shape == (4, 200, 96, 96)  # the paper preset: S·d = 100·2 queries (B.1)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     model.eval()
@@ -229,3 +229,49 @@ def test_paper_sized_model_trains_on_gpu_with_debias_bf16_and_compile():
     compiled = torch.compile(model, fullgraph=True)
     out = compiled(frames, audio, biased="mute")
     (out["pred_masks"].float().square().mean() + out["biased"]["pred_logits"].float().square().mean()).backward()
+
+
+@pytest.mark.parametrize("kind", ["mute", "noise", "ddpm"])
+def test_biased_branch_derives_its_markers_from_the_biased_audio(kind):
+    """Supplementary D.2: the biased branch carries no audio semantics, so changing only the (vanilla) markers
+    must not move its "visual prior" logits; the earlier behaviour (shared markers) is kept as an ablation."""
+    frames, audio, _ = make_batch(3, size=32)
+    own = tiny_model()
+    assert own.config.biased_queries == "own"
+    s = own.config.num_markers
+    a, b = torch.zeros(3, s), torch.zeros(3, s)
+    a[:, 0], b[:, s - 1] = 1.0, 1.0  # two different marker sets for the vanilla branch
+    torch.manual_seed(0)
+    out_a = own(frames, audio, biased=kind, marker_scores=a)
+    torch.manual_seed(0)
+    out_b = own(frames, audio, biased=kind, marker_scores=b)
+    assert not torch.allclose(out_a["pred_masks"], out_b["pred_masks"])  # the vanilla branch follows its markers
+    for key in ("pred_masks", "pred_logits"):
+        torch.testing.assert_close(out_a["biased"][key], out_b["biased"][key], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out_a["biased"]["active"], out_b["biased"]["active"])
+    shared = tiny_model(biased_queries="shared")
+    shared.load_state_dict(own.state_dict())
+    torch.manual_seed(0)
+    sa = shared(frames, audio, biased=kind, marker_scores=a)
+    torch.manual_seed(0)
+    sb = shared(frames, audio, biased=kind, marker_scores=b)
+    assert not torch.allclose(sa["biased"]["pred_masks"], sb["biased"]["pred_masks"])
+    assert torch.equal(sa["biased"]["active"], sa["active"])  # shared: the vanilla branch's active queries
+
+
+def test_own_mute_branch_is_a_vanilla_run_on_silence_markers_without_audio():
+    from coavs.models.biased import silence_input
+
+    model = tiny_model(audio_input="logmel")
+    frames, audio, _ = make_batch(3, size=32, audio="logmel")
+    out = model(frames, audio, biased="mute")
+    silence = silence_input(audio, model.prompt_encoder)
+    zero = torch.zeros(3, model.config.hidden_dim)
+    scores = model.perceive(zero, silence).scores
+    encoder_forward = model.prompt_encoder.forward
+    model.prompt_encoder.forward = lambda x: torch.zeros_like(encoder_forward(x))
+    expected = model(frames, audio, marker_scores=scores)
+    torch.testing.assert_close(out["biased"]["pred_masks"], expected["pred_masks"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["biased"]["active"], expected["active"])
+    with pytest.raises(ValueError, match="biased_queries"):
+        ModelConfig.small(biased_queries="vanilla")

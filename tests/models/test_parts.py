@@ -18,7 +18,10 @@ def test_small_config_derives_queries_from_markers_and_dilation():
     assert c.num_markers == 5 + 3 and c.queries == 8 * 2
     assert c.class_to_marker() == [-1, 0, 1, 2, 3, 4]
     assert ModelConfig.from_dict(c.to_dict()) == c
-    assert ModelConfig.paper().queries == 100
+    # supplementary B.1: the paper preset runs the simple dilation at d = 2 (one marker, two queries)
+    paper = ModelConfig.paper()
+    assert paper.dilation == 2 and paper.num_markers == 100 and paper.queries == 200
+    assert paper.biased_queries == "own"  # D.2
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -1,5 +1,7 @@
 import importlib
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,9 +15,9 @@ from tests.helpers import FLOAT_DTYPES, backends_for
 
 mca = importlib.import_module("coavs.ops.masked_cross_attention")  # the module (the package exports the function)
 CPU_BACKENDS = backends_for("masked_cross_attention", "cpu")
-# every CPU implementation: the backends, and the native backend's pure-PyTorch fallback (CPU_KERNEL)
-BACKEND_VARIANTS = [(b, "flash") for b in CPU_BACKENDS] + [("native", "chunked")]
-# the Triton interpreter turns a loaded loop bound into an int through a deprecated numpy conversion
+# every CPU implementation: the backends, and the key-chunked pure-PyTorch path (Triton's float64 fallback),
+# run in place of the native kernel
+BACKEND_VARIANTS = [(b, None) for b in CPU_BACKENDS] + [("native", "chunked")]
 # (H, W) of the key map for each N of the issue's grid
 KEY_MAPS = {1: (1, 1), 7: (1, 7), 49: (7, 7), 196: (14, 14), 784: (28, 28), 1000: (25, 40), 4096: (64, 64)}
 MASK_KINDS = ("random", "all", "none", "one")
@@ -52,6 +54,13 @@ def make_qkv(batch, heads, queries, keys, head_dim, dtype, device="cpu"):
     k = torch.randn(batch, heads, keys, head_dim, device=device).to(dtype)
     v = torch.randn(batch, heads, keys, head_dim, device=device).to(dtype)
     return q, k, v
+
+
+def use_variant(monkeypatch, kernel):
+    """``kernel == "chunked"``: the native backend runs the key-chunked PyTorch path instead of the C++ kernel."""
+    if kernel == "chunked":
+        monkeypatch.setitem(mca._FORWARD.impls, "native", mca._chunked_forward)
+        monkeypatch.setitem(mca._BACKWARD.impls, "native", mca._chunked_backward)
 
 
 # --------------------------------------------------------------------------------------------- comparison
@@ -196,10 +205,10 @@ def test_cpu_backends():
     assert ops.select("masked_cross_attention", torch.device("cpu")) == "native"
 
 
-@pytest.fixture(params=["flash", "chunked"])
+@pytest.fixture(params=["cpp", "chunked"])
 def cpu_kernel(request, monkeypatch):
-    """Both CPU implementations behind the native backend."""
-    monkeypatch.setattr(mca, "CPU_KERNEL", request.param)
+    """The C++ kernel behind the native backend, and the key-chunked PyTorch path in its place."""
+    use_variant(monkeypatch, request.param)
     return request.param
 
 
@@ -279,7 +288,7 @@ def test_triton_interpreter_split_key_range(monkeypatch, kind):
 @pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
 def test_non_contiguous_inputs(monkeypatch, backend, kernel):
     """q, k, v as a model makes them: ``[B,L,h,dh]`` projections viewed as ``[B,h,L,dh]``."""
-    monkeypatch.setattr(mca, "CPU_KERNEL", kernel)
+    use_variant(monkeypatch, kernel)
     batch, heads, queries, keys, head_dim = 2, 2, 9, 70, 16
     mask, visible = make_mask("random", batch, queries, (7, 10))
     active = make_active(batch, queries, 0.5)
@@ -300,7 +309,7 @@ def test_non_contiguous_inputs(monkeypatch, backend, kernel):
 @pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
 def test_dormant_rows_cost_nothing_and_leak_nothing(monkeypatch, backend, kernel):
     """Dormant queries' q and grad_out values must not reach any output or gradient."""
-    monkeypatch.setattr(mca, "CPU_KERNEL", kernel)
+    use_variant(monkeypatch, kernel)
     batch, heads, queries = 2, 2, 10
     mask, _ = make_mask("random", batch, queries, (5, 6))
     active = make_active(batch, queries, 0.5)
@@ -319,7 +328,7 @@ def test_dormant_rows_cost_nothing_and_leak_nothing(monkeypatch, backend, kernel
 
 @pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
 def test_empty_batch_and_queries(monkeypatch, backend, kernel):
-    monkeypatch.setattr(mca, "CPU_KERNEL", kernel)
+    use_variant(monkeypatch, kernel)
     for batch, queries in ((0, 4), (2, 0)):
         q, k, v = make_qkv(batch, 2, queries, 10, 16, torch.float32)
         mask = mca.all_visible_mask(batch, queries, 10, "cpu")
@@ -353,16 +362,15 @@ class _TensorShapes(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("path", ["chunked", "flash_cpu"])
-def test_native_never_materialises_b_h_q_n(monkeypatch, path):
+def test_chunked_path_never_materialises_b_h_q_n(monkeypatch):
+    """The key-chunked path (the C++ kernel holds per thread only packed keys and values of one (b, h))."""
     batch, heads, queries, keys, head_dim = 2, 4, 50, 900, 8
-    # chunked: one sample's scores for 128 keys; flash: one sample's additive mask [Q, N], shared by the heads
-    budget = heads * queries * 128 if path == "chunked" else queries * math.ceil(keys / 32) * 32
+    budget = heads * queries * 128  # one sample's scores for 128 keys
     monkeypatch.setattr(mca, "CHUNK_ELEMENTS", budget)
     mask, _ = make_mask("random", batch, queries, (30, 30))
     q, k, v = make_qkv(batch, heads, queries, keys, head_dim, torch.float32)
     active = make_active(batch, queries, 1.0)
-    forward, backward = getattr(mca, f"_{path}_forward"), getattr(mca, f"_{path}_backward")
+    forward, backward = mca._chunked_forward, mca._chunked_backward
     tracker = _TensorShapes()
     with tracker:  # the backend functions themselves (a mode sees a custom op as one call)
         out, lse = forward(q, k, v, mask.bits, mask.occupancy, active, 0.3)
@@ -374,11 +382,11 @@ def test_native_never_materialises_b_h_q_n(monkeypatch, path):
     assert budget * 4 < batch * heads * queries * keys
 
 
-@pytest.mark.parametrize("backend, kernel", [v for v in BACKEND_VARIANTS if v[0] != "reference"])
+@pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
 def test_rows_without_visible_keys_are_zero(monkeypatch, backend, kernel):
-    """Only a hand-packed mask can have such a row (build_attention_mask unmasks it; the dense definition would
-    give NaN): it is zero and gets zero gradient, like a dormant row."""
-    monkeypatch.setattr(mca, "CPU_KERNEL", kernel)
+    """Only a hand-packed mask can have such a row (build_attention_mask unmasks it): it is zero and gets zero
+    gradient, like a dormant row, in every backend (the reference gave NaN)."""
+    use_variant(monkeypatch, kernel)
     visible = torch.rand(2, 5, 40) < 0.5
     visible[0, 2] = False
     visible[1] = False
@@ -394,6 +402,124 @@ def test_rows_without_visible_keys_are_zero(monkeypatch, backend, kernel):
     assert_attention_close(out, exact_out, what="out")
     for g, e, name in zip(grads, exact_grads, "qkv"):
         assert_attention_close(g, e, what=f"d{name}")
+
+
+def test_reference_definition_is_zero_not_nan_for_a_row_without_keys():
+    visible = torch.ones(1, 3, 9, dtype=torch.bool)
+    visible[0, 1] = False
+    q, k, v = [t.double().requires_grad_() for t in make_qkv(1, 2, 3, 9, 4, torch.float32)]
+    for active in (None, torch.ones(1, 3, dtype=torch.bool)):
+        out = reference.masked_cross_attention(q, k, v, visible, active, 0.5)
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        assert torch.isfinite(out).all() and not out[0, :, 1].any()
+        assert all(torch.isfinite(g).all() for g in grads) and not grads[0][0, :, 1].any()
+
+
+# ------------------------------------------------------------------------------------- any stride of q, k, v
+def strided_view(t: torch.Tensor, pattern: str) -> torch.Tensor:
+    """A view of ``pattern``'s strides holding ``t``'s values (``expanded*``: a view repeating a slice of ``t``;
+    the caller compares against the view's own values)."""
+    batch, heads, length, dim = t.shape
+    if pattern == "contiguous":
+        return t
+    if pattern == "sliced":  # the middle of a wider last dimension
+        wide = torch.randn(batch, heads, length, dim + 5, dtype=t.dtype)
+        wide[..., 2:2 + dim] = t
+        return wide[..., 2:2 + dim]
+    if pattern == "stepped":  # every other element of the last dimension
+        wide = torch.randn(batch, heads, length, 2 * dim, dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    if pattern == "transposed":  # the last two dimensions stored transposed
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if pattern == "permuted":  # [B,L,h,dh] projections viewed as [B,h,L,dh]
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    if pattern == "expanded_heads":
+        return t[:, :1].expand(batch, heads, length, dim)
+    if pattern == "expanded_rows":
+        return t[:, :, :1].expand(batch, heads, length, dim)
+    if pattern == "expanded_dim":  # stride 0 in the last dimension
+        return t[..., :1].expand(batch, heads, length, dim)
+    raise ValueError(pattern)
+
+
+STRIDE_PATTERNS = ("sliced", "stepped", "transposed", "permuted", "expanded_heads", "expanded_rows",
+                   "expanded_dim")
+
+
+@pytest.mark.parametrize("pattern", STRIDE_PATTERNS)
+@pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
+def test_any_strides_of_k_and_v(monkeypatch, backend, kernel, pattern):
+    """k, v (and q, grad) not contiguous in the last dimension: the native kernel read them as contiguous
+    (max error 0.5-3.1 forward, gradients wrong)."""
+    use_variant(monkeypatch, kernel)
+    batch, heads, queries, key_map, dim = 2, 3, 11, (7, 10), 16
+    mask, visible = make_mask("random", batch, queries, key_map)
+    active = make_active(batch, queries, 0.7)
+    q, k, v = make_qkv(batch, heads, queries, 70, dim, torch.float32)
+    q, k, v = strided_view(q, pattern), strided_view(k, pattern), strided_view(v, "stepped" if pattern ==
+                                                                                "sliced" else pattern)
+    grad = strided_view(torch.randn(batch, heads, queries, dim), "transposed")
+    out, grads = run_op(backend, q, k, v, mask, active, 0.3, grad)
+    exact_out, exact_grads = reference_with_grads(q, k, v, visible, active, 0.3, grad, torch.float64)
+    assert_attention_close(out, exact_out, what=f"{pattern} out")
+    for g, e, name in zip(grads, exact_grads, "qkv"):
+        assert g.shape == e.shape and g.is_contiguous()
+        assert_attention_close(g, e, what=f"{pattern} d{name}")
+
+
+_ZERO_HEADS = """
+import torch, coavs.ops as ops
+for backend in {backends!r}:
+    q, k, v = [torch.randn(2, 0, n, 8, requires_grad=True) for n in (5, 70, 70)]
+    mask = ops.build_attention_mask(torch.randn(2, 5, 3, 3), (7, 10))
+    with ops.use_backend(backend):
+        out = ops.masked_cross_attention(q, k, v, mask, torch.ones(2, 5, dtype=torch.bool))
+        out.sum().backward()
+    assert out.shape == (2, 0, 5, 8) and k.grad.shape == (2, 0, 70, 8), backend
+print("ok")
+"""
+
+
+def test_zero_heads_in_a_subprocess():
+    """h = 0 ended the process with SIGFPE inside PyTorch's CPU flash kernel: run it where that cannot kill
+    pytest."""
+    code = _ZERO_HEADS.format(backends=CPU_BACKENDS)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, f"rc {result.returncode}: {result.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 3, 3), (0, 4, 3, 3), (0, 0, 2, 2)])
+def test_build_attention_mask_without_queries(shape):
+    """B or Q = 0 raised an internal error from F.interpolate; the mask is empty and attention works."""
+    mask = ops.build_attention_mask(torch.randn(shape), (5, 6))
+    assert mask.bits.shape == (shape[0], shape[1], 1) and mask.occupancy.shape == (shape[0], shape[1], 1)
+    assert mask.num_keys == 30
+    q, k, v = make_qkv(shape[0], 2, shape[1], 30, 8, torch.float32)
+    for backend in CPU_BACKENDS:
+        with ops.use_backend(backend):
+            assert ops.masked_cross_attention(q, k, v, mask).shape == q.shape
+
+
+@pytest.mark.skipif("native" not in CPU_BACKENDS, reason="coavs._C not built")
+def test_native_cpp_ops_opcheck():
+    """The C++ ops on their own (schemas, fake kernels), with non-contiguous k and v."""
+    q, k, v, mask, _, active = _small_case(torch.float32)
+    k, v = strided_view(k.detach(), "stepped"), strided_view(v.detach(), "transposed")
+    args = (q.detach(), k, v, mask.bits, mask.occupancy, active, 0.4)
+    torch.library.opcheck(torch.ops.coavs_C.masked_cross_attention.default, args)
+    out, lse = torch.ops.coavs_C.masked_cross_attention(*args)
+    torch.library.opcheck(torch.ops.coavs_C.masked_cross_attention_backward.default,
+                          (torch.randn_like(out), q.detach(), k, v, out, lse, *args[3:]))
+
+
+@pytest.mark.skipif("native" not in CPU_BACKENDS, reason="coavs._C not built")
+def test_native_cpp_ops_reject_bad_masks():
+    q, k, v, mask, _, active = _small_case(torch.float32)
+    with pytest.raises(RuntimeError, match="mask_bits must be int32"):
+        torch.ops.coavs_C.masked_cross_attention(q, k, v, mask.bits[:, :, :0], mask.occupancy, active, 0.4)
+    with pytest.raises(RuntimeError, match="active must be bool"):
+        torch.ops.coavs_C.masked_cross_attention(q, k, v, mask.bits, mask.occupancy, active.float(), 0.4)
 
 
 # ----------------------------------------------------------------------------------------- gradcheck/opcheck
@@ -412,7 +538,7 @@ def test_float64_gradcheck_reference():
 
 @pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
 def test_float64_gradcheck_op(monkeypatch, backend, kernel):
-    monkeypatch.setattr(mca, "CPU_KERNEL", kernel)
+    use_variant(monkeypatch, kernel)
     q, k, v, mask, _, active = _small_case()
     with ops.use_backend(backend):
         assert torch.autograd.gradcheck(lambda *x: ops.masked_cross_attention(*x, mask, active, 0.4), (q, k, v),
@@ -422,7 +548,7 @@ def test_float64_gradcheck_op(monkeypatch, backend, kernel):
 @pytest.mark.parametrize("contiguous", [True, False])
 @pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
 def test_opcheck(monkeypatch, backend, kernel, contiguous):
-    monkeypatch.setattr(mca, "CPU_KERNEL", kernel)
+    use_variant(monkeypatch, kernel)
     q, k, v, mask, _, active = _small_case(torch.float32)
     if not contiguous:  # as a model passes them: [B,L,h,dh] viewed as [B,h,L,dh]
         q, k, v = [t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for t in (q, k, v)]

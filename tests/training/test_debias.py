@@ -94,9 +94,94 @@ def test_combine_modes():
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(strategy="ensemble"), "strategy"), (dict(scheme="overall"), "set loss"),
+    (dict(strategy="ensemble"), "strategy"), (dict(scheme="pixel"), "scheme"),
+    (dict(overall_reading="sum"), "overall_reading"),
     (dict(biased_audio="silence"), "biased_audio"), (dict(weight=-1.0), ">= 0"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(ValueError, match=message):
         DebiasConfig(**changes)
+
+
+# ------------------------------------------------------------------------- supplementary B.2 and D.3
+def test_scheme_auto_is_mask_only_for_binary_avs_and_separate_for_semantic():
+    from coavs.training.trainer import TrainConfig
+
+    assert DebiasConfig().scheme == "auto"
+    assert DebiasConfig().resolved(binary=True).scheme == "mask"
+    assert DebiasConfig().resolved(binary=False).scheme == "separate"
+    assert DebiasConfig(scheme="class").resolved(binary=True).scheme == "class"  # an explicit scheme stays
+    binary_run = TrainConfig.from_dict({"debias": {"mode": "fixed"}, "resolved": {"binary": True}})
+    semantic_run = TrainConfig.from_dict({"debias": {"mode": "fixed"}, "resolved": {"binary": False}})
+    assert binary_run.debias_config().scheme == "mask" and semantic_run.debias_config().scheme == "separate"
+    out, t = outputs_with_bias(), targets()
+    binary = DebiasObjective(criterion(), DebiasConfig(), binary=True)(out, t.targets, t.annotated)
+    mask = DebiasObjective(criterion(), DebiasConfig(scheme="mask"))(out, t.targets, t.annotated)
+    torch.testing.assert_close(binary.total, mask.total)
+    mask_only = debiased_outputs(out, scheme="mask")
+    assert mask_only["pred_logits"] is out["pred_logits"]  # the class logits (background included) untouched
+
+
+def test_overall_score_reading_is_the_per_pixel_score_debias():
+    from coavs.training.debias import overall_maps
+
+    out = outputs_with_bias(requires_grad=False)
+    got = overall_maps(out["pred_masks"], out["pred_logits"], out["biased"]["pred_masks"],
+                       out["biased"]["pred_logits"], alpha=0.7, reading="score")
+    want = ops.debias_logits(out["pred_masks"], out["pred_logits"], out["biased"]["pred_masks"],
+                             out["biased"]["pred_logits"], alpha=0.7, scheme="overall").mask
+    torch.testing.assert_close(got, want)
+
+
+def test_overall_product_reading_is_the_literal_eq1_and_differs_from_debiasing_each_factor():
+    from coavs.training.debias import overall_maps
+
+    out = outputs_with_bias(requires_grad=False)
+    m, c = out["pred_masks"].double(), out["pred_logits"].double()[..., :-1]
+    mb, cb = out["biased"]["pred_masks"].double(), out["biased"]["pred_logits"].double()[..., :-1]
+    got = overall_maps(m, out["pred_logits"].double(), mb, out["biased"]["pred_logits"].double(), alpha=1.0,
+                       reading="product")
+    literal = torch.zeros_like(got)
+    for b in range(m.shape[0]):  # Z[k](p) = Σ_q m_q(p)·c_q[k]: mask × class logits as a matrix product
+        mm = m[b].flatten(1).T
+        mmb = mb[b].flatten(1).T
+        literal[b] = (2 * mm @ c[b] - mmb @ cb[b]).T.reshape(got.shape[1:])
+    torch.testing.assert_close(got, literal)
+    factorwise = torch.einsum("bqk,bqhw->bkhw", 2 * c - cb, 2 * m - mb)  # Eq. (1)'s left-hand side
+    assert not torch.allclose(got, factorwise.to(got.dtype))
+
+
+@pytest.mark.parametrize("reading", ["score", "product"])
+def test_overall_scheme_trains_with_a_per_pixel_loss(reading):
+    from coavs.training.debias import labels_from_targets, overall_log_probs, overall_maps
+
+    out, t = outputs_with_bias(), targets()
+    config = DebiasConfig(scheme="overall", overall_reading=reading, weight=2.0)
+    result = DebiasObjective(criterion(), config)(out, t.targets, t.annotated)
+    maps = overall_maps(out["pred_masks"], out["pred_logits"], out["biased"]["pred_masks"],
+                        out["biased"]["pred_logits"], 1.0, reading)
+    labels = labels_from_targets(t.targets, tuple(maps.shape[-2:]), maps.device)
+    expected = torch.nn.functional.nll_loss(overall_log_probs(maps, reading), labels)
+    torch.testing.assert_close(result.terms["debias/overall_ce"], expected)
+    vanilla = criterion()(out, t.targets, t.annotated)
+    torch.testing.assert_close(result.total, vanilla.total + 2.0 * expected)
+    result.total.backward()
+    for tensor in (out["pred_masks"], out["pred_logits"], out["biased"]["pred_masks"]):
+        assert tensor.grad is not None and tensor.grad.abs().sum() > 0
+
+
+def test_product_reading_at_inference():
+    import torch.nn.functional as F
+
+    from coavs.eval.runner import postprocess
+    from coavs.training.debias import overall_maps
+
+    out = outputs_with_bias(requires_grad=False)
+    labels, fg = postprocess(out, (16, 16), "debias", scheme="overall", overall_reading="product")
+    maps = F.interpolate(overall_maps(out["pred_masks"], out["pred_logits"], out["biased"]["pred_masks"],
+                                      out["biased"]["pred_logits"], 1.0, "product"), size=(16, 16),
+                         mode="bilinear", align_corners=False)
+    assert torch.equal(labels, maps.argmax(1))
+    torch.testing.assert_close(fg, 1 - torch.softmax(maps, 1)[:, 0])
+    score_labels, _ = postprocess(out, (16, 16), "debias", scheme="overall", overall_reading="score")
+    assert score_labels.shape == labels.shape

@@ -1,0 +1,167 @@
+"""Hugging Face ``transformers`` Mask2Former with coavs's masked cross-attention (``pip install 'coavs[hf]'``).
+
+``accelerate(model)`` finds every ``Mask2FormerMaskedAttentionDecoderLayer`` of a ``transformers`` Mask2Former
+model and makes its ``cross_attn`` (an ``nn.MultiheadAttention``) run ``coavs.ops.masked_cross_attention``:
+
+    from transformers import Mask2FormerForUniversalSegmentation
+    from coavs.integrations.transformers import accelerate
+    model = accelerate(Mask2FormerForUniversalSegmentation.from_pretrained(...))
+
+What transformers computes (``modeling_mask2former.py``): the mask predictor resizes the previous layer's mask
+logits to the key level (bilinear, ``align_corners=False``) and marks key ``n`` *masked* for query ``q`` where
+``sigmoid(logit) < 0.5``, repeated for every head as a bool ``[B·h, Q, N]`` (True = masked); the decoder then
+unmasks every key of a row whose keys are all masked (a query that sees nothing sees everything), and the layer
+calls ``cross_attn(query, key, value, attn_mask=mask)`` with sequence-first ``[L, B, E]`` tensors. PyTorch's
+``nn.MultiheadAttention`` materialises the ``[B·h, Q, N]`` scores and, since transformers leaves
+``need_weights`` at its default, the head-averaged weights too. The swapped module keeps the same parameters
+(the state dict is unchanged) and computes the same projections and ``softmax(q·kᵀ/√dh over visible keys)·v``
+without a ``[B,h,Q,N]`` tensor, in the kernels of coavs's backends (CPU: per sample, over the key range the
+sample's queries see; GPU: Triton with empty-block skipping). Differences that remain: float rounding, and the
+attention weights it returns are ``None`` (transformers' decoder never reads the cross-attention weights).
+
+Calls it cannot serve exactly run PyTorch's own attention unchanged: attention dropout while training, a
+``key_padding_mask``, a float (additive) ``attn_mask``, a mask that differs between heads, ``is_causal``.
+A row with no visible key sees every key (Mask2Former's rule; PyTorch alone would return NaN for it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from coavs.ops import masked_cross_attention
+from coavs.ops.masked_cross_attention import BITS_PER_WORD, OCCUPANCY_BLOCK, AttentionMask
+
+__all__ = ["MaskedCrossAttention", "accelerate", "accelerated_layers", "pack_rows", "restore"]
+
+_INSTALL_HINT = "coavs.integrations.transformers needs transformers: pip install 'coavs[hf]'"
+
+
+class MaskedCrossAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose boolean-masked forward runs ``coavs.ops.masked_cross_attention``.
+
+    Installed by :func:`accelerate` on an existing module (its class is swapped, its parameters and state dict
+    stay as they are); not meant to be constructed by hand.
+    """
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False):
+        if not self._served(query, key, value, key_padding_mask, attn_mask, is_causal):
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights,
+                                   is_causal=is_causal)
+        if not self.batch_first:  # [L, B, E] → [B, L, E]
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        batch, queries, _ = query.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+
+        def heads_first(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # [B, L, E] → [B, h, L, dh]
+            return F.linear(x, weight, bias).unflatten(-1, (heads, head_dim)).transpose(1, 2)
+
+        q, k, v = heads_first(query, w_q, b_q), heads_first(key, w_k, b_k), heads_first(value, w_v, b_v)
+        mask = None
+        if attn_mask is not None:
+            visible = ~attn_mask.reshape(batch, heads, queries, -1)[:, 0]
+            visible = visible | ~visible.any(-1, keepdim=True)  # Mask2Former: a row that sees nothing sees all
+            mask = pack_rows(visible)
+        out = masked_cross_attention(q, k, v, mask, scale=head_dim ** -0.5)  # [B, h, Q, dh]
+        out = self.out_proj(out.transpose(1, 2).flatten(2))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+    def _served(self, query, key, value, key_padding_mask, attn_mask, is_causal) -> bool:
+        """Whether this call is one the coavs op computes exactly as ``nn.MultiheadAttention`` would."""
+        if key_padding_mask is not None or is_causal or (self.training and self.dropout > 0.0):
+            return False
+        if query.dim() != 3 or key.shape != value.shape or key.dim() != 3:
+            return False
+        if attn_mask is None:
+            return True
+        if attn_mask.dtype != torch.bool:
+            return False
+        batch = query.shape[0 if self.batch_first else 1]
+        queries, keys = query.shape[1 if self.batch_first else 0], key.shape[1 if self.batch_first else 0]
+        if attn_mask.shape != (batch * self.num_heads, queries, keys):
+            return False
+        # transformers repeats one mask for every head: compare the heads' [Q·N] bytes, 8 at a time when they fit
+        per_head = attn_mask.reshape(batch, self.num_heads, queries * keys)
+        if (queries * keys) % 8 == 0 and per_head.is_contiguous() and per_head.storage_offset() % 8 == 0:
+            per_head = per_head.view(torch.int64)
+        return all(torch.equal(per_head[b, h], per_head[b, 0])
+                   for b in range(batch) for h in range(1, self.num_heads))
+
+
+_BIT_OF_BYTE = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def pack_rows(visible: Tensor) -> AttentionMask:
+    """``visible [B,Q,N]`` bool → the :class:`~coavs.ops.AttentionMask` that ``pack_visibility`` gives, several
+    times faster: eight keys → one byte (bit ``i`` = key ``8j + i``), four bytes → one int32 word and eight → one
+    occupancy flag, by reinterpreting the bytes (little-endian, as every platform torch ships for)."""
+    batch, queries, keys = visible.shape
+    blocks = -(-keys // OCCUPANCY_BLOCK)
+    padded = F.pad(visible, (0, blocks * OCCUPANCY_BLOCK - keys)) if keys % OCCUPANCY_BLOCK else visible
+    weights = torch.tensor(_BIT_OF_BYTE, dtype=torch.uint8, device=visible.device)
+    packed = (padded.reshape(batch, queries, -1, 8).view(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
+    bits = packed.view(torch.int32)[..., : -(-keys // BITS_PER_WORD)].contiguous()
+    occupancy = (packed.view(torch.int64) != 0).to(torch.uint8)
+    return AttentionMask(bits, occupancy, keys)
+
+
+def _decoder_layer_class():
+    try:
+        from transformers.models.mask2former import modeling_mask2former
+    except ImportError as exc:
+        raise ImportError(f"{_INSTALL_HINT} ({exc})") from None
+    return modeling_mask2former.Mask2FormerMaskedAttentionDecoderLayer
+
+
+def _check_supported(name: str, attention: nn.Module) -> None:
+    if type(attention) not in (nn.MultiheadAttention, MaskedCrossAttention):
+        raise TypeError(f"cannot accelerate {name}: it is {type(attention).__name__}, not the "
+                        "nn.MultiheadAttention that transformers' Mask2Former builds")
+    if not attention._qkv_same_embed_dim or attention.bias_k is not None or attention.add_zero_attn:
+        raise TypeError(f"cannot accelerate {name}: separate key/value sizes, bias_k/bias_v and add_zero_attn "
+                        "are not supported (transformers' Mask2Former uses none of them)")
+
+
+def accelerated_layers(model: nn.Module) -> list[str]:
+    """Names of the cross-attention modules of ``model`` that currently run the coavs op."""
+    return [name for name, module in model.named_modules() if type(module) is MaskedCrossAttention]
+
+
+def accelerate(model: nn.Module) -> nn.Module:
+    """Makes the masked cross-attention of a ``transformers`` Mask2Former model run coavs's kernels.
+
+    Args:
+        model: ``Mask2FormerForUniversalSegmentation``, ``Mask2FormerModel`` or any module containing
+            ``Mask2FormerMaskedAttentionDecoderLayer``\\ s.
+
+    Returns ``model`` itself, changed in place (each decoder layer's ``cross_attn`` becomes a
+    :class:`MaskedCrossAttention` with the same parameters). Calling it again changes nothing. Raises
+    ``TypeError`` for a model without Mask2Former decoder layers and ``ImportError`` without transformers.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"accelerate() takes a transformers Mask2Former model (an nn.Module), got "
+                        f"{type(model).__name__}")
+    layer_cls = _decoder_layer_class()
+    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, layer_cls)]
+    if not layers:
+        raise TypeError(f"accelerate() supports transformers' Mask2Former models (Mask2FormerForUniversalSegmentation, "
+                        f"Mask2FormerModel); {type(model).__name__} has no Mask2FormerMaskedAttentionDecoderLayer")
+    for name, layer in layers:
+        _check_supported(f"{name}.cross_attn", layer.cross_attn)
+    for _, layer in layers:
+        layer.cross_attn.__class__ = MaskedCrossAttention
+    return model
+
+
+def restore(model: nn.Module) -> nn.Module:
+    """Undoes :func:`accelerate`: every swapped cross-attention runs ``nn.MultiheadAttention`` again."""
+    for module in model.modules():
+        if type(module) is MaskedCrossAttention:
+            module.__class__ = nn.MultiheadAttention
+    return model

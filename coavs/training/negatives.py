@@ -1,0 +1,193 @@
+"""Negative-audio training: frames paired with audio that sounds none of their objects, and EMPTY targets.
+
+Beyond the paper (AVSBench-Robust, Li et al. 2025: negative pairs balanced against positive ones). Every step,
+``ratio`` negative frames per positive (annotated) frame are generated on the fly from the step's own frames:
+the visual input of a frame drawn from the batch, with one of
+
+- ``silence``: the encoder input of silence (the log-mel of a silent second; zeros for waveforms and VGGish);
+- ``noise``: white noise at the frame's level, through the model's ``noise_like`` when its encoder has one;
+- ``misaligned``: the same second of another *training* clip that sounds none of the classes seen or heard in
+  this clip (Co-AVS's ``misaligned_index``); where the dataset has no such index or no such clip, ``noise``;
+
+and the label map set to background everywhere (an empty target: no sounding pixel). The kinds are dealt round
+robin from a random offset, so their counts differ by at most one; the count itself is ``⌊ratio·N⌋`` plus one
+with probability ``frac(ratio·N)`` (so the mean is exactly ``ratio·N``). ``mode: add`` appends the negatives to
+the batch (more frames per step); ``replace`` swaps the audio and targets of that many of the batch's own frames
+(the step costs the same).
+
+Everything is drawn from a generator seeded by ``(run seed, step)``: the same seed gives the same negatives, and a
+resumed run draws what the uninterrupted one did. Negatives compose with every debias strategy: they are frames
+of the batch like any other, so the biased branch and the debiased loss see them too.
+
+The audio classifier learns "nothing sounds" from silence and noise negatives (class presence all zero); a
+misaligned negative's audio does sound (other classes), so those rows are left out of the classifier's loss
+(:func:`classifier_rows`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from coavs.training.batches import select_frames
+
+NEGATIVE_KINDS = ("silence", "noise", "misaligned")
+NEGATIVE_MODES = ("add", "replace")
+POSITIVE = -1  # ``negative_kind`` of a positive frame
+_SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class NegativesSection:
+    """``negatives`` config section. ``ratio`` 0 (the default) switches negative-audio training off."""
+
+    ratio: float = 0.0  # negative frames per positive frame and step
+    kinds: list[str] = field(default_factory=lambda: list(NEGATIVE_KINDS))
+    mode: str = "add"  # add: extra frames | replace: swap the audio and targets of some of the batch's frames
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        from coavs.training.config import ConfigError
+
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not \
+                (0.0 <= self.ratio <= 8.0) or not math.isfinite(self.ratio):
+            raise ConfigError(f"negatives.ratio must be a number in [0, 8], got {self.ratio!r}")
+        if not self.kinds or any(k not in NEGATIVE_KINDS for k in self.kinds):
+            raise ConfigError(f"negatives.kinds must be a non-empty list of {', '.join(NEGATIVE_KINDS)}, "
+                              f"got {self.kinds!r}")
+        if self.mode not in NEGATIVE_MODES:
+            raise ConfigError(f"negatives.mode must be one of {', '.join(NEGATIVE_MODES)}, got {self.mode!r}")
+        if self.mode == "replace" and self.ratio > 1.0:
+            raise ConfigError(f"negatives.ratio must be <= 1 with mode replace, got {self.ratio}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.ratio > 0
+
+
+def negative_count(positives: int, ratio: float, generator: torch.Generator) -> int:
+    """How many negatives go with ``positives`` frames: ``⌊ratio·n⌋`` plus one with probability of the fraction."""
+    expected = ratio * positives
+    base = math.floor(expected)
+    frac = expected - base
+    if frac > 0 and float(torch.rand((), generator=generator)) < frac:
+        base += 1
+    return int(base)
+
+
+class NegativeSampler:
+    """Adds (or swaps in) negative frames; see the module docstring.
+
+    Args:
+        section: the :class:`NegativesSection`.
+        seed: the run's seed.
+        audio_kind: the dataset's audio features (``logmel``, ``waveform``, ``vggish``) for silence.
+        model: the model whose ``prompt_encoder.noise_like`` makes the noise (None: white noise).
+    """
+
+    def __init__(self, section: NegativesSection, seed: int, audio_kind: str = "logmel", model=None):
+        self.section = section
+        self.seed = int(seed)
+        self.audio_kind = audio_kind
+        self.model = model
+
+    def generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * _SEED_STRIDE + int(step) * 7919 + 17) % 2**63)
+
+    def augment(self, batch: dict, step: int, dataset=None) -> dict:
+        """``batch`` with negatives (CPU tensors; before ``to_device``) and ``negative_kind [N]`` long
+        (``-1`` = positive, else the index in :data:`NEGATIVE_KINDS`)."""
+        n = batch["frames"].shape[0]
+        g = self.generator(step)
+        count = negative_count(n, self.section.ratio, g) if n else 0
+        kinds = list(self.section.kinds)
+        out = dict(batch)
+        out["negative_kind"] = torch.full((n,), POSITIVE, dtype=torch.long)
+        if count == 0:
+            return out
+        if self.section.mode == "replace":
+            rows = torch.randperm(n, generator=g)[:count]
+        else:
+            rows = torch.randint(n, (count,), generator=g)
+        offset = int(torch.randint(len(kinds), (), generator=g))
+        chosen = [kinds[(offset + i) % len(kinds)] for i in range(count)]
+        negatives = select_frames(batch, rows)
+        kind_index = torch.tensor([NEGATIVE_KINDS.index(k) for k in chosen], dtype=torch.long)
+        audio = negatives["audio"].clone()
+        for kind in set(chosen):
+            which = torch.tensor([k == kind for k in chosen])
+            audio[which], kind_index[which] = self._audio(kind, negatives, which, step, dataset, kind_index[which])
+        negatives["audio"] = audio
+        negatives["labels"] = torch.zeros_like(negatives["labels"])  # the empty target: all background
+        negatives["annotated"] = torch.ones_like(negatives["annotated"])
+        negatives["negative_kind"] = kind_index
+        if self.section.mode == "replace":
+            for key, value in negatives.items():
+                if isinstance(value, Tensor) and isinstance(out.get(key), Tensor) and value.dim() >= 1:
+                    out[key] = out[key].clone()
+                    out[key][rows] = value.to(out[key].dtype)
+            return out
+        return _concat(out, negatives)
+
+    def _audio(self, kind: str, frames: dict, which: Tensor, step: int, dataset, kind_index: Tensor):
+        from coavs.eval.runner import noise_audio, silence_audio
+
+        audio = frames["audio"][which]
+        clips = frames["clip_index"][which]
+        seed = self.seed * _SEED_STRIDE + int(step)
+        if kind == "silence":
+            return silence_audio(audio, self.audio_kind), kind_index
+        if kind == "misaligned":
+            donors = _misaligned_donors(dataset, clips, seed)
+            if donors is not None:
+                t = frames["frame_index"][which]
+                rows = []
+                for donor, second in zip(donors, t.tolist()):
+                    donor_audio = dataset.load_audio(donor)
+                    rows.append(donor_audio[second % donor_audio.shape[0]])
+                return torch.stack(rows).to(audio.dtype), kind_index
+            kind_index = torch.full_like(kind_index, NEGATIVE_KINDS.index("noise"))  # no donor: noise instead
+        return noise_audio(self.model, audio, clips, seed), kind_index
+
+
+def _misaligned_donors(dataset, clips: Tensor, seed: int) -> list[int] | None:
+    """A donor clip for each frame's clip (``misaligned_index``), or None when any has none."""
+    if dataset is None or not hasattr(dataset, "misaligned_index"):
+        return None
+    donors = []
+    for clip in clips.tolist():
+        try:
+            donors.append(int(dataset.misaligned_index(int(clip), seed % 2**32)))
+        except ValueError:
+            return None
+    return donors
+
+
+def _concat(batch: dict, extra: dict) -> dict:
+    out = {}
+    for key, value in batch.items():
+        other = extra.get(key)
+        if isinstance(value, Tensor) and isinstance(other, Tensor) and value.dim() >= 1:
+            out[key] = torch.cat([value, other.to(value.dtype)])
+        elif isinstance(value, list) and isinstance(other, list):
+            out[key] = value + other
+        else:
+            out[key] = value
+    return out
+
+
+def classifier_rows(annotated: Tensor, batch: dict) -> Tensor:
+    """Rows the audio classifier's loss uses: annotated frames, minus misaligned negatives (their audio sounds
+    classes that the empty target does not name)."""
+    kind = batch.get("negative_kind")
+    if kind is None:
+        return annotated
+    return annotated & (kind.to(annotated.device) != NEGATIVE_KINDS.index("misaligned"))
+
+
+__all__ = ["NEGATIVE_KINDS", "NegativesSection", "NegativeSampler", "negative_count", "classifier_rows"]

@@ -1,0 +1,89 @@
+"""The classifier's "nothing sounds" gate: what it removes, how τ is chosen (never on the test split)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from coavs.eval.gate import Gate, GateSection, apply_gate, calibrate_gate, choose_threshold, load_gate
+from coavs.eval.runner import evaluate
+from coavs.training.config import ConfigError
+from coavs.training.trainer import TrainConfig, load_model, open_split, train
+from tests.training.tiny_run import make_tiny_set, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def logit(p):
+    return torch.logit(torch.tensor(p))
+
+
+def test_any_gate_empties_frames_whose_top_class_is_unlikely():
+    labels = torch.tensor([[[1, 2], [0, 3]], [[2, 2], [0, 1]]])
+    fg = torch.full((2, 2, 2), 0.8)
+    audio_logits = torch.stack([logit([0.1, 0.2, 0.3]), logit([0.1, 0.9, 0.2])])
+    gated, gated_fg = apply_gate(labels, fg, audio_logits, Gate("any", 0.5), binary=False)
+    assert (gated[0] == 0).all() and (gated_fg[0] == 0).all()  # max 0.3 < 0.5: nothing sounds
+    assert torch.equal(gated[1], labels[1]) and torch.equal(gated_fg[1], fg[1])
+    same, same_fg = apply_gate(labels, fg, audio_logits, None, binary=False)
+    assert same is labels and same_fg is fg
+
+
+def test_class_gate_removes_only_the_classes_not_heard():
+    labels = torch.tensor([[[1, 2], [0, 3]]])
+    fg = torch.ones(1, 2, 2)
+    audio_logits = logit([[0.9, 0.2, 0.6]])  # class 1 and 3 heard, class 2 not
+    gated, gated_fg = apply_gate(labels, fg, audio_logits, Gate("class", 0.5), binary=False)
+    assert gated.tolist() == [[[1, 0], [0, 3]]] and gated_fg.tolist() == [[[1.0, 0.0], [1.0, 1.0]]]
+    # labels beyond the classifier's classes are never gated; binary models gate as "any"
+    wide = torch.tensor([[[4, 2]]])
+    assert apply_gate(wide, torch.ones(1, 1, 2), audio_logits, Gate("class", 0.5), False)[0].tolist() == [[[4, 0]]]
+    binary, _ = apply_gate(torch.ones(1, 2, 2, dtype=torch.long), torch.ones(1, 2, 2), logit([[0.3]]),
+                           Gate("class", 0.5), binary=True)
+    assert (binary == 0).all()
+    with pytest.raises(ValueError, match="audio classifier"):
+        apply_gate(labels, fg, None, Gate("any", 0.5), False)
+
+
+def test_threshold_keeps_the_positives_and_moves_towards_separable_negatives():
+    positive = torch.linspace(0.5, 1.0, 101)
+    assert choose_threshold(positive, torch.zeros(0), keep=0.98) == pytest.approx(0.51)
+    # negatives far below: τ sits midway between their 95th percentile and the kept positives
+    tau = choose_threshold(positive, torch.full((50,), 0.1), keep=0.98)
+    assert tau == pytest.approx((0.51 + 0.1) / 2)
+    assert (positive >= tau).double().mean() >= 0.98
+    # overlapping negatives do not pull τ down below what keeps the positives
+    assert choose_threshold(positive, torch.full((50,), 0.9), keep=0.98) == pytest.approx(0.51)
+    with pytest.raises(ValueError, match="no positive"):
+        choose_threshold(torch.zeros(0), torch.zeros(3), 0.9)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(mode="maybe"), "gate.mode"), (dict(split="test"), "never the test split"),
+    (dict(threshold=1.5), "gate.threshold"), (dict(keep=0.0), "gate.keep"),
+])
+def test_section_validation(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        GateSection(**changes)
+
+
+def test_the_trainer_calibrates_on_the_val_split_and_eval_applies_the_gate(tmp_path):
+    data = make_tiny_set(tmp_path / "tiny")
+    config = TrainConfig.from_dict(tiny_config(data, tmp_path / "cache", negatives={"ratio": 0.5},
+                                               gate={"mode": "class", "keep": 0.9}, run={"max_steps": 2}))
+    train(config, tmp_path / "run")
+    stored = json.loads((tmp_path / "run" / "gate.json").read_text())
+    assert stored["split"] == "val" and stored["mode"] == "class"
+    gate = load_gate(tmp_path / "run")
+    model, loaded = load_model(tmp_path / "run")
+    again, stats = calibrate_gate(model, open_split(loaded, "val"), "class", 0.9)
+    assert again == gate and stats["positive_kept"] >= 0.9
+    test = open_split(loaded, "test")
+    plain = evaluate(model, test, modes=("vanilla",))["vanilla"]
+    gated = evaluate(model, test, modes=("vanilla",), gate=gate)["vanilla"]
+    shut = evaluate(model, test, modes=("vanilla",), gate=Gate("any", 1.0))["vanilla"]  # nothing ever sounds
+    for key in ("fpr_silence", "fpr_noise", "fpr_misaligned"):
+        assert gated[key] <= plain[key] + 1e-12 and shut[key] == 0.0
+    assert load_gate(tmp_path / "nowhere") is None

@@ -1,0 +1,108 @@
+"""Property tests of ``debias_logits``: every backend against the reference, forward and backward, on random
+shapes (0 and 1 in every dimension), random memory layouts, extreme values and NaN/±inf.
+
+Non-finite policy (the reference's, identical on every backend): elementwise IEEE arithmetic of
+``(1 + a)·x − a·x_b`` in float32 (float64), so a NaN propagates to its own element only, inf − inf is NaN, and a
+finite result that overflows the input dtype is ±inf. Under the uncertainty strategy a mask confidence of a NaN
+logit is NaN (its element only), and a class row whose softmax is undefined (a NaN or +inf biased logit) has
+confidence 1 (the entropy's ``nan_to_num``), so only the non-finite elements themselves become non-finite.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import coavs.ops as ops
+from coavs.ops import reference
+from tests.helpers import backends_for
+from tests.support.compare import assert_same
+from tests.support.strategies import sizes, tensors
+
+BACKENDS = backends_for("debias_logits", "cpu")
+FAST = [b for b in BACKENDS if b not in ("triton", "reference")]
+SPECIAL = (math.nan, math.inf, -math.inf)
+
+
+@st.composite
+def problems(draw, dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64), special=False,
+             max_size=6):
+    dtype = draw(st.sampled_from(dtypes))
+    mask_shape = draw(st.lists(sizes(max_size), min_size=1, max_size=4))
+    cls_shape = [draw(sizes(3)), draw(sizes(max_size)), draw(st.integers(1, 6))]
+    big = {torch.float16: 1e4, torch.bfloat16: 1e30}.get(dtype, 1e30)  # near the top of the dtype's range
+    scale = st.sampled_from([1.0, 30.0, big])
+    extra = {"special": SPECIAL, "special_fraction": 0.1} if special else {}
+    mask, mask_b = (draw(tensors(mask_shape, dtype, scale=scale, **extra)) for _ in range(2))
+    cls, cls_b = (draw(tensors(cls_shape, dtype, scale=scale, **extra)) for _ in range(2))
+    alpha = draw(st.sampled_from([0.0, 0.5, 1.0, 3.0]))
+    scheme = draw(st.sampled_from(["separate", "mask", "class"]))
+    strategy = draw(st.sampled_from(["fixed", "uncertainty"]))
+    return mask, cls, mask_b, cls_b, alpha, scheme, strategy
+
+
+def forward_backward(backend, args, seed=0):
+    mask, cls, mask_b, cls_b, alpha, scheme, strategy = args
+    leaves = [t.detach().clone().requires_grad_(True) for t in (mask, cls, mask_b, cls_b)]
+    with ops.use_backend(backend):
+        out = ops.debias_logits(*leaves, alpha=alpha, scheme=scheme, strategy=strategy)
+        gen = torch.Generator().manual_seed(seed)
+        loss = sum((o.float() * torch.randn(o.shape, generator=gen)).sum() for o in out)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+    return [o.detach() for o in out], grads
+
+
+def check(backend, args):
+    out, grads = forward_backward(backend, args)
+    ref_out, ref_grads = forward_backward("reference", args)
+    dtype = args[0].dtype
+    for name, got, expected in zip(("mask", "cls"), out, ref_out):
+        assert_same(got, expected, dtype, what=f"{backend} {name}")
+    for name, got, expected in zip(("d_mask", "d_cls", "d_mask_biased", "d_cls_biased"), grads, ref_grads):
+        assert_same(got, expected, dtype, what=f"{backend} {name}")
+
+
+def check_against_formula(args):
+    """The reference itself against the formula in float64 (finite, moderate values)."""
+    mask, cls, mask_b, cls_b, alpha, scheme, strategy = args
+    out = reference.debias_logits(mask, cls, mask_b, cls_b, alpha, strategy == "uncertainty")
+    a_mask = alpha * reference.mask_confidence(mask_b).double() if strategy == "uncertainty" else alpha
+    expected = ((1 + a_mask) * mask.double() - a_mask * mask_b.double()).to(mask.dtype)
+    assert_same(out[0], expected, mask.dtype, scale=2, what="reference vs float64")
+
+
+@pytest.mark.parametrize("backend", FAST)
+@given(args=problems())
+def test_matches_reference(backend, args):
+    check(backend, args)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@given(args=problems(special=True))
+def test_nonfinite_policy(backend, args):
+    check(backend, args)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton unavailable")
+@settings(max_examples=6)
+@given(args=problems(dtypes=(torch.float32, torch.float16), special=True, max_size=3))
+def test_triton_matches_reference(args):
+    check("triton", args)
+
+
+@given(args=problems(dtypes=(torch.float32,)))
+def test_reference_matches_float64(args):
+    mask, *rest = args
+    if mask.numel() == 0 or mask.abs().max() < 1e6:  # the float32 formula is exact enough away from overflow
+        check_against_formula(args)
+
+
+@given(args=problems(dtypes=(torch.float32, torch.float16)))
+def test_meta_tensors_give_the_shape(args):
+    mask, cls, mask_b, cls_b, alpha, scheme, strategy = args
+    out = ops.debias_logits(*(t.to("meta") for t in (mask, cls, mask_b, cls_b)), alpha=alpha, scheme=scheme,
+                            strategy=strategy)
+    assert out.mask.shape == mask.shape and out.cls.shape == cls.shape
+    assert out.mask.dtype == mask.dtype and out.cls.dtype == cls.dtype

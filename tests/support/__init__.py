@@ -1,0 +1,1 @@
+"""Shared test helpers that are not tests themselves (hypothesis strategies, ...)."""

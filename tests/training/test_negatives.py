@@ -1,0 +1,144 @@
+"""Negative-audio training: the sampler (empty targets, ratio, balance, determinism, donors) and the trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coavs.training.config import ConfigError
+from coavs.training.negatives import (NEGATIVE_KINDS, NegativeSampler, NegativesSection, classifier_rows,
+                                      negative_count)
+from coavs.training.trainer import TrainConfig, load_model, open_split, train
+from tests.training.tiny_run import make_tiny_set, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("negatives")
+    data = make_tiny_set(root / "tiny")
+    return data, root / "cache"
+
+
+def batch_of(dataset, clips):
+    from coavs.training.batches import collate_frames, select_frames
+
+    batch = collate_frames([dataset[i] for i in clips])
+    return select_frames(batch, batch["annotated"])
+
+
+def test_negatives_have_empty_targets_their_kind_of_audio_and_the_positives_are_untouched(tiny):
+    data, cache = tiny
+    config = TrainConfig.from_dict(tiny_config(data, cache))
+    dataset = open_split(config, "train")
+    batch = batch_of(dataset, range(4))
+    n = batch["frames"].shape[0]
+    sampler = NegativeSampler(NegativesSection(ratio=1.5), seed=3, audio_kind="logmel")
+    out = sampler.augment(batch, step=7, dataset=dataset)
+    kind = out["negative_kind"]
+    assert out["frames"].shape[0] == out["audio"].shape[0] == out["labels"].shape[0] == len(out["uid"]) == n + (
+        kind >= 0).sum()
+    assert (kind[:n] == -1).all() and (kind[n:] >= 0).all()
+    for key in ("frames", "audio", "labels"):
+        assert torch.equal(out[key][:n], batch[key])  # positives unchanged
+    negatives = kind >= 0
+    assert (out["labels"][negatives] == 0).all() and out["annotated"][negatives].all()  # EMPTY targets
+    from coavs.training.losses import targets_from_labels
+
+    targets = targets_from_labels(out["labels"], dataset.num_classes, background_is_class=False)
+    assert all(t["labels"].numel() == 0 for t, neg in zip(targets.targets, negatives.tolist()) if neg)
+    silence = kind == NEGATIVE_KINDS.index("silence")
+    assert silence.any() and torch.allclose(out["audio"][silence], out["audio"][silence].flatten()[0])
+    # the frames of a negative are frames of the batch (the visual input is the training set's own)
+    for row in negatives.nonzero().flatten().tolist():
+        assert any(torch.equal(out["frames"][row], batch["frames"][i]) for i in range(n))
+    # a misaligned negative plays a training clip that sounds nothing seen or heard in the frame's clip
+    misaligned = (kind == NEGATIVE_KINDS.index("misaligned")).nonzero().flatten().tolist()
+    assert misaligned
+    for row in misaligned:
+        clip = int(out["clip_index"][row])
+        matches = [j for j in range(len(dataset)) if any(
+            torch.equal(out["audio"][row], a) for a in dataset.load_audio(j))]
+        assert matches and all(not (dataset.sounding_classes(j) & (dataset.visible_classes(clip)
+                                                                   | dataset.sounding_classes(clip)))
+                               for j in matches)
+    # the classifier's loss leaves misaligned rows out (their audio does sound)
+    rows = classifier_rows(out["annotated"], out)
+    assert not rows[misaligned].any() and rows[~(kind == NEGATIVE_KINDS.index("misaligned"))].all()
+
+
+def test_ratio_is_respected_and_kinds_are_balanced():
+    gen = torch.Generator().manual_seed(0)
+    assert [negative_count(8, 0.5, gen) for _ in range(5)] == [4] * 5
+    counts = [negative_count(7, 0.3, gen) for _ in range(4000)]  # 2.1 per step on average
+    assert set(counts) == {2, 3} and sum(counts) / len(counts) == pytest.approx(2.1, abs=0.03)
+    assert negative_count(5, 0.0, gen) == 0
+    section = NegativesSection(ratio=1.0, kinds=["silence", "noise"])
+    sampler = NegativeSampler(section, seed=0)
+    batch = {"frames": torch.rand(6, 3, 8, 8), "audio": torch.randn(6, 1, 96, 64), "labels": torch.ones(
+        6, 8, 8, dtype=torch.long), "annotated": torch.ones(6, dtype=torch.bool), "clip_index": torch.arange(6),
+        "frame_index": torch.zeros(6, dtype=torch.long), "uid": [str(i) for i in range(6)]}
+    out = sampler.augment(batch, step=0)
+    kind = out["negative_kind"]
+    assert (kind >= 0).sum() == 6
+    assert (kind == 0).sum() == 3 and (kind == 1).sum() == 3  # round robin: counts differ by at most one
+    replace = NegativeSampler(NegativesSection(ratio=0.5, mode="replace"), seed=0).augment(batch, step=0)
+    assert replace["frames"].shape[0] == 6 and (replace["negative_kind"] >= 0).sum() == 3
+    assert (replace["labels"][replace["negative_kind"] >= 0] == 0).all()
+    assert (replace["labels"][replace["negative_kind"] < 0] == 1).all()
+
+
+def test_negatives_are_deterministic_by_seed_and_step():
+    batch = {"frames": torch.rand(5, 3, 8, 8), "audio": torch.randn(5, 1, 96, 64), "labels": torch.ones(
+        5, 8, 8, dtype=torch.long), "annotated": torch.ones(5, dtype=torch.bool), "clip_index": torch.arange(5),
+        "frame_index": torch.zeros(5, dtype=torch.long), "uid": [str(i) for i in range(5)]}
+    section = NegativesSection(ratio=0.7, kinds=["silence", "noise"])
+    a = NegativeSampler(section, seed=1).augment(batch, step=3)
+    b = NegativeSampler(section, seed=1).augment(batch, step=3)
+    c = NegativeSampler(section, seed=2).augment(batch, step=3)
+    for key in ("frames", "audio", "negative_kind"):
+        assert torch.equal(a[key], b[key])
+    assert not (a["audio"].shape == c["audio"].shape and torch.equal(a["audio"], c["audio"]))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(ratio=-0.1), "ratio"), (dict(kinds=["hum"]), "kinds"), (dict(kinds=[]), "kinds"),
+    (dict(mode="swap"), "mode"), (dict(ratio=1.5, mode="replace"), "replace"),
+])
+def test_section_validation(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        NegativesSection(**changes)
+
+
+@pytest.mark.parametrize("debias", [{"mode": "none"}, {"mode": "fixed"}, {"mode": "uncertainty"},
+                                    {"mode": "bias_only"}, {"mode": "fixed", "scheme": "overall"}])
+def test_negative_training_composes_with_every_debias_strategy(tiny, tmp_path, debias):
+    data, cache = tiny
+    config = TrainConfig.from_dict(tiny_config(data, cache, debias=debias, negatives={"ratio": 0.5},
+                                               run={"max_steps": 2}))
+    frames = []
+    summary = train(config, tmp_path / "run", on_step=lambda step, terms: frames.append(terms))
+    assert summary["step"] == 2 and all(torch.isfinite(torch.tensor(t["loss"])) for t in frames)
+    model, loaded = load_model(tmp_path / "run")
+    assert loaded.negatives.ratio == 0.5
+    # an old config (no negatives section) trains exactly as before: negatives default to off
+    assert not TrainConfig.from_dict(tiny_config(data, cache)).negatives.enabled
+
+
+def test_the_trainer_adds_the_configured_share_of_negatives(tiny, tmp_path, monkeypatch):
+    from coavs.training import negatives as negatives_module
+
+    data, cache = tiny
+    seen = []
+    original = negatives_module.NegativeSampler.augment
+
+    def spy(self, batch, step, dataset=None):
+        out = original(self, batch, step, dataset)
+        seen.append((batch["frames"].shape[0], int((out["negative_kind"] >= 0).sum())))
+        return out
+
+    monkeypatch.setattr(negatives_module.NegativeSampler, "augment", spy)
+    config = TrainConfig.from_dict(tiny_config(data, cache, negatives={"ratio": 1.0}, run={"max_steps": 3}))
+    train(config, tmp_path / "run")
+    assert len(seen) == 3 and all(neg == pos for pos, neg in seen)
