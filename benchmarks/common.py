@@ -202,6 +202,9 @@ def roofline_fields(work: Work, median_ms: float | None, device: torch.device) -
     fields = {"MB": work.bytes / 1e6, "GFLOP": work.flops / 1e9}
     for gpu in ROOFLINE_PEAKS:
         fields[f"{gpu}_bound_us"] = lower_bound_s(work, gpu) * 1e6
+    h100 = ROOFLINE_PEAKS["H100"]
+    memory_s = work.bytes / (h100["hbm_TBps"] * 1e12)
+    fields["bound_by"] = "memory" if memory_s >= lower_bound_s(work, "H100") else "compute"
     if median_ms is None or median_ms <= 0:
         return fields
     fields["achieved_GB/s"] = work.bytes / (median_ms * 1e-3) / 1e9

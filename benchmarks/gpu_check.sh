@@ -40,6 +40,6 @@ step 20 bench_assign python3 -m benchmarks.bench_assign --out "$results" --dtype
 step 30 bench_attention python3 -m benchmarks.bench_attention --out "$results" --keys 784 --fractions 0.2,1.0
 step 25 bench_inference python3 -m benchmarks.bench_inference --out "$results" --no-cpu-peak
 step 20 bench_matching python3 -m benchmarks.bench_matching --out "$results"
-step 70 compile_report python3 -m benchmarks.compile_report --arch 90 --jobs "$MAX_JOBS" --out "$out/compile"
+step 70 compile_report python3 -m benchmarks.compile_report --arch 90 --jobs "$MAX_JOBS" --full --out "$out/compile"
 echo "== total $SECONDS s, status $status"
 exit "$status"

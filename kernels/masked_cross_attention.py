@@ -269,24 +269,23 @@ _TUNED = {}
 
 
 class SharedMemoryPrune:
-    """``early_config_prune`` of the autotuned kernels: drops the configs whose shared memory would exceed what
-    one block may use on the current device (A100 163 KiB, H100 227 KiB), so none fails at launch.
+    """``early_config_prune`` of the autotuned kernels (and the check of the default config): drops the configs
+    whose shared memory would exceed what one block may use on the current device (A100 163 KiB, H100 227 KiB),
+    so none fails at launch; raises a clear error when none fits.
 
-    Upper bound (bytes), checked against the compiled kernels by ``benchmarks/compile_check.py``:
-    ``num_stages`` buffers of the key-block operand tiles (k and v, ``BLOCK_N·BLOCK_D`` each, input dtype)
-    plus the layout-conversion scratch of one float32 ``BLOCK_M·max(BLOCK_N, BLOCK_D)`` tile, and for the
-    backward also the row-block tiles (q, dO: ``BLOCK_M·BLOCK_D`` each) and a second scratch tile."""
+    Upper bound (bytes), fitted to and checked against the compiled kernels (``benchmarks/compile_check.py``
+    compares it with every compiled config's shared memory), counting 4 bytes an element whatever the dtype:
+    forward  ``(BLOCK_N + BLOCK_M)·BLOCK_D·4 + BLOCK_M·BLOCK_N·4 + 1024·num_stages``
+             (the key tile, the row tile / accumulator and the probabilities pass through shared memory)
+    backward ``2·(BLOCK_N + BLOCK_M)·BLOCK_D·4 + 2·BLOCK_M·BLOCK_N·4 + 1024·num_stages`` (k, v, q, dO; p, dS)."""
 
     def __init__(self, kernel: str):
         self.kernel = kernel
 
     def estimate(self, config, nargs: dict, kwargs: dict) -> int:
-        element = nargs["q_ptr"].element_size()
         block_m, block_n, block_d = config.kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_D"]
-        scratch = 4 * block_m * max(block_n, block_d)
-        if self.kernel == "forward":
-            return config.num_stages * 2 * block_n * block_d * element + scratch
-        return config.num_stages * 2 * (block_n + block_m) * block_d * element + 2 * scratch
+        tiles = (block_n + block_m) * block_d * 4 + block_m * block_n * 4
+        return (tiles if self.kernel == "forward" else 2 * tiles) + 1024 * config.num_stages
 
     def __call__(self, configs, nargs, **kwargs):
         device = nargs["q_ptr"].device
@@ -294,9 +293,12 @@ class SharedMemoryPrune:
         limit = properties["max_shared_mem"]
         kept = [config for config in configs if self.estimate(config, nargs, kwargs) <= limit]
         if not kept:
-            raise ValueError(f"masked_cross_attention: no {self.kernel} config fits {limit} bytes of shared memory "
-                             f"(BLOCK_D={kwargs['BLOCK_D']})")
+            raise ValueError(f"masked_cross_attention: no {self.kernel} block size fits this GPU's {limit} bytes of "
+                             f"shared memory at head dim {nargs.get('head_dim')} (BLOCK_D={kwargs['BLOCK_D']})")
         return kept
+
+
+_DEFAULT_CONFIG = triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=2)
 
 
 def _interpreting() -> bool:
@@ -304,13 +306,16 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _kernel(name, kernel, configs, interpreting, reset_to_zero=None):
+def _kernel(name, kernel, configs, interpreting, q, constants, reset_to_zero=None):
     """The kernel and its fixed launch options: under the interpreter one small config; on the GPU an autotuned
-    wrapper, or one default config when ``COAVS_TRITON_AUTOTUNE=0`` (tests over many shapes)."""
+    wrapper, or one default config when ``COAVS_TRITON_AUTOTUNE=0`` (tests over many shapes): ``BLOCK_M=32``,
+    or where that exceeds the device's shared memory the first autotune config that fits."""
     if interpreting:
         return kernel, {"BLOCK_M": _INTERPRETER_BLOCK_M}
     if os.environ.get("COAVS_TRITON_AUTOTUNE", "1") == "0":
-        return kernel, {"BLOCK_M": 32, "num_warps": 4, "num_stages": 2}
+        config = SharedMemoryPrune(name)([_DEFAULT_CONFIG, *configs], {"q_ptr": q, "head_dim": q.shape[3]},
+                                         **constants)[0]
+        return kernel, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
     if name not in _TUNED:
         _TUNED[name] = triton.autotune(configs, key=["queries", "num_keys", "head_dim"],
                                        prune_configs_by={"early_config_prune": SharedMemoryPrune(name)},
@@ -370,7 +375,7 @@ def masked_cross_attention_forward(q, k, v, bits, occupancy, active, scale: floa
         lse_part = torch.empty((splits, batch, heads, queries), dtype=torch.float32, device=q.device)
     else:
         o_part, lse_part = out, lse  # not written
-    kernel, fixed = _kernel("forward", _forward_kernel, _ROW_CONFIGS, interpreting)
+    kernel, fixed = _kernel("forward", _forward_kernel, _ROW_CONFIGS, interpreting, q, constants)
 
     def grid(meta):
         return (batch * triton.cdiv(queries, meta["BLOCK_M"]), heads, splits)
@@ -409,7 +414,8 @@ def masked_cross_attention_backward(grad_out, q, k, v, out, lse, bits, occupancy
         out, grad_out, delta, order, count, *out.stride(), *grad_out.stride(), queries, head_dim, heads,
         BLOCK_M=block_m, BLOCK_D=block_d,
     )
-    kernel, fixed = _kernel("backward", _backward_kernel, _KEY_CONFIGS, interpreting, reset_to_zero=["dq_ptr"])
+    kernel, fixed = _kernel("backward", _backward_kernel, _KEY_CONFIGS, interpreting, q, constants,
+                            reset_to_zero=["dq_ptr"])
     kernel[(batch * key_blocks, heads)](
         q, k, v, grad_out, lse, delta, dq, dk, dv, bits, occupancy, order, count,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),

@@ -22,7 +22,7 @@ strategy/ensemble       as strategy/fixed                                      m
 dilation/1, /2, /5      queries per marker d (B.1)                             debias
 biased_queries/shared   the biased branch reuses the vanilla markers (the      debias
                         pre-D.2 behaviour; the base perceives its own)
-negatives/none, /fixed, negative-audio training (ratio 0.5: silence, noise,    vanilla (none) / debias
+negatives/none, /fixed, negative-audio training (ratio 0.25: silence, noise,   vanilla (none) / debias
 /uncertainty,           misaligned audio with empty targets) with no debias
 /bias_only              or each debias strategy
 gate/any, gate/class    as negatives/none                                      vanilla + the classifier gate,
@@ -59,7 +59,7 @@ STRATEGIES = ("fixed", "uncertainty", "bias_only", "ensemble")
 DILATIONS = (1, 2, 5)
 NEGATIVE_STRATEGIES = ("none", "fixed", "uncertainty", "bias_only")
 GATES = ("any", "class")
-NEGATIVES = {"ratio": 0.5, "kinds": ["silence", "noise", "misaligned"], "mode": "add"}
+NEGATIVES = {"ratio": 0.25, "kinds": ["silence", "noise", "misaligned"], "mode": "add"}
 METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou")
 WARMUP_STEPS = 3  # steps left out of the step time (first-call overheads), when the run is long enough
 

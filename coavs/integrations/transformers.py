@@ -15,9 +15,9 @@ calls ``cross_attn(query, key, value, attn_mask=mask)`` with sequence-first ``[L
 ``nn.MultiheadAttention`` materialises the ``[B·h, Q, N]`` scores and, since transformers leaves
 ``need_weights`` at its default, the head-averaged weights too. The swapped module keeps the same parameters
 (the state dict is unchanged) and computes the same projections and ``softmax(q·kᵀ/√dh over visible keys)·v``
-without a ``[B,h,Q,N]`` tensor, in the kernels of coavs's backends (CPU: per sample, over the key range the
-sample's queries see; GPU: Triton with empty-block skipping). Differences that remain: float rounding, and the
-attention weights it returns are ``None`` (transformers' decoder never reads the cross-attention weights).
+without a ``[B,h,Q,N]`` tensor, in whichever backend coavs picks for the tensors' device (``coavs info`` says
+which). Differences that remain: float rounding, and the attention weights it returns are ``None``
+(transformers' decoder never reads the cross-attention weights).
 
 Calls it cannot serve exactly run PyTorch's own attention unchanged: attention dropout while training, a
 ``key_padding_mask``, a float (additive) ``attn_mask``, a mask that differs between heads, ``is_causal``.

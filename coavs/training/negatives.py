@@ -94,7 +94,15 @@ class NegativeSampler:
         self.section = section
         self.seed = int(seed)
         self.audio_kind = audio_kind
-        self.model = model
+        self.model = None
+        encoder = getattr(model, "prompt_encoder", None)
+        if encoder is not None and hasattr(encoder, "noise_like"):
+            # negatives are made on the CPU before the batch moves; noise_like uses no learned weights, so a CPU
+            # copy of the encoder made once serves the whole run whatever the model's device
+            import copy
+            from types import SimpleNamespace
+
+            self.model = SimpleNamespace(prompt_encoder=copy.deepcopy(encoder).cpu())
 
     def generator(self, step: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * _SEED_STRIDE + int(step) * 7919 + 17) % 2**63)

@@ -139,3 +139,32 @@ class Throughput:
                "data_wait_frac": self.wait / self.total if self.total else 0.0}
         self.reset()
         return out
+
+
+# CPU threads for `run.threads: auto`. Measured on the 2-core development machine (shared with other jobs, load
+# average ~13), one process, one training step (forward + matching + debias loss + backward + AdamW, biased branch
+# "mute"), 1 and 2 threads alternating step by step, medians of 5 (2026-12-02):
+#   ModelConfig.small(num_layers=2), 0.65M parameters, 4 frames of 64x64:  1 thread 3.82 steps/s (48 ms CPU),
+#                                                                         2 threads 0.11 steps/s (2172 ms CPU)
+#   ModelConfig.small(), 0.70M parameters, 8 frames of 96x96:            1 thread 0.92 steps/s (138 ms CPU),
+#                                                                         2 threads 0.05 steps/s (3310 ms CPU)
+# Two threads were 18-35x slower: the OpenMP workers spin at every intra-op barrier and the ops of a small model
+# are too short to hide it, the more so on a busy machine. The limits below extrapolate (x7 parameters, x1.8
+# pixels) from these runs and stay under the paper-sized model (22.9M parameters), which keeps PyTorch's
+# default; for a small model, run one process per core instead of more threads.
+AUTO_THREADS_MAX_PARAMS = 5_000_000
+AUTO_THREADS_MAX_PIXELS = 8 * 128 * 128  # clips per batch x image side², per process
+
+
+def resolve_threads(requested, device, num_params: int, pixels_per_step: int) -> int | None:
+    """The thread count for ``run.threads``: an int is used as given, None keeps PyTorch's default, ``"auto"`` is
+    1 on CPU for models under AUTO_THREADS_MAX_PARAMS parameters with batches under AUTO_THREADS_MAX_PIXELS
+    pixels (where one thread was measured faster), else PyTorch's default (None)."""
+    if requested is None or (isinstance(requested, int) and not isinstance(requested, bool)):
+        return requested
+    if requested != "auto":
+        raise ValueError(f"run.threads must be an int >= 1, null or 'auto', got {requested!r}")
+    if torch.device(device).type != "cpu":
+        return None
+    small = num_params < AUTO_THREADS_MAX_PARAMS and pixels_per_step < AUTO_THREADS_MAX_PIXELS
+    return 1 if small else None

@@ -57,7 +57,7 @@ from coavs.eval.gate import GateSection
 from coavs.training.config import ConfigError, from_dict, read_file, to_dict
 from coavs.training.negatives import NegativesSection
 from coavs.training.run_lock import RunLock
-from coavs.training.runtime import ResumableSampler, RunFolder, StopSignal, Throughput, autocast
+from coavs.training.runtime import ResumableSampler, RunFolder, StopSignal, Throughput, autocast, resolve_threads
 
 CHECKPOINT_FORMAT = "coavs-train-checkpoint"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -175,9 +175,10 @@ class RunSection:
     records; checkpoint_every: steps between checkpoints (0: at the end of every epoch only); progress: a tqdm
     bar on rank 0; ddp_find_unused: DDP's ``find_unused_parameters``, needed when a part gets no gradient (None:
     on only with ``audio_class_weight: 0``, which leaves the audio classifier without one); threads:
-    ``torch.set_num_threads`` for the run (None: PyTorch's default). Small models on a busy CPU train several
-    times faster on one thread than on several (the intra-op barriers cost more than the work): run one process
-    per core instead.
+    ``torch.set_num_threads`` for the run (None: PyTorch's default; ``auto``, the default: 1 on CPU for small
+    models and batches, where one thread was measured faster — see ``runtime.resolve_threads``). Small models on
+    a busy CPU train faster on one thread than on several (the intra-op barriers cost more than the work): run
+    one process per core instead.
     """
 
     seed: int = 0
@@ -189,7 +190,7 @@ class RunSection:
     checkpoint_every: int = 0
     progress: bool = True
     ddp_find_unused: bool | None = None
-    threads: int | None = None
+    threads: int | str | None = "auto"
 
 
 # Keys that may differ between a run and its resumption (they do not change what is computed).
@@ -347,8 +348,8 @@ class TrainConfig:
             raise ConfigError(f"run.max_steps must be >= 1, got {r.max_steps}")
         if not isinstance(r.compile, (bool, str)):
             raise ConfigError(f"run.compile must be true, false or a torch.compile backend name, got {r.compile!r}")
-        if r.threads is not None and r.threads < 1:
-            raise ConfigError(f"run.threads must be >= 1 or null, got {r.threads}")
+        if r.threads is not None and r.threads != "auto" and (not isinstance(r.threads, int) or r.threads < 1):
+            raise ConfigError(f"run.threads must be >= 1, 'auto' or null, got {r.threads!r}")
         if r.log_every < 1 or r.checkpoint_every < 0:
             raise ConfigError("run.log_every must be >= 1 and run.checkpoint_every >= 0")
         if self.loss.num_points < 1:
@@ -589,8 +590,6 @@ class _Trainer:
                     cache_dir=cfg.data.cache_dir))
             cfg = self.config = stored
 
-        if cfg.run.threads is not None:
-            torch.set_num_threads(cfg.run.threads)
         _seed_everything(cfg.run.seed)
         stages = self._datasets_for(cfg)
         cfg = self.config = _resolve(cfg, stages[0].dataset, self.info)
@@ -601,6 +600,10 @@ class _Trainer:
         if self.model_config.num_clusters and not resume:
             self._install_markers(model)
         self.raw_model = model.to(self.device)
+        threads = resolve_threads(cfg.run.threads, self.device, sum(p.numel() for p in model.parameters()),
+                                  cfg.data.batch_size * (cfg.data.image_size or 224) ** 2)
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.class_to_marker = model.class_to_marker().to(self.device)
 
         debias = cfg.debias_config()
@@ -838,6 +841,11 @@ class _Trainer:
                         batch = next(batches)
                     except StopIteration:
                         break
+                    except BaseException:  # a worker's error (a damaged file): stop the workers now, as they
+                        shutdown = getattr(batches, "_shutdown_workers", None)  # ignore SIGTERM (see above)
+                        if shutdown is not None:
+                            shutdown()
+                        raise
                     window.data_ready()
                     epoch_meter.data_ready()
                     loss, terms, _ = self.train_step(batch)

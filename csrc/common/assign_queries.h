@@ -41,8 +41,13 @@ struct PresenceState {
   // The marker that is present only by the fallback rule, or -1 when some marker reached the threshold.
   COAVS_HOST_DEVICE int64_t fallback_marker() const { return any_present ? -1 : best_index; }
 
+  // Ranks like torch.argmax: NaN above every number, ties (and NaN against NaN) to the lower index.
   COAVS_HOST_DEVICE void take_if_better(T score, int64_t index) {
-    if (best_index < 0 || score > best || (score == best && index < best_index)) {
+    const bool score_nan = score != score;
+    const bool best_nan = best != best;
+    const bool better = score_nan ? (!best_nan || index < best_index)
+                                  : (!best_nan && (score > best || (score == best && index < best_index)));
+    if (best_index < 0 || better) {
       best = score;
       best_index = index;
     }

@@ -1,11 +1,14 @@
 // masked_cross_attention on the CPU: Mask2Former masked attention over the active rows only.
 //
-// at::parallel_for over (b, h). Per (b, h) the keys of the blocks of 64 that some working row of sample b sees
-// are packed once into float32 (float64 for float64) scratch: kᵀ [dh][N64] (scores of one row against a block
-// are 64/W vector FMAs per head-dim element), k and v as rows [N64][dh] and vᵀ (backward). Then each working
-// row (active, with a visible key) walks only the key blocks it sees (its occupancy) with an online softmax;
-// inside a block, invisible keys get -inf before the max and 0 after the exponential, and the value / gradient
-// updates run over the visible keys' bits only.
+// at::parallel_for over (b, h) (the backward accumulates dk, dv per (b, h), so rows are not split further).
+// Per (b, h) the blocks of 64 keys that some working row of sample b sees are packed once into float32 (float64
+// for float64) scratch: kᵀ block by block [blocks][dh][64] (a row's scores against 16 keys are dh vector FMAs),
+// vᵀ likewise (backward), and k, v as rows [N][dh] unless they can be read in place (float32 with unit last
+// stride). Each working row (active, with a visible key) visits only the blocks it sees (its occupancy), and
+// inside a block only the 16-key vectors with a visible key; invisible keys get -inf before the max and 0
+// after the exponential; value and gradient updates run over the visible keys' bits only. The forward walks
+// row by row (online softmax); the backward walks block by block, each block's keys and dk, dv staying in
+// cache while the rows that see it visit it.
 //   forward:  m, l, o  online;  out = o / l,  lse = m + log l   (rows that do no work: out 0, lse 0)
 //   backward: p = exp(s − lse), dp = g·vᵀ, ds = p (dp − Σ g∘out);  dq = scale Σ ds k,  dk += ds (scale q),
 //             dv += p g   (recomputed from lse with the same block skipping; dk, dv accumulate per (b, h))
@@ -33,6 +36,7 @@ namespace coavs {
 namespace {
 
 constexpr int64_t kBlock = 64;  // keys per occupancy flag (coavs.ops.masked_cross_attention.OCCUPANCY_BLOCK)
+constexpr int64_t kMaxLanes = 16;  // the widest vector: 16 float32 lanes (AVX-512)
 
 #define COAVS_INLINE inline __attribute__((always_inline))
 
@@ -100,6 +104,33 @@ template <int W>
 COAVS_INLINE typename Vec<double, W>::type vexp(typename Vec<double, W>::type x) {
   for (int i = 0; i < W; ++i) x[i] = std::exp(x[i]);
   return x;
+}
+
+// Largest lane and sum of the lanes, halving the vector each step.
+template <typename T, int W>
+COAVS_INLINE T reduce_max(typename Vec<T, W>::type x) {
+  if constexpr (W == 2) {
+    return x[0] > x[1] ? x[0] : x[1];
+  } else {
+    using H = typename Vec<T, W / 2>::type;
+    H lo, hi;
+    std::memcpy(&lo, &x, sizeof(H));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
+    return reduce_max<T, W / 2>(lo > hi ? lo : hi);
+  }
+}
+
+template <typename T, int W>
+COAVS_INLINE T reduce_sum(typename Vec<T, W>::type x) {
+  if constexpr (W == 2) {
+    return x[0] + x[1];
+  } else {
+    using H = typename Vec<T, W / 2>::type;
+    H lo, hi;
+    std::memcpy(&lo, &x, sizeof(H));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
+    return reduce_sum<T, W / 2>(lo + hi);
+  }
 }
 
 template <typename T>
@@ -202,9 +233,10 @@ COAVS_INLINE uint32_t live_vectors(uint64_t bits) {
 }
 
 // s[i] = x · kᵀ over the keys of vector i of one block (kt: that block's [dh][64]), for the live vectors only
-// (each a sum of four interleaved partial sums over dh, so the FMAs do not wait on each other).
+// (each a sum of four interleaved partial sums over dh, so the FMAs do not wait on each other). `xb` holds x
+// broadcast, one vector per element (built once per row).
 template <typename T, int W>
-COAVS_INLINE void block_scores(const T* x, const T* kt, int64_t dh, uint32_t live,
+COAVS_INLINE void block_scores(const T* xb, const T* kt, int64_t dh, uint32_t live,
                                typename Vec<T, W>::type (&s)[kBlock / W]) {
   using V = typename Vec<T, W>::type;
   constexpr int NV = kBlock / W;
@@ -214,35 +246,36 @@ COAVS_INLINE void block_scores(const T* x, const T* kt, int64_t dh, uint32_t liv
     V a0{}, a1{}, a2{}, a3{};
     int64_t d = 0;
     for (; d + 4 <= dh; d += 4) {
-      a0 += splat<V>(x[d]) * load<V>(col + d * kBlock);
-      a1 += splat<V>(x[d + 1]) * load<V>(col + (d + 1) * kBlock);
-      a2 += splat<V>(x[d + 2]) * load<V>(col + (d + 2) * kBlock);
-      a3 += splat<V>(x[d + 3]) * load<V>(col + (d + 3) * kBlock);
+      a0 += load<V>(xb + d * W) * load<V>(col + d * kBlock);
+      a1 += load<V>(xb + (d + 1) * W) * load<V>(col + (d + 1) * kBlock);
+      a2 += load<V>(xb + (d + 2) * W) * load<V>(col + (d + 2) * kBlock);
+      a3 += load<V>(xb + (d + 3) * W) * load<V>(col + (d + 3) * kBlock);
     }
-    for (; d < dh; ++d) a0 += splat<V>(x[d]) * load<V>(col + d * kBlock);
+    for (; d < dh; ++d) a0 += load<V>(xb + d * W) * load<V>(col + d * kBlock);
     s[i] = (a0 + a1) + (a2 + a3);
   }
 }
 
-// acc[d] += Σ_t coef[t] · rows[key[t]·dh + d]: W lanes of acc at a time held in two registers across the keys
+// acc[d] += Σ_t coef[t] · rows[key[t]·ld + d]: W lanes of acc at a time held in two registers across the keys
 // (no store-to-load chain through acc), then the scalar tail of dh.
 template <typename T, int W>
-COAVS_INLINE void accumulate_rows(T* acc, const T* rows, const int64_t* key, const T* coef, int count, int64_t dh) {
+COAVS_INLINE void accumulate_rows(T* acc, const T* rows, int64_t ld, const int64_t* key, const T* coef, int count,
+                                  int64_t dh) {
   using V = typename Vec<T, W>::type;
   int64_t c = 0;
   for (; c + W <= dh; c += W) {
     V a0{}, a1{};
     int t = 0;
     for (; t + 2 <= count; t += 2) {
-      a0 += splat<V>(coef[t]) * load<V>(rows + key[t] * dh + c);
-      a1 += splat<V>(coef[t + 1]) * load<V>(rows + key[t + 1] * dh + c);
+      a0 += splat<V>(coef[t]) * load<V>(rows + key[t] * ld + c);
+      a1 += splat<V>(coef[t + 1]) * load<V>(rows + key[t + 1] * ld + c);
     }
-    if (t < count) a0 += splat<V>(coef[t]) * load<V>(rows + key[t] * dh + c);
+    if (t < count) a0 += splat<V>(coef[t]) * load<V>(rows + key[t] * ld + c);
     store(acc + c, load<V>(acc + c) + (a0 + a1));
   }
   for (; c < dh; ++c) {
     T a = T(0);
-    for (int t = 0; t < count; ++t) a += coef[t] * rows[key[t] * dh + c];
+    for (int t = 0; t < count; ++t) a += coef[t] * rows[key[t] * ld + c];
     acc[c] += a;
   }
 }
@@ -267,8 +300,16 @@ COAVS_INLINE void forward_body(const Problem& p, const SampleRows& sample, const
   T* coef = probs + kBlock;         // [64]
   T* tile = coef + kBlock;          // [64][dh]
   int64_t keys[kBlock];
+  T* qb = tile + kBlock * dh;       // [dh][W]: qs broadcast
   pack<S, T>(p, slice<S>(k, b, h), sample.seen, nullptr, kt, tile);
-  pack<S, T>(p, slice<S>(v, b, h), sample.seen, vr, nullptr, tile);
+  // float32 (float64) values with a unit last stride are read in place; others are packed as float32 rows
+  const Strided<S> vm = slice<S>(v, b, h);
+  const T* values = vr;
+  int64_t ld = dh;
+  if constexpr (std::is_same_v<S, T>) {
+    if (vm.col == 1) values = vm.data, ld = vm.row;
+  }
+  if (values == vr) pack<S, T>(p, vm, sample.seen, vr, nullptr, tile);
   const Strided<S> qm = slice<S>(q, b, h);
   S* out = static_cast<S*>(o.out) + (b * p.heads + h) * p.queries * dh;
   T* lse = static_cast<T*>(o.lse) + (b * p.heads + h) * p.queries;
@@ -276,6 +317,7 @@ COAVS_INLINE void forward_body(const Problem& p, const SampleRows& sample, const
   const T neg_inf = -std::numeric_limits<T>::infinity();
   for (const int64_t r : sample.rows) {
     for (int64_t d = 0; d < dh; ++d) qs[d] = static_cast<T>(qm.at(r, d)) * scale;
+    for (int64_t d = 0; d < dh; ++d) store(qb + d * W, splat<V>(qs[d]));
     for (int64_t d = 0; d < dh; ++d) acc[d] = T(0);
     T row_max = neg_inf, row_sum = T(0);
     const uint8_t* occ = p.occupancy + (b * p.queries + r) * p.blocks;
@@ -285,7 +327,7 @@ COAVS_INLINE void forward_body(const Problem& p, const SampleRows& sample, const
       if (!bits) continue;
       const uint32_t live = live_vectors<W>(bits);
       V s[NV];
-      block_scores<T, W>(qs, kt + blk * kBlock * dh, dh, live, s);
+      block_scores<T, W>(qb, kt + blk * kBlock * dh, dh, live, s);
       M visible[NV];
       V top = splat<V>(neg_inf);
       for (int i = 0; i < NV; ++i) {
@@ -294,8 +336,8 @@ COAVS_INLINE void forward_body(const Problem& p, const SampleRows& sample, const
         const V masked = visible[i] ? s[i] : splat<V>(neg_inf);
         top = top > masked ? top : masked;
       }
-      T new_max = row_max;
-      for (int i = 0; i < W; ++i) new_max = top[i] > new_max ? top[i] : new_max;
+      const T block_max = reduce_max<T, W>(top);
+      const T new_max = block_max > row_max ? block_max : row_max;
       V total = V{};
       for (int i = 0; i < NV; ++i) {
         if (!((live >> i) & 1)) continue;
@@ -304,8 +346,7 @@ COAVS_INLINE void forward_body(const Problem& p, const SampleRows& sample, const
         total += pv;
         store(probs + i * W, pv);
       }
-      T block_sum = T(0);
-      for (int i = 0; i < W; ++i) block_sum += total[i];
+      const T block_sum = reduce_sum<T, W>(total);
       if (new_max > row_max) {
         const T correction = row_max == neg_inf ? T(0) : scalar_exp(row_max - new_max);
         row_sum *= correction;
@@ -319,7 +360,7 @@ COAVS_INLINE void forward_body(const Problem& p, const SampleRows& sample, const
         keys[count] = blk * kBlock + j;
         coef[count] = probs[j];
       }
-      accumulate_rows<T, W>(acc, vr, keys, coef, count, dh);
+      accumulate_rows<T, W>(acc, values, ld, keys, coef, count, dh);
     }
     const T inverse = T(1) / row_sum;
     for (int64_t d = 0; d < dh; ++d) out[r * dh + d] = static_cast<S>(acc[d] * inverse);
@@ -345,41 +386,73 @@ COAVS_INLINE void backward_body(const Problem& p, const SampleRows& sample, cons
   T* vt = kr + padded * dh;        // [blocks][dh][64]
   T* dk = vt + dh * padded;        // [padded][dh]
   T* dv = dk + padded * dh;        // [padded][dh]
-  T* qs = dv + padded * dh;        // [dh]
-  T* go = qs + dh;                 // [dh]
-  T* dq = go + dh;                 // [dh]
-  T* probs = dq + dh;              // [64]
+  T* probs = dv + padded * dh;     // [64]
   T* dscores = probs + kBlock;     // [64]
   T* coef = dscores + kBlock;      // [64]
   T* tile = coef + kBlock;         // [64][dh]
   int64_t keys[kBlock];
-  pack<S, T>(p, slice<S>(k, b, h), sample.seen, kr, kt, tile);
+  // k rows: read in place when float32 (float64) with a unit last stride; dk, dv: accumulated in the (zeroed)
+  // outputs when those are float32 (float64), else in float32 scratch converted at the end
+  const Strided<S> km = slice<S>(k, b, h);
+  const T* krows = kr;
+  int64_t ld = dh;
+  if constexpr (std::is_same_v<S, T>) {
+    if (km.col == 1) krows = km.data, ld = km.row;
+  }
+  pack<S, T>(p, km, sample.seen, krows == kr ? kr : nullptr, kt, tile);
   pack<S, T>(p, slice<S>(v, b, h), sample.seen, nullptr, vt, tile);
-  std::fill(dk, dk + 2 * padded * dh, T(0));
+  S* dk_out = static_cast<S*>(g.dk) + (b * p.heads + h) * p.keys * dh;
+  S* dv_out = static_cast<S*>(g.dv) + (b * p.heads + h) * p.keys * dh;
+  if constexpr (std::is_same_v<S, T>) {
+    dk = dk_out;
+    dv = dv_out;
+  } else {
+    std::fill(dk, dk + 2 * padded * dh, T(0));
+  }
   const Strided<S> qm = slice<S>(q, b, h), gm = slice<S>(grad_out, b, h), om = slice<S>(out, b, h);
   const T* lse_row = lse.const_data_ptr<T>() + b * lse.stride(0) + h * lse.stride(1);
   const int64_t lse_stride = lse.stride(2);
   S* dq_out = static_cast<S*>(g.dq) + (b * p.heads + h) * p.queries * dh;
   const T scale = static_cast<T>(p.scale);
-  for (const int64_t r : sample.rows) {
+  // per working row: scaled q and grad_out (plain and broadcast), its dq, log-sum-exp and Σ g∘out; then key
+  // blocks outermost, so that one block's keys, values and dk, dv stay in cache while every row visits them
+  const int64_t rows = static_cast<int64_t>(sample.rows.size());
+  std::vector<T> state(rows * dh * (3 + 2 * W) + 2 * rows);
+  T* qs_all = state.data();              // [rows][dh]
+  T* go_all = qs_all + rows * dh;        // [rows][dh]
+  T* dq_all = go_all + rows * dh;        // [rows][dh]
+  T* qb_all = dq_all + rows * dh;        // [rows][dh][W]
+  T* gb_all = qb_all + rows * dh * W;    // [rows][dh][W]
+  T* lse_all = gb_all + rows * dh * W;   // [rows]
+  T* delta_all = lse_all + rows;         // [rows]
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t r = sample.rows[t];
     T delta = T(0);
     for (int64_t d = 0; d < dh; ++d) {
-      qs[d] = static_cast<T>(qm.at(r, d)) * scale;
-      go[d] = static_cast<T>(gm.at(r, d));
-      delta += go[d] * static_cast<T>(om.at(r, d));
-      dq[d] = T(0);
+      const T qd = static_cast<T>(qm.at(r, d)) * scale, gd = static_cast<T>(gm.at(r, d));
+      qs_all[t * dh + d] = qd;
+      go_all[t * dh + d] = gd;
+      dq_all[t * dh + d] = T(0);
+      delta += gd * static_cast<T>(om.at(r, d));
+      store(qb_all + (t * dh + d) * W, splat<V>(qd));
+      store(gb_all + (t * dh + d) * W, splat<V>(gd));
     }
-    const V row_lse = splat<V>(lse_row[r * lse_stride]);
-    const V row_delta = splat<V>(delta);
-    const uint8_t* occ = p.occupancy + (b * p.queries + r) * p.blocks;
-    for (int64_t blk = 0; blk < p.blocks; ++blk) {
-      if (!occ[blk]) continue;
+    lse_all[t] = lse_row[r * lse_stride];
+    delta_all[t] = delta;
+  }
+  for (int64_t blk = 0; blk < p.blocks; ++blk) {
+    if (!sample.seen[blk]) continue;
+    for (int64_t t = 0; t < rows; ++t) {
+      const int64_t r = sample.rows[t];
+      if (!p.occupancy[(b * p.queries + r) * p.blocks + blk]) continue;
       const uint64_t bits = block_bits(p, b, r, blk);
       if (!bits) continue;
       const uint32_t live = live_vectors<W>(bits);
       V s[NV], dp[NV];
-      block_scores<T, W>(qs, kt + blk * kBlock * dh, dh, live, s);
-      block_scores<T, W>(go, vt + blk * kBlock * dh, dh, live, dp);
+      block_scores<T, W>(qb_all + t * dh * W, kt + blk * kBlock * dh, dh, live, s);
+      block_scores<T, W>(gb_all + t * dh * W, vt + blk * kBlock * dh, dh, live, dp);
+      const V row_lse = splat<V>(lse_all[t]);
+      const V row_delta = splat<V>(delta_all[t]);
       for (int i = 0; i < NV; ++i) {
         if (!((live >> i) & 1)) continue;
         const V e = vexp<W>(s[i] - row_lse);
@@ -387,6 +460,8 @@ COAVS_INLINE void backward_body(const Problem& p, const SampleRows& sample, cons
         store(probs + i * W, pv);
         store(dscores + i * W, pv * (dp[i] - row_delta));
       }
+      const T* __restrict__ qr = qs_all + t * dh;
+      const T* __restrict__ gr = go_all + t * dh;
       int count = 0;
       for (uint64_t rest = bits; rest; rest &= rest - 1, ++count) {
         const int j = __builtin_ctzll(rest);
@@ -396,22 +471,28 @@ COAVS_INLINE void backward_body(const Problem& p, const SampleRows& sample, cons
         coef[count] = dsj;
         T* __restrict__ dkj = dk + n * dh;
         T* __restrict__ dvj = dv + n * dh;
-        const T* __restrict__ qr = qs;
-        const T* __restrict__ gr = go;
-        for (int64_t d = 0; d < dh; ++d) {
+        const V dsv = splat<V>(dsj), pv = splat<V>(pj);
+        int64_t d = 0;
+        for (; d + W <= dh; d += W) {
+          store(dkj + d, load<V>(dkj + d) + dsv * load<V>(qr + d));
+          store(dvj + d, load<V>(dvj + d) + pv * load<V>(gr + d));
+        }
+        for (; d < dh; ++d) {
           dkj[d] += dsj * qr[d];
           dvj[d] += pj * gr[d];
         }
       }
-      accumulate_rows<T, W>(dq, kr, keys, coef, count, dh);
+      accumulate_rows<T, W>(dq_all + t * dh, krows, ld, keys, coef, count, dh);
     }
-    for (int64_t d = 0; d < dh; ++d) dq_out[r * dh + d] = static_cast<S>(dq[d] * scale);
   }
-  S* dk_out = static_cast<S*>(g.dk) + (b * p.heads + h) * p.keys * dh;
-  S* dv_out = static_cast<S*>(g.dv) + (b * p.heads + h) * p.keys * dh;
-  for (int64_t i = 0; i < p.keys * dh; ++i) {
-    dk_out[i] = static_cast<S>(dk[i]);
-    dv_out[i] = static_cast<S>(dv[i]);
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t d = 0; d < dh; ++d) dq_out[sample.rows[t] * dh + d] = static_cast<S>(dq_all[t * dh + d] * scale);
+  }
+  if constexpr (!std::is_same_v<S, T>) {
+    for (int64_t i = 0; i < p.keys * dh; ++i) {
+      dk_out[i] = static_cast<S>(dk[i]);
+      dv_out[i] = static_cast<S>(dv[i]);
+    }
   }
 }
 
@@ -519,7 +600,7 @@ std::tuple<at::Tensor, at::Tensor> masked_cross_attention_cpu(const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_cross_attention_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(2 * p.head_dim * p.padded + 2 * p.head_dim + 2 * kBlock + kBlock * p.head_dim + 64);
+      std::vector<T> scratch(2 * p.head_dim * p.padded + 2 * p.head_dim + 2 * kBlock + kBlock * p.head_dim + kMaxLanes * p.head_dim + 64);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / p.heads, h = i % p.heads;
         if (samples[b].rows.empty()) continue;
@@ -561,7 +642,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_backward_c
                                   [&] {
     using T = at::opmath_type<scalar_t>;
     at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(5 * p.head_dim * p.padded + 3 * p.head_dim + 3 * kBlock + kBlock * p.head_dim + 64);
+      std::vector<T> scratch(5 * p.head_dim * p.padded + 3 * p.head_dim + 3 * kBlock + kBlock * p.head_dim + 2 * kMaxLanes * p.head_dim + 64);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / p.heads, h = i % p.heads;
         if (samples[b].rows.empty()) continue;

@@ -7,8 +7,10 @@
 // region would oversubscribe it. Tiles are small enough for the per-core L2 cache (kTileBudgetBytes), so each
 // phase reads what the previous one wrote from cache, not memory. The resize and the per-pixel reduction are
 // compiled twice, for AVX2 (8 lanes; chosen at run time, see cpu/vec_avx2.h) and for any x86-64 / other CPU, with
-// the same arithmetic (no FMA contraction), so both give the same labels. The tile buffers stay within kTileBudgetBytes (plus one batch item's source
-// logits when they need converting or debiasing), so the extra memory is the output plus a constant.
+// the same arithmetic (no FMA contraction), so both give the same labels. The first (horizontal) resize pass runs
+// once per batch item into a [Q, h', W] buffer (at most kWholeAcrossBytes; larger, or the overall scheme: per
+// tile). The buffers stay within kTileBudgetBytes + kWholeAcrossBytes (plus one batch item's source logits when
+// they need converting or debiasing), so the extra memory is the output plus a bounded constant.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -25,7 +27,8 @@
 namespace coavs {
 namespace {
 
-constexpr int64_t kTileBudgetBytes = int64_t(2) << 20;  // tile buffers: about a core's L2
+constexpr int64_t kTileBudgetBytes = int64_t(2) << 20;   // tile buffers: about a core's L2
+constexpr int64_t kWholeAcrossBytes = int64_t(64) << 20;  // the once-per-item first resize pass, at most
 constexpr int64_t kPixelChunk = 1024;                    // pixels reduced together (stack arrays)
 
 std::vector<LinearTap> axis_taps(int64_t in_size, int64_t out_size) {
@@ -53,7 +56,9 @@ void prepare_source(const scalar_t* mask, const scalar_t* mask_biased, float* ds
 #define COAVS_ALWAYS_INLINE inline
 #endif
 
-// One query's resize for output rows [r0, r1) (see resize_rows); inlined into a portable and an AVX2 copy.
+// One query's resize for output rows [r0, r1) (see resize_rows): fills rows_in rows of `rows` (source rows
+// s0, s0 + 1, ...; none when they were filled before), then the output rows. Inlined into a portable and an AVX2
+// copy.
 COAVS_ALWAYS_INLINE void resize_query_body(const float* src, float* rows, float* out, int64_t in_w, int64_t out_w,
                                            const LinearTap* ty, const LinearTap* tx, int64_t s0, int64_t rows_in,
                                            int64_t r0, int64_t r1) {
@@ -87,11 +92,12 @@ COAVS_TARGET_AVX2 void resize_query_avx2(const float* src, float* rows, float* o
 // Resized logits of output rows [r0, r1) for every query, separably:
 // across[q, i, x] = l0x src[q, s0 + i, x0] + l1x src[q, s0 + i, x1] for the source rows s0..s1 the tile reads,
 // out[q, (y - r0) W + x] = l0y across[q, y0 - s0, x] + l1y across[q, y1 - s0, x].
+// With `whole`, across holds every source row already (fill_across), s0 = 0, and only the second pass runs.
 void resize_rows(const float* src, float* across, float* out, int64_t out_stride, int64_t q_count, int64_t in_h,
                  int64_t in_w, int64_t out_w, const std::vector<LinearTap>& ty, const std::vector<LinearTap>& tx,
-                 int64_t r0, int64_t r1) {
-  const int64_t s0 = ty[r0].i0, s1 = ty[r1 - 1].i1;
-  const int64_t rows_in = s1 - s0 + 1;
+                 int64_t r0, int64_t r1, bool whole) {
+  const int64_t s0 = whole ? 0 : ty[r0].i0;
+  const int64_t rows_in = whole ? in_h : ty[r1 - 1].i1 - s0 + 1;
   auto* fn = &resize_query;
 #if COAVS_HAVE_AVX2_KERNELS
   if (cpu::use_avx2()) fn = &resize_query_avx2;
@@ -99,7 +105,23 @@ void resize_rows(const float* src, float* across, float* out, int64_t out_stride
   at::parallel_for(0, q_count, 1, [&](int64_t first, int64_t last) {
     for (int64_t q = first; q < last; ++q) {
       fn(src + q * in_h * in_w, across + q * rows_in * out_w, out + q * out_stride, in_w, out_w, ty.data(),
-         tx.data(), s0, rows_in, r0, r1);
+         tx.data(), s0, whole ? 0 : rows_in, r0, r1);
+    }
+  });
+}
+
+// across[q, s, x] for every source row s: the first pass of the resize once per batch item, so tiles do not
+// redo it for the source rows they share.
+void fill_across(const float* src, float* across, int64_t q_count, int64_t in_h, int64_t in_w, int64_t out_w,
+                 const std::vector<LinearTap>& ty, const std::vector<LinearTap>& tx) {
+  auto* fn = &resize_query;
+#if COAVS_HAVE_AVX2_KERNELS
+  if (cpu::use_avx2()) fn = &resize_query_avx2;
+#endif
+  at::parallel_for(0, q_count, 1, [&](int64_t first, int64_t last) {
+    for (int64_t q = first; q < last; ++q) {
+      fn(src + q * in_h * in_w, across + q * in_h * out_w, nullptr, in_w, out_w, ty.data(), tx.data(), 0, in_h, 0,
+         0);
     }
   });
 }
@@ -216,8 +238,11 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
 
   const auto ty = axis_taps(in_h, height);
   const auto tx = axis_taps(in_w, width);
+  // The first (horizontal) pass of the resize once per batch item for all source rows when that buffer is
+  // small (single branch); else per tile for the rows the tile reads.
+  const bool whole = !overall && int64_t(sizeof(float)) * q_count * in_h * width <= kWholeAcrossBytes;
   // Tiles of whole output rows, sized so that the buffers below stay within kTileBudgetBytes.
-  const int64_t rows_read_per_row = (in_h + height - 1) / height;
+  const int64_t rows_read_per_row = whole ? 0 : (in_h + height - 1) / height;
   const int64_t bytes_per_row =
       int64_t(sizeof(float)) * width * branches * (q_count * (1 + rows_read_per_row) + classes);
   const int64_t tile_rows = std::max<int64_t>(1, std::min(height, kTileBudgetBytes / bytes_per_row));
@@ -226,7 +251,7 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
   const auto f32 = mask.options().dtype(at::kFloat);
   auto src = convert ? at::empty({q_count, in_h, in_w}, f32) : at::Tensor();
   auto src_b = overall ? at::empty({q_count, in_h, in_w}, f32) : at::Tensor();
-  auto across = at::empty({q_count, source_rows, width}, f32);
+  auto across = at::empty({q_count, whole ? in_h : source_rows, width}, f32);
   auto sig = at::empty({q_count, tile}, f32);
   auto sig_b = overall ? at::empty({q_count, tile}, f32) : at::Tensor();
   auto scores = classes ? at::empty({classes, tile}, f32) : at::Tensor();  // [K, tile]: pixels contiguous
@@ -236,7 +261,7 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
   // Gated sigmoids of one branch for output rows [r0, r1) of item b, into buffer[:, :n].
   auto gated_sigmoids = [&](const float* logits, at::Tensor& buffer, int64_t b, int64_t r0, int64_t r1) {
     resize_rows(logits, across.mutable_data_ptr<float>(), buffer.mutable_data_ptr<float>(), tile, q_count, in_h,
-                in_w, width, ty, tx, r0, r1);
+                in_w, width, ty, tx, r0, r1, whole);
     auto view = buffer.narrow(1, 0, (r1 - r0) * width);
     view.sigmoid_();  // ATen's vectorised sigmoid
     if (g.defined()) view.mul_(g[b].unsqueeze(1));
@@ -257,6 +282,7 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
         prepare_source(mb_ptr + b * plane, static_cast<const scalar_t*>(nullptr), src_b.mutable_data_ptr<float>(),
                        plane, a, uncertainty);
       }
+      if (whole) fill_across(source, across.mutable_data_ptr<float>(), q_count, in_h, in_w, width, ty, tx);
       for (int64_t r0 = 0; r0 < height; r0 += tile_rows) {
         const int64_t r1 = std::min(height, r0 + tile_rows);
         const int64_t p0 = r0 * width, n = (r1 - r0) * width;

@@ -93,7 +93,7 @@ def test_rescaled_dataset(tiny_set):
 def test_each_object_not_the_whole_sounding_area_is_rescaled():
     """Supplementary A.1: "each target object" to 30-40 %: two equal objects side by side (12 % together) are
     zoomed until each covers 30-40 %, where the earlier whole-area reading stops at 30-40 % for both together."""
-    frame, labels = frame_with([(40, 52, 30, 44), (40, 52, 52, 66)], classes=[1, 2])  # two objects, 6 % each
+    frame, labels = frame_with([(40, 56, 36, 48), (40, 56, 48, 60)], classes=[1, 2])  # two objects, 2 % each
     _, per_object, zoom_object = rescale_frame(frame, labels)
     _, per_frame, zoom_frame = rescale_frame(frame, labels, per="frame")
     for cls in (1, 2):

@@ -122,3 +122,25 @@ def test_predict_frames_folder_that_does_not_exist(trained_run, clip, tmp_path, 
                             "--out", tmp_path / "pred", "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "nope")
     assert not (tmp_path / "pred").exists()
+
+
+def test_a_damaged_frame_met_by_a_loader_worker_is_one_line(workspace, tmp_path):
+    """The DataLoader re-raises a worker's DataError from its text: still one line, and the workers (which ignore
+    SIGTERM) are shut down so the process exits instead of hanging."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.cli.conftest import REPO
+    from tests.training.tiny_run import tiny_config
+
+    data = tmp_path / "data"
+    shutil.copytree(workspace / "tiny", data)
+    damaged = sorted(data.glob("synth/*/frames/*"))[0]
+    damaged.write_bytes(b"not an image")
+    config = tiny_config(data, tmp_path / "cache", data={"num_workers": 1}, stages=[{"epochs": 2}])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "coavs", "train", str(tmp_path / "c.yaml"), "--out",
+                             str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert_one_line_error(result.returncode, result.stderr, str(damaged), "unreadable frame")

@@ -22,15 +22,6 @@ from tests.training.tiny_run import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-HOLD = """
-import sys, time
-from coavs.training.run_lock import RunLock
-lock = RunLock(sys.argv[1]).acquire()
-print("locked", flush=True)
-time.sleep(120)
-"""
-
-
 def _wait_for(predicate, seconds: float = 120.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -38,18 +29,28 @@ def _wait_for(predicate, seconds: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def test_second_train_into_a_held_folder_is_refused_naming_the_pid(workspace, tmp_path, capsys):
+def test_second_train_into_a_running_run_is_refused_naming_the_pid(workspace, tmp_path, capsys):
+    """The issue's case: two ``coavs train --out runs/x`` at once. The second stops in one line naming the first's
+    pid and writes nothing; the first's folder holds one run (its seed, its log with each step once)."""
+    config = tiny_config(workspace / "tiny", workspace / "cache", stages=[{"epochs": 40}])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, cwd=REPO)
+    first = subprocess.Popen([sys.executable, "-m", "coavs", "train", str(tmp_path / "c.yaml"), "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     try:
-        assert holder.stdout.readline().strip() == b"locked"
-        before = snapshot(out)
-        code, _, err = run_cli(["train", workspace / "tiny.yaml", "--out", out], capsys)
-        assert_one_line_error(code, err, f"is in use by another coavs run (pid {holder.pid})")
-        assert snapshot(out) == before  # only the holder's .lock: no config.json, log or checkpoint
+        lock = out / ".lock"
+        _wait_for(lambda: (lock.is_file() and lock.read_text().strip() == str(first.pid)) or first.poll() is not None)
+        assert first.poll() is None, first.communicate()[0]
+        code, _, err = run_cli(["train", tmp_path / "c.yaml", "--out", out, "--set", "run.seed=1"], capsys)
+        assert_one_line_error(code, err, f"is in use by another coavs run (pid {first.pid})")
+        _wait_for(lambda: (out / "log.jsonl").is_file() and len((out / "log.jsonl").read_text().splitlines()) >= 3)
     finally:
-        holder.kill()
-        holder.wait()
+        first.send_signal(signal.SIGTERM)  # the first run saves and stops
+        output = first.communicate(timeout=120)[0].decode()
+    assert first.returncode == 0, output
+    assert json.loads((out / "config.json").read_text())["run"]["seed"] == 0
+    steps = [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(1, len(steps) + 1))
 
 
 def test_the_lock_is_held_for_the_whole_run(workspace, tmp_path):

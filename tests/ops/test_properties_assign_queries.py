@@ -31,8 +31,7 @@ def problems(draw, dtypes=DTYPES, special=False, max_size=5):
     queries, width = markers * dilation + draw(st.integers(0, 2)), draw(sizes(max_size))
     dtype, score_dtype = draw(st.sampled_from(dtypes)), draw(st.sampled_from(dtypes))
     extra = {"special": SPECIAL, "special_fraction": 0.1} if special else {}
-    # NaN scores: see test_nan_score_ranks_highest (the native fallback does not follow the policy yet).
-    score_extra = {"special": (math.inf, -math.inf), "special_fraction": 0.1} if special else {}
+    score_extra = {"special": (math.nan, math.inf, -math.inf), "special_fraction": 0.1} if special else {}
     scores = draw(tensors((batch, markers), score_dtype, scale=0.5, **score_extra)) + 0.3
     if draw(st.booleans()):  # one-hot cluster ids: ties everywhere
         scores = (scores > 0.6).to(score_dtype)
@@ -115,12 +114,7 @@ def test_meta_tensors_give_the_shape(args):
     assert out.gate.shape == out.active.shape == (scores.shape[0], query_feat.shape[0])
 
 
-NATIVE_NAN_BUG = pytest.mark.xfail(strict=True, reason="the native fallback keeps a NaN only as the row's first "
-                                   "score and skips later ones (csrc/common/assign_queries.h take_if_better)")
-
-
-@pytest.mark.parametrize("backend", [pytest.param(b, marks=NATIVE_NAN_BUG) if b in ("native", "cuda") else b
-                                     for b in BACKENDS])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_score_ranks_highest(backend):
     """Policy: a NaN score is never >= threshold but is the top marker of the fallback, as torch.argmax ranks it."""
     scores = torch.tensor([[0.1, math.nan, 0.2], [math.nan, 0.1, 0.2]])

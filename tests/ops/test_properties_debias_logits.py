@@ -106,3 +106,18 @@ def test_meta_tensors_give_the_shape(args):
                             strategy=strategy)
     assert out.mask.shape == mask.shape and out.cls.shape == cls.shape
     assert out.mask.dtype == mask.dtype and out.cls.dtype == cls.dtype
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_confidence_is_float64(backend):
+    """The reference computed the uncertainty confidence in float32 for float64 inputs (1e-8 off the native)."""
+    gen = torch.Generator().manual_seed(0)
+    mask, mask_b = (torch.randn(2, 3, 5, 7, generator=gen, dtype=torch.float64) for _ in range(2))
+    cls, cls_b = (torch.randn(2, 3, 6, generator=gen, dtype=torch.float64) for _ in range(2))
+    with ops.use_backend(backend):
+        out = ops.debias_logits(mask, cls, mask_b, cls_b, alpha=0.7, strategy="uncertainty")
+    a_mask = 0.7 * (2 * torch.sigmoid(mask_b) - 1).abs()
+    p = torch.softmax(cls_b, -1)
+    a_cls = 0.7 * (1 + (p * p.log()).sum(-1, keepdim=True) / math.log(6))
+    torch.testing.assert_close(out.mask, (1 + a_mask) * mask - a_mask * mask_b, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(out.cls, (1 + a_cls) * cls - a_cls * cls_b, atol=1e-12, rtol=1e-12)

@@ -1,0 +1,62 @@
+"""The AVX2 copies of the CPU loops (debias_logits, semantic_inference) give the same bits as the portable loops
+that COAVS_CPU_CAPABILITY=default forces (and that CPUs without AVX2 run)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import backends_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = r"""
+import sys
+import torch
+import coavs.ops as ops
+from coavs.ops.debias_logits import debias_logits_op
+
+g = torch.Generator().manual_seed(0)
+out = {}
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    for n in (1, 7, 8, 9, 203):  # tails of the 8-lane loops
+        m = torch.randn(2, 1, 1, n, generator=g) * 6
+        m[0, 0, 0, ::5] = float("nan")
+        m[1, 0, 0, ::7] = float("inf")
+        mb = torch.randn(2, 1, 1, n, generator=g) * 6
+        c, cb = torch.randn(2, 3, n % 11 + 1, generator=g) * 4, torch.randn(2, 3, n % 11 + 1, generator=g) * 4
+        m, mb, c, cb = (t.to(dtype) for t in (m, mb, c, cb))
+        for unc in (False, True):
+            with ops.use_backend("native"):
+                fwd = debias_logits_op(m, c, mb, cb, 0.7, unc)
+                bwd = torch.ops.coavs.debias_logits_backward(m, c, mb, cb, 0.7, unc)
+            out[f"debias {dtype} {n} {unc}"] = [t.view(torch.uint8) for t in (*fwd, *bwd)]
+    mask = (torch.randn(2, 5, 7, 9, generator=g) * 3).to(dtype)
+    cls = torch.randn(2, 5, 4, generator=g) * 3
+    with ops.use_backend("native"):
+        for size in ((7, 9), (23, 17), (3, 4)):
+            out[f"inference {dtype} {size}"] = [ops.semantic_inference(mask, cls, size)]
+torch.save(out, sys.argv[1])
+"""
+
+
+def _run(path, capability):
+    env = {k: v for k, v in os.environ.items() if k != "COAVS_CPU_CAPABILITY"}
+    if capability:
+        env["COAVS_CPU_CAPABILITY"] = capability
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    subprocess.run([sys.executable, "-c", SCRIPT, str(path)], check=True, env=env, cwd=ROOT, timeout=600)
+    return torch.load(path)
+
+
+@pytest.mark.skipif("native" not in backends_for("debias_logits", "cpu"), reason="needs the C++ extension")
+def test_avx2_and_portable_cpu_loops_give_the_same_bits(tmp_path):
+    fast = _run(tmp_path / "fast.pt", None)
+    portable = _run(tmp_path / "portable.pt", "default")
+    assert fast.keys() == portable.keys()
+    for key in fast:
+        for a, b in zip(fast[key], portable[key]):
+            assert torch.equal(a, b), key
