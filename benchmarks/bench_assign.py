@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import coavs.ops as ops
-from benchmarks.common import Work, add_roofline, base_parser, peak_memory_mb, print_table, time_ms, write_results
+from benchmarks.common import Ratio, Work, base_parser, measure, report
 from coavs.ops import _dispatch, reference
 
 
@@ -80,28 +80,14 @@ def main(argv=None):
                             return ops.assign_queries(scores, audio, query_feat, d).queries
                     providers[backend] = run
             for mode in ("fwd", "fwd+bwd"):
-                base = {}
-                for name, fn in providers.items():
-                    step = _step(fn, leaves, backward=mode == "fwd+bwd")
-                    try:
-                        t = time_ms(step, device)["median_ms"]
-                    except Exception as exc:  # a provider that cannot run here is reported, not fatal
-                        rows.append({"shape": f"B{b} S{s} d{d} Q{q} D{width}", "dtype": str(dtype)[6:], "mode": mode,
-                                     "provider": name, "error": type(exc).__name__})
-                        continue
-                    base.setdefault(name, t)
-                    rows.append({"shape": f"B{b} S{s} d{d} Q{q} D{width}", "dtype": str(dtype)[6:], "mode": mode,
-                                 "provider": name, "median_ms": t,
-                                 "speedup_vs_loop": base.get("per_sample_loop", t) / t,
-                                 "speedup_vs_eager": base.get("eager_reference", t) / t,
-                                 "peak_MiB": peak_memory_mb(step, device)})
+                steps = {name: _step(fn, leaves, backward=mode == "fwd+bwd") for name, fn in providers.items()}
+                fields = {"shape": f"B{b} S{s} d{d} Q{q} D{width}", "dtype": str(dtype)[6:], "mode": mode}
+                rows += measure(steps, device, fields=fields, min_time_s=0.2,
+                                ratios=[Ratio("speedup_vs_loop", "per_sample_loop"),
+                                        Ratio("speedup_vs_eager", "eager_reference")])
     notes = ("per_sample_loop = the paper's Python loop over the batch; eager_reference = coavs.ops.reference "
              "(batched PyTorch). fwd+bwd differentiates a square-sum of the queries w.r.t. audio and query_feat.")
-    add_roofline(rows, device, work)
-    print(notes)
-    print_table(rows)
-    folder = write_results(args.out, "assign", device, rows, notes)
-    print(f"results in {folder}")
+    report(rows, device, args.out, "assign", notes, work)
     return rows
 
 

@@ -22,14 +22,10 @@ A full GPU run compiles FlexAttention once per N (forward and backward): a few m
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 import coavs.ops as ops
-from benchmarks.common import (Work, add_roofline, base_parser, matmul_flops, peak_memory_mb, print_table, time_ms,
-                               write_results)
+from benchmarks.common import Ratio, Work, base_parser, matmul_flops, measure, report, write_results
 from coavs.ops import reference
 
 BATCH, QUERIES, HEADS, HEAD_DIM = 20, 100, 8, 32
@@ -112,28 +108,6 @@ def make_inputs(keys, fraction, dtype, device, batch=BATCH, seed=0):
     return qkv, mask, visible, active.to(device)
 
 
-def interleaved_ms(steps: dict, warmup: int = 2, min_time_s: float = 1.0, min_rounds: int = 5,
-                   max_rounds: int = 100) -> dict:
-    """Median, 20% and 80% quantiles (ms) of each step, called in turn round after round (CPU)."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    samples: dict = {name: [] for name in steps}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < min_time_s):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-        rounds += 1
-    result = {}
-    for name, values in samples.items():
-        q = statistics.quantiles(values, n=5)
-        result[name] = {"median_ms": statistics.median(values), "p20_ms": q[0], "p80_ms": q[-1]}
-    return result
-
-
 def _timed(fn, qkv, grad, backward: bool):
     if not backward:
         def step():
@@ -213,41 +187,21 @@ def main(argv=None):
             # last: its row gets the ratios
             providers["ours"] = lambda q, k, v: ops.masked_cross_attention(q, k, v, mask, active, scale)
             for mode in ("fwd", "fwd+bwd"):
-                times = {}
                 steps = {name: _timed(fn, qkv, grad, backward=mode == "fwd+bwd") for name, fn in providers.items()}
-                timed = {}
-                if device.type == "cpu":
-                    try:
-                        timed = interleaved_ms(steps)
-                    except Exception:  # a provider that fails is timed (and reported) on its own below
-                        timed = {}
-                for name, step in steps.items():
-                    row = {"N": keys, "active": fraction, "visible": round(seen, 3), "mode": mode, "provider": name}
-                    try:
-                        t = timed[name] if name in timed else time_ms(step, device)
-                        row.update(median_ms=t["median_ms"], p20_ms=t["p20_ms"], p80_ms=t["p80_ms"],
-                                   peak_MiB=peak_memory_mb(step, device))
-                        times[name] = t["median_ms"]
-                    except Exception as exc:
-                        row["error"] = repr(exc)[:80]
-                    rows.append(row)
-                if "ours" in times:
-                    rows[-1].update({f"x_vs_{name}": t / times["ours"] for name, t in times.items() if name != "ours"})
+                fields = {"N": keys, "active": fraction, "visible": round(seen, 3), "mode": mode}
+                ratios = [Ratio(f"x_vs_{name}", name, rows=("ours",)) for name in steps if name != "ours"]
+                rows += measure(steps, device, fields=fields, ratios=ratios, warmup=2, max_rounds=100)
             del qkv, grad
-        _write(args, device, dtype, batch, rows)  # after every N, so a cut-off run keeps what it measured
-    add_roofline(rows, device, lambda row: work(row, batch, dtype))
-    notes = _summary(rows, device)
-    print_table(rows)
-    print(notes)
-    folder = _write(args, device, dtype, batch, rows, notes)
-    print(f"results in {folder}")
+        # after every N, so a cut-off run keeps what it measured
+        write_results(args.out, "attention", device, rows, _header(dtype, batch))
+    report(rows, device, args.out, "attention", _header(dtype, batch, _summary(rows, device)),
+           lambda row: work(row, batch, dtype))
     return rows
 
 
-def _write(args, device, dtype, batch, rows, notes=""):
-    header = (f"B={batch}, Q={QUERIES}, h={HEADS}, dh={HEAD_DIM}, {str(dtype).replace('torch.', '')}; "
-              "x_vs_<baseline> = baseline time / ours. " + notes)
-    return write_results(args.out, "attention", device, rows, header)
+def _header(dtype, batch, notes=""):
+    return (f"B={batch}, Q={QUERIES}, h={HEADS}, dh={HEAD_DIM}, {str(dtype).replace('torch.', '')}; "
+            "x_vs_<baseline> = baseline time / ours. " + notes)
 
 
 def _summary(rows, device) -> str:

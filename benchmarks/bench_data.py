@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import base_parser, print_table, write_results
+from benchmarks.common import base_parser, report
 from coavs.data.dataset import open_dataset
 from coavs.data.loader import DataTimer, default_workers, make_loader
 from coavs.data.synth import SynthConfig, generate
@@ -61,12 +61,9 @@ def main() -> None:
                              "clips_per_s": stats["clips_per_s"], "x_vs_decode_0w": stats["clips_per_s"] / baseline})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print_table(rows)
-    device = torch.device("cpu")
-    folder = write_results(args.out, "data_pipeline", device, rows,
-                           notes=f"{clips} clips x 5 frames of {size}x{size}, log-mel audio, batch {args.batch_size}; "
-                                 "clips/s over one epoch, first batch excluded (worker start-up).")
-    print(f"results in {folder}")
+    report(rows, torch.device("cpu"), args.out, "data_pipeline",
+           f"{clips} clips x 5 frames of {size}x{size}, log-mel audio, batch {args.batch_size}; "
+           "clips/s over one epoch, first batch excluded (worker start-up).")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,10 @@ On CPU the providers are timed interleaved (one call of each in turn, medians), 
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 import coavs.ops as ops
-from benchmarks.common import (Work, add_roofline, base_parser, copy_bandwidth_gbs, peak_memory_mb, print_table,
-                               time_ms, write_results)
+from benchmarks.common import Ratio, Work, base_parser, copy_bandwidth_gbs, measure, report
 from coavs.ops import _dispatch, reference
 from coavs.ops.debias_logits import debias_logits_op
 
@@ -32,32 +28,6 @@ def work(row, width=72):
     b, q, h, w = (int(v) for v in row["shape"].split("x"))
     elements = b * q * (h * w + width)
     return Work(3 * elements * getattr(torch, row["dtype"]).itemsize, other_flops=3 * elements)
-
-
-def interleaved_ms(providers: dict, warmup: int = 3, min_time_s: float = 1.0, max_rounds: int = 200) -> dict:
-    """CPU timing: one call of each provider in turn per round, so load on a shared machine hits them alike.
-    Returns ``name -> {"median_ms", "p20_ms", "p80_ms"}`` or ``name -> exception`` for a provider that failed."""
-    live, results = dict(providers), {}
-    for name, fn in list(live.items()):
-        try:
-            for _ in range(warmup):
-                fn()
-        except Exception as exc:  # a provider that cannot run here is reported, not fatal
-            results[name] = exc
-            del live[name]
-    samples = {name: [] for name in live}
-    start = time.perf_counter()
-    for _ in range(max_rounds):
-        for name, fn in live.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - start > min_time_s * len(live) and len(samples[next(iter(live))]) >= 5:
-            break
-    for name, values in samples.items():
-        q = statistics.quantiles(values, n=5)
-        results[name] = {"median_ms": statistics.median(values), "p20_ms": q[0], "p80_ms": q[-1]}
-    return results
 
 
 def main(argv=None):
@@ -93,38 +63,25 @@ def main(argv=None):
                         with ops.use_backend(backend):
                             return debias_logits_op(mask, cls, mask_b, cls_b, 1.0, False)
                     providers[backend] = run
+            fields = {"shape": f"{b}x{q}x{h}x{w}", "dtype": str(dtype).replace("torch.", "")}
+            fused = tuple(name for name in providers if name not in ("eager", "compiled_reference"))
             if device.type == "cpu":  # a copy moving the op's bytes (read + write), timed with the providers
                 src = torch.empty(nbytes // 2, dtype=torch.uint8)
                 dst = torch.empty_like(src)
-                providers["copy_same_bytes"] = lambda: dst.copy_(src)
-                timings = interleaved_ms(providers)
-                copy_t = timings.pop("copy_same_bytes")
-                del providers["copy_same_bytes"]
-                copy_gbs = nbytes / (copy_t["median_ms"] * 1e-3) / 1e9
-                rows.append({"shape": f"{b}x{q}x{h}x{w}", "dtype": str(dtype).replace("torch.", ""),
-                             "provider": "copy_same_bytes", "median_ms": copy_t["median_ms"], "GB/s": copy_gbs,
-                             "pct_of_copy_bw": 100.0})
-            base_ms = compiled_ms = None
-            for name, fn in providers.items():
-                try:
-                    t = timings[name] if device.type == "cpu" else time_ms(fn, device)
-                    if isinstance(t, Exception):
-                        raise t
-                except Exception as exc:  # a provider that cannot run here is reported, not fatal
-                    rows.append({"shape": f"{b}x{q}x{h}x{w}", "dtype": str(dtype).replace("torch.", ""),
-                                 "provider": name, "error": type(exc).__name__})
-                    continue
-                base_ms = base_ms or t["median_ms"]
-                gbs = nbytes / (t["median_ms"] * 1e-3) / 1e9
-                row = {"shape": f"{b}x{q}x{h}x{w}", "dtype": str(dtype).replace("torch.", ""), "provider": name,
-                       "median_ms": t["median_ms"], "GB/s": gbs, "speedup_vs_eager": base_ms / t["median_ms"],
-                       "peak_MiB": peak_memory_mb(fn, device)}
-                if name == "compiled_reference":
-                    compiled_ms = t["median_ms"]
-                if name not in ("eager", "compiled_reference") and compiled_ms:
-                    row["speedup_vs_compiled"] = compiled_ms / t["median_ms"]
-                if copy_gbs:
-                    row["pct_of_copy_bw"] = 100 * gbs / copy_gbs
+                providers = {"copy_same_bytes": lambda: dst.copy_(src), **providers}
+            measured = measure(providers, device, fields=fields, min_time_s=len(providers),
+                               ratios=[Ratio("speedup_vs_eager", "eager"),
+                                       Ratio("speedup_vs_compiled", "compiled_reference", rows=fused)])
+            if device.type == "cpu":
+                copy = measured.pop(0)
+                copy_gbs = nbytes / (copy["median_ms"] * 1e-3) / 1e9 if "median_ms" in copy else None
+                rows.append({**fields, "provider": "copy_same_bytes", "median_ms": copy.get("median_ms"),
+                             "GB/s": copy_gbs, "pct_of_copy_bw": 100.0 if copy_gbs else None})
+            for row in measured:
+                if "median_ms" in row:
+                    row["GB/s"] = nbytes / (row["median_ms"] * 1e-3) / 1e9
+                    if copy_gbs:
+                        row["pct_of_copy_bw"] = 100 * row["GB/s"] / copy_gbs
                 rows.append(row)
             del mask, mask_b, cls, cls_b
     if device.type == "cuda":
@@ -132,11 +89,7 @@ def main(argv=None):
     else:
         notes = ("CPU run, providers timed interleaved (medians); GB/s counts 2 reads + 1 write per element; "
                  "copy_same_bytes: a memcpy moving the same bytes (half read, half written) in the same rounds.")
-    add_roofline(rows, device, work)
-    print(notes)
-    print_table(rows)
-    folder = write_results(args.out, "debias", device, rows, notes)
-    print(f"results in {folder}")
+    report(rows, device, args.out, "debias", notes, work)
     return rows
 
 

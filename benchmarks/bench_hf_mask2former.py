@@ -25,8 +25,8 @@ import copy
 import torch
 from torch import nn
 
-from benchmarks.bench_attention import blob_logits, interleaved_ms
-from benchmarks.common import base_parser, print_table, time_ms, write_results
+from benchmarks.bench_attention import blob_logits
+from benchmarks.common import Ratio, base_parser, measure, print_table, report
 from coavs.ops import reference
 
 QUERIES, HIDDEN, HEADS, BATCH = 100, 256, 8, 1
@@ -66,21 +66,13 @@ def _step(fn, inputs: list[torch.Tensor], backward: bool):
     return run
 
 
-def _time(steps: dict, device: torch.device) -> dict:
-    if device.type == "cpu":
-        return interleaved_ms(steps, min_time_s=0.5, min_rounds=3)
-    return {name: time_ms(step, device) for name, step in steps.items()}
-
-
 def _rows(base: dict, steps: dict, outputs: dict, device: torch.device) -> list[dict]:
-    timed = _time(steps, device)
     diff = (outputs["coavs"].float() - outputs["hf"].float()).abs().max().item()
-    rows = []
-    for name, t in timed.items():
-        row = {**base, "provider": name, "median_ms": t["median_ms"], "p20_ms": t["p20_ms"], "p80_ms": t["p80_ms"]}
-        if name == "coavs":
-            row.update(speedup=timed["hf"]["median_ms"] / t["median_ms"], max_abs_diff=diff)
-        rows.append(row)
+    rows = measure(steps, device, fields=base, ratios=[Ratio("speedup", "hf", rows=("coavs",))], warmup=2,
+                   min_time_s=0.5, min_rounds=3, max_rounds=100, memory=False)
+    for row in rows:
+        if row["provider"] == "coavs":
+            row["max_abs_diff"] = diff
     return rows
 
 
@@ -169,9 +161,7 @@ def main(argv=None):
              "max_abs_diff: largest difference of the outputs (attention) or of every layer's mask logits (decoder); "
              "in the decoder a key whose mask logit rounds across sigmoid = 0.5 differently in the two runs flips "
              "its mask bit and the later layers differ by ~1e-3 (seen at 800: one key of one query).")
-    print_table(rows)
-    folder = write_results(args.out, "hf_mask2former", device, rows, notes)
-    print(f"results in {folder}")
+    report(rows, device, args.out, "hf_mask2former", notes)
     return rows
 
 

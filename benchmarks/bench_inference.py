@@ -20,9 +20,7 @@ from pathlib import Path
 import torch
 
 import coavs.ops as ops
-from benchmarks.common import (Work, add_roofline, base_parser, matmul_flops, peak_memory_mb, print_table, time_ms,
-                               write_results)
-from benchmarks.bench_debias import interleaved_ms
+from benchmarks.common import Ratio, Work, base_parser, matmul_flops, measure, print_table, report
 from coavs.ops import _dispatch, reference
 
 K = 71
@@ -116,43 +114,27 @@ def main(argv=None):
             mask, cls = make_inputs(batch, queries, side, device, dtype)
             size = (out, out)
             table = providers(mask, cls, size, device)
-            # CPU: one call of each provider in turn (medians), so load on a shared machine hits them alike.
-            timings = interleaved_ms(table, warmup=1, min_time_s=0.2, max_rounds=5) if device.type == "cpu" else None
             expected = table["eager"]()
-            base_ms = base_mb = None
-            for name, fn in table.items():
-                labels = fn()
-                agree = (labels == expected).float().mean().item()
-                t = timings[name] if timings else time_ms(fn, device, warmup=1 if not args.quick else 3,
-                                                          min_time_s=0.2)
-                if device.type == "cuda":
-                    peak = peak_memory_mb(fn, device)
-                elif not cpu_peak:
-                    peak = None
-                else:
-                    peak = cpu_peak_mb(batch, queries, side, out, dtype, name)
-                base_ms = base_ms or t["median_ms"]
-                base_mb = base_mb if base_mb is not None else peak
-                rows.append({
-                    "shape": f"B{batch} Q{queries} K{K} {side}->{out}",
-                    "dtype": str(dtype).replace("torch.", ""),
-                    "provider": name,
-                    "median_ms": t["median_ms"],
-                    "speedup_vs_eager": base_ms / t["median_ms"],
-                    "peak_MiB": peak,
-                    "memory_vs_eager": (peak / base_mb) if peak is not None and base_mb else None,
-                    "labels_equal_eager": agree,
-                })
-                print_table(rows[-1:])
+            fields = {"shape": f"B{batch} Q{queries} K{K} {side}->{out}", "dtype": str(dtype).replace("torch.", "")}
+            measured = measure(table, device, fields=fields, ratios=[Ratio("speedup_vs_eager", "eager")],
+                               warmup=1, min_time_s=0.2, max_rounds=5)
+            for row in measured:
+                name = row["provider"]
+                if device.type == "cpu":
+                    row["peak_MiB"] = cpu_peak_mb(batch, queries, side, out, dtype, name) if cpu_peak else None
+                if "error" not in row:
+                    row["labels_equal_eager"] = (table[name]() == expected).float().mean().item()
+                print_table([row])
+            base_mb = measured[0].get("peak_MiB")
+            for row in measured:
+                peak = row.get("peak_MiB")
+                row["memory_vs_eager"] = (peak / base_mb) if peak is not None and base_mb else None
+            rows += measured
             del mask, cls, expected
     notes = ("peak_MiB: extra memory of one call (CUDA: allocator peak; CPU: peak RSS growth in a fresh process). "
              "The output alone is B·H·W·8 bytes (int64 labels). labels_equal_eager: fraction of identical labels "
              "(near-ties may round either way).")
-    add_roofline(rows, device, work)
-    print(notes)
-    print_table(rows)
-    folder = write_results(args.out, "inference", device, rows, notes)
-    print(f"results in {folder}")
+    report(rows, device, args.out, "inference", notes, work)
     return rows
 
 

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import coavs.ops as ops
-from benchmarks.common import (Work, add_roofline, base_parser, nbytes, peak_memory_mb, print_table, synchronize,
-                               time_ms, write_results)
+from benchmarks.common import Ratio, Work, base_parser, measure, nbytes, report, synchronize
 from coavs.ops import _dispatch, reference
 from coavs.training.matcher import ConstrainedHungarianMatcher, allowed_pairs, constrained_assignment
 from coavs.training.point_sampling import point_sample, random_points
@@ -114,51 +113,44 @@ def main(argv=None):
 
     rows = []
 
-    def record(level, name, fn, base):
-        try:
-            t = time_ms(fn, device, min_time_s=0.5)["median_ms"]
-        except Exception as exc:  # a provider that cannot run here is reported, not fatal
-            rows.append({"level": level, "provider": name, "error": f"{type(exc).__name__}: {exc}"[:80]})
-            return None
-        base.setdefault(name, t)
-        row = {"level": level, "shape": shape, "provider": name, "median_ms": t,
-               "speedup_vs_loop": base.get("per_sample_loop", t) / t,
-               "speedup_vs_eager": base.get("eager_reference", t) / t, "peak_MiB": peak_memory_mb(fn, device)}
-        if level == "matcher":
-            per_step = t * args.matchings_per_step
-            row["ms_per_step"] = per_step
-            if args.step_ms:
-                row["pct_of_step"] = 100 * per_step / args.step_ms
-        rows.append(row)
-        return t
+    speedups = [Ratio("speedup_vs_loop", "per_sample_loop"), Ratio("speedup_vs_eager", "eager_reference")]
+
+    def record(level, providers):
+        for row in measure(providers, device, fields={"level": level, "shape": shape}, ratios=speedups,
+                           min_time_s=0.5):
+            if level == "matcher" and "median_ms" in row:
+                row["ms_per_step"] = row["median_ms"] * args.matchings_per_step
+                if args.step_ms:
+                    row["pct_of_step"] = 100 * row["ms_per_step"] / args.step_ms
+            rows.append(row)
 
     spec = _dispatch.REGISTRY["matching_cost"]
     backends = [b for b in ("native", "triton") if _dispatch.availability(spec, b, device.type)[0]]
 
-    base: dict = {}
-    record("cost", "per_sample_loop", lambda: per_sample_costs(*cost_args), base)
-    record("cost", "eager_reference", lambda: reference.matching_cost(*cost_args, 2.0, 5.0, 5.0), base)
+    costs = {"per_sample_loop": lambda: per_sample_costs(*cost_args),
+             "eager_reference": lambda: reference.matching_cost(*cost_args, 2.0, 5.0, 5.0)}
     for backend in backends:
         def cost(backend=backend):
             with ops.use_backend(backend):
                 return ops.matching_cost(*cost_args)
-        record("cost", backend, cost, base)
+        costs[backend] = cost
+    record("cost", costs)
 
-    base = {}
-    record("matcher", "per_sample_loop",
-           lambda: per_sample_matcher(pred_logits, pred_masks, targets, query_marker, active, num_points), base)
+    matchers = {"per_sample_loop": lambda: per_sample_matcher(pred_logits, pred_masks, targets, query_marker, active,
+                                                              num_points)}
     matcher = ConstrainedHungarianMatcher(num_points=num_points)
     for backend in ["reference"] + backends:
         def match(backend=backend):
             with ops.use_backend(backend):
                 return matcher(pred_logits, pred_masks, targets, query_marker, active)
-        record("matcher", "eager_reference" if backend == "reference" else f"matcher[{backend}]", match, base)
+        matchers["eager_reference" if backend == "reference" else f"matcher[{backend}]"] = match
+    record("matcher", matchers)
 
     # The Hungarian step alone (host side), for the split of the matcher's time.
     host_cost = ops.matching_cost(*cost_args).cpu().double().numpy()
     synchronize(device)
-    record("hungarian", "linear_sum_assignment x B",
-           lambda: [constrained_assignment(host_cost[b, :, :n]) for b, n in enumerate(counts)], {})
+    record("hungarian", {"linear_sum_assignment x B":
+                         lambda: [constrained_assignment(host_cost[b, :, :n]) for b, n in enumerate(counts)]})
 
     notes = (f"per_sample_loop = Mask2Former's per-sample cost code in a Python loop over the batch (the paper's "
              f"code loops likewise); eager_reference = coavs.ops.reference.matching_cost (batched PyTorch). "
@@ -171,11 +163,7 @@ def main(argv=None):
     # ~12 FLOPs per point of a query (sigmoid, softplus from one exp).
     cost_work = Work(nbytes(*cost_args) + 4 * batch * num_queries * num_gt,
                      other_flops=4 * batch * num_queries * num_gt * num_points + 12 * batch * num_queries * num_points)
-    add_roofline(rows, device, lambda row: cost_work if row["level"] == "cost" else None)
-    print(notes)
-    print_table(rows)
-    folder = write_results(args.out, "matching", device, rows, notes)
-    print(f"results in {folder}")
+    report(rows, device, args.out, "matching", notes, lambda row: cost_work if row["level"] == "cost" else None)
     return rows
 
 

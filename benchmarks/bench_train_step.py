@@ -16,12 +16,10 @@ machine it is the steadier number.
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 
 import torch
 
-from benchmarks.common import base_parser, peak_memory_mb, print_table, synchronize, time_ms, write_results
+from benchmarks.common import Ratio, base_parser, measure, report
 from coavs.models import AVSModel, ModelConfig, fit_kmeans
 from coavs.training.debias import DebiasConfig, DebiasObjective
 from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
@@ -67,30 +65,6 @@ class ZeroPrompt(torch.nn.Module):
         return torch.zeros_like(self.encoder(audio))
 
 
-def interleaved_ms(fns: dict, rounds: int, warmup: int = 1) -> dict:
-    """CPU timing that alternates the providers round by round, so load from other processes hits them alike.
-
-    Also reports the process CPU time (all threads), which other processes on a shared machine disturb far less.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    wall = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append((time.perf_counter() - start) * 1e3)
-            cpu[name].append((time.process_time() - start_cpu) * 1e3)
-    result = {}
-    for name, values in wall.items():
-        values = sorted(values)
-        result[name] = {"median_ms": statistics.median(values), "p20_ms": values[round(0.2 * (len(values) - 1))],
-                        "p80_ms": values[round(0.8 * (len(values) - 1))], "cpu_ms": statistics.median(cpu[name])}
-    return result
-
-
 def main(argv=None):
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
@@ -134,33 +108,20 @@ def main(argv=None):
             loss.backward()
             optimizer.step()
 
-        providers = ("vanilla", "debias", "debias_two_pass")
-        if device.type == "cpu":
-            timings = interleaved_ms({p: (lambda p=p: step(p)) for p in providers}, rounds=3 if args.quick else 7)
-        else:
-            timings = {p: time_ms(lambda p=p: step(p), device) for p in providers}
-        base = base_cpu = None
-        for provider in providers:
-            fn = lambda provider=provider: step(provider)  # noqa: E731
-            t = timings[provider]
-            synchronize(device)
-            base = base or t["median_ms"]
-            rows.append({"config": name, "frames": n, "size": size, "Q": config.queries, "layers": config.num_layers,
-                         "amp": args.amp, "provider": provider, "median_ms": t["median_ms"], "p20_ms": t["p20_ms"],
-                         "p80_ms": t["p80_ms"], "ratio_vs_vanilla": t["median_ms"] / base,
-                         "peak_MiB": peak_memory_mb(fn, device)})
-            if "cpu_ms" in t:
-                base_cpu = base_cpu or t["cpu_ms"]
-                rows[-1].update(cpu_ms=t["cpu_ms"], cpu_ratio_vs_vanilla=t["cpu_ms"] / base_cpu)
+        providers = {p: (lambda p=p: step(p)) for p in ("vanilla", "debias", "debias_two_pass")}
+        rounds = 3 if args.quick else 7
+        fields = {"config": name, "frames": n, "size": size, "Q": config.queries, "layers": config.num_layers,
+                  "amp": args.amp}
+        rows += measure(providers, device, fields=fields, warmup=1, min_time_s=0, min_rounds=rounds,
+                        max_rounds=rounds, cpu_time=True,
+                        ratios=[Ratio("ratio_vs_vanilla", "vanilla", inverse=True),
+                                Ratio("cpu_ratio_vs_vanilla", "vanilla", inverse=True, of="cpu_ms")])
         del model, optimizer
         if device.type == "cuda":
             torch.cuda.empty_cache()
     notes = (f"One training step (forward, matching, loss, backward, AdamW) with biased audio '{args.biased}'. "
              "ratio_vs_vanilla: debias target <= 1.15 on GPU; debias_two_pass = the reference code's way.")
-    print(notes)
-    print_table(rows)
-    folder = write_results(args.out, "train_step" + ("_amp" if args.amp else ""), device, rows, notes)
-    print(f"results in {folder}")
+    report(rows, device, args.out, "train_step" + ("_amp" if args.amp else ""), notes)
     return rows
 
 

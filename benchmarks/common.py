@@ -1,7 +1,10 @@
-"""Shared benchmark plumbing: timing, device labels, the copy-bandwidth baseline, result files.
+"""Shared benchmark plumbing: the provider loop, timing, device labels, the copy-bandwidth baseline, the roofline,
+result files.
 
-Every benchmark compares against its baseline in the same run and writes
-``benchmarks/results/<device>/<name>.json`` and ``.md``.
+Every benchmark follows one flow: build ``{provider name: zero-argument callable}`` for a shape, hand it to
+:func:`measure` (interleaved timing on CPU, CUDA-event timing on GPU, peak memory on GPU, ratios against the
+baselines, one row per provider), collect the rows, then :func:`report` adds the roofline columns, prints the table
+and writes ``benchmarks/results/<device>/<name>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +55,121 @@ def time_ms(fn, device: torch.device, warmup: int = 3, min_time_s: float = 0.2, 
         samples.append((time.perf_counter() - t0) * 1e3)
     q = statistics.quantiles(samples, n=5) if len(samples) >= 5 else [min(samples)] * 4
     return {"median_ms": statistics.median(samples), "p20_ms": q[0], "p80_ms": q[-1]}
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One ratio column of :func:`measure`: ``baseline time / provider time`` (a speed-up; ``inverse``: provider
+    time / baseline time, a cost ratio) of the measurement ``of`` (``median_ms``, or ``cpu_ms`` when measured),
+    written on the rows of ``rows`` (None: every measured provider, the baseline's own row included). A row gets no
+    column when the baseline failed or was not measured."""
+
+    column: str
+    baseline: str
+    inverse: bool = False
+    rows: tuple[str, ...] | None = None
+    of: str = "median_ms"
+
+
+def _summary(values: list[float]) -> dict:
+    q = statistics.quantiles(values, n=5) if len(values) >= 2 else [values[0]] * 4
+    return {"median_ms": statistics.median(values), "p20_ms": q[0], "p80_ms": q[-1]}
+
+
+def interleaved(providers: Mapping[str, Callable[[], object]], *, warmup: int = 3, min_time_s: float = 1.0,
+                min_rounds: int = 5, max_rounds: int = 200, cpu_time: bool = False) -> dict:
+    """CPU timing: every round calls each provider once, in turn, so load from other processes on a shared machine
+    hits them alike. Stops after ``max_rounds``, or once ``min_rounds`` are done and ``min_time_s`` has passed.
+    Returns ``name -> {"median_ms", "p20_ms", "p80_ms"[, "cpu_ms"]}`` (``cpu_ms``: median process CPU time of all
+    threads, which other processes disturb far less) or ``name -> exception`` for a provider that raised (in warm-up
+    or later; it is dropped from the remaining rounds)."""
+    live, failed = dict(providers), {}
+    for name, fn in list(live.items()):
+        try:
+            for _ in range(warmup):
+                fn()
+        except Exception as exc:  # a provider that cannot run here is reported, not fatal
+            failed[name] = exc
+            del live[name]
+    wall: dict = {name: [] for name in live}
+    cpu: dict = {name: [] for name in live}
+    start, rounds = time.perf_counter(), 0
+    while live and rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < min_time_s):
+        for name, fn in list(live.items()):
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                fn()
+            except Exception as exc:
+                failed[name] = exc
+                del live[name]
+                continue
+            wall[name].append((time.perf_counter() - t0) * 1e3)
+            cpu[name].append((time.process_time() - c0) * 1e3)
+        rounds += 1
+    results: dict = {}
+    for name in providers:
+        if name in failed:
+            results[name] = failed[name]
+            continue
+        results[name] = _summary(wall[name])
+        if cpu_time:
+            results[name]["cpu_ms"] = statistics.median(cpu[name])
+    return results
+
+
+def measure(providers: Mapping[str, Callable[[], object]], device: torch.device, *, fields: dict | None = None,
+            ratios: Sequence[Ratio] = (), warmup: int = 3, min_time_s: float = 1.0, min_rounds: int = 5,
+            max_rounds: int = 200, memory: bool = True, cpu_time: bool = False) -> list[dict]:
+    """The provider loop every benchmark uses: times each ``providers[name]()`` and returns one row per provider,
+    in the dict's order: ``{**fields, "provider", "median_ms", "p20_ms", "p80_ms"[, "cpu_ms"][, "peak_MiB"],
+    <ratio columns>}``, or ``{**fields, "provider", "error"}`` for a provider that raised (reported, not fatal).
+
+    CPU: :func:`interleaved` rounds (``warmup`` … ``cpu_time`` are its knobs). GPU: :func:`time_ms` per provider
+    (triton's ``do_bench``: CUDA events, caches flushed). ``memory``: a ``peak_MiB`` column (extra device memory of
+    one call; None on CPU). ``ratios``: the :class:`Ratio` columns, computed from this call's measurements."""
+    fields = dict(fields or {})
+    if device.type == "cpu":
+        timings = interleaved(providers, warmup=warmup, min_time_s=min_time_s, min_rounds=min_rounds,
+                              max_rounds=max_rounds, cpu_time=cpu_time)
+    else:
+        timings = {}
+        for name, fn in providers.items():
+            try:
+                timings[name] = time_ms(fn, device)
+            except Exception as exc:  # a provider that cannot run here is reported, not fatal
+                timings[name] = exc
+    rows = []
+    for name, fn in providers.items():
+        t = timings[name]
+        if isinstance(t, Exception):
+            rows.append({**fields, "provider": name, "error": f"{type(t).__name__}: {t}"[:80]})
+            continue
+        row = {**fields, "provider": name, **t}
+        if memory:
+            row["peak_MiB"] = peak_memory_mb(fn, device)
+        rows.append(row)
+    measured = {row["provider"]: row for row in rows if "error" not in row}
+    for ratio in ratios:
+        base = measured.get(ratio.baseline, {}).get(ratio.of)
+        if not base:
+            continue
+        for name, row in measured.items():
+            if (ratio.rows is None or name in ratio.rows) and row.get(ratio.of):
+                row[ratio.column] = row[ratio.of] / base if ratio.inverse else base / row[ratio.of]
+    return rows
+
+
+def report(rows: list[dict], device: torch.device, out: Path, name: str, notes: str = "", work_of=None) -> Path:
+    """The end of every benchmark: the roofline columns (when ``work_of(row)`` gives a :class:`Work`, see
+    :func:`add_roofline`), the notes and the table on stdout, and ``<out>/<device>/<name>.json`` and ``.md``."""
+    if work_of is not None:
+        add_roofline(rows, device, work_of)
+    if notes:
+        print(notes)
+    print_table(rows)
+    folder = write_results(out, name, device, rows, notes)
+    print(f"results in {folder}")
+    return folder
 
 
 def peak_memory_mb(fn, device: torch.device) -> float | None:

@@ -7,25 +7,38 @@ traceback: every layer raises :class:`coavs.errors.UserError` (or a subclass) an
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import time
+from pathlib import Path
 
+from coavs import demo, info
+from coavs.analysis.commands import register as register_analysis
+from coavs.data.errors import DataError
+from coavs.data.splits import open_split
+from coavs.data.synth import CLASS_NAMES, SynthConfig, generate
+from coavs.data.verify import report_json, verify_dataset
+from coavs.devices import resolve_device
 from coavs.errors import EXIT_USER_ERROR, UserError, one_line  # UserError re-exported: coavs.cli.UserError
+from coavs.eval import predict
+from coavs.eval.gate import load_gate
+from coavs.eval.runner import evaluate, format_table
+from coavs.inference.combine import INFERENCE_MODES, logit_strategy
+from coavs.training.checkpoint import load_model
+from coavs.training.config import TrainConfig
+from coavs.training.markers import fit_markers
+from coavs.training.trainer import train
 
 
 def cmd_info(args) -> int:
-    import json
-
-    from coavs import info
-
     data = info.collect()
     print(json.dumps(data, indent=2, default=str) if args.json else info.format_report(data))
     return 0
 
 
 def cmd_fit_markers(args) -> int:
-    from coavs.data.errors import DataError
-    from coavs.models.fit_markers import fit_markers
-
     if args.clusters < 1:
         raise UserError(f"--clusters must be >= 1, got {args.clusters}")
     if args.data is None and args.vggish is None:
@@ -53,10 +66,6 @@ def _parse_range(text: str, name: str, kind=int):
 
 
 def cmd_synth(args) -> int:
-    import time
-
-    from coavs.data.synth import CLASS_NAMES, SynthConfig, generate
-
     classes = CLASS_NAMES if args.classes is None else tuple(c.strip() for c in args.classes.split(",") if c.strip())
     try:
         config = SynthConfig(
@@ -89,9 +98,6 @@ def cmd_synth(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from coavs.data.errors import DataError
-    from coavs.data.verify import report_json, verify_dataset
-
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     try:
@@ -104,21 +110,7 @@ def cmd_verify(args) -> int:
 
 
 # ------------------------------------------------------------------------------ train / eval / predict / bench
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is visible")
-    return name
-
-
 def cmd_train(args) -> int:
-    from pathlib import Path
-
-    from coavs.training.trainer import TrainConfig, train
-
     overrides = list(args.set or [])
     if args.no_progress:
         overrides.append("run.progress=false")
@@ -131,8 +123,6 @@ def cmd_train(args) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
     summary = train(config, args.out, resume=args.resume, max_steps=args.max_steps)
-    import os
-
     if os.environ.get("RANK", "0") != "0":
         return 0
     if summary["finished"]:
@@ -141,8 +131,6 @@ def cmd_train(args) -> int:
             line += f" (last epoch's loss {summary['train_loss']:.4f})"
         print(line)
         if summary.get("eval"):
-            from coavs.eval.runner import format_table
-
             print(format_table(summary["eval"], title=f"{config.eval.split} split"))
     else:
         print(f"stopped ({summary['stopped']}) at step {summary['step']} of {summary['total_steps']}; "
@@ -154,11 +142,9 @@ def _eval_settings(args, config):
     debias = config.debias_config()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else config.eval_modes()
     for mode in modes:
-        if mode not in ("vanilla", "debias", "ensemble"):
-            raise UserError(f"--modes: {mode!r} is not vanilla, debias or ensemble")
-    strategy = args.strategy or ("uncertainty" if debias.strategy == "uncertainty" else "fixed")
-    from coavs.eval.gate import load_gate
-
+        if mode not in INFERENCE_MODES:
+            raise UserError(f"--modes: {mode!r} is not {', '.join(INFERENCE_MODES[:-1])} or {INFERENCE_MODES[-1]}")
+    strategy = args.strategy or logit_strategy(debias.strategy)
     gate = None if getattr(args, "no_gate", False) else load_gate(args.run)  # the run's calibrated gate.json
     return dict(modes=modes, biased=args.biased or debias.biased_audio,
                 alpha=debias.alpha if args.alpha is None else args.alpha, scheme=args.scheme or debias.scheme,
@@ -167,12 +153,7 @@ def _eval_settings(args, config):
 
 
 def cmd_eval(args) -> int:
-    import json
-
-    from coavs.eval.runner import evaluate, format_table
-    from coavs.training.trainer import load_model, open_split
-
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, config = load_model(args.run, device)
@@ -186,8 +167,6 @@ def cmd_eval(args) -> int:
                     max_clips=args.max_clips, seed=args.seed, precision=config.run.precision,
                     progress=not args.quiet and not args.json, **settings)
     if args.out:
-        from pathlib import Path
-
         Path(args.out).write_text(json.dumps(rows, indent=2))
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -199,12 +178,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from coavs.eval import predict
-    from coavs.training.trainer import load_model
-
     if (args.frames is None) == (args.video is None):
         raise UserError("give exactly one of --frames FOLDER and --video FILE")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, config = load_model(args.run, device)
     try:
         if args.frames is not None:
@@ -230,8 +206,6 @@ def cmd_predict(args) -> int:
 def find_benchmarks(repo: str | None = None):
     """The repository root holding ``benchmarks/common.py``: ``repo``, the working directory, or the checkout
     this package was installed from (editable installs); None when there is none."""
-    from pathlib import Path
-
     candidates = [Path(repo)] if repo else [Path.cwd(), Path(__file__).resolve().parent.parent]
     for root in candidates:
         if (root / "benchmarks" / "common.py").is_file():
@@ -240,10 +214,6 @@ def find_benchmarks(repo: str | None = None):
 
 
 def cmd_bench(args) -> int:
-    import os
-    import subprocess
-    from pathlib import Path
-
     root = find_benchmarks(args.repo)
     if root is None:
         where = args.repo or "the working directory or next to the installed package"
@@ -275,8 +245,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from coavs import demo
-
     return demo.run(out=args.out, quick=args.quick, keep=args.keep, progress=sys.stderr.isatty())
 
 
@@ -338,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("train", help="train a model from a YAML/JSON config into a run folder (torchrun for DDP)",
-                       description="Train from a config file (see coavs/training/trainer.py for the sections). The "
+                       description="Train from a config file (see coavs/training/config.py for the sections). The "
                                    "run folder gets config.json, train.log, log.jsonl, metrics.jsonl and "
                                    "checkpoints/last.pt. SIGTERM or Ctrl-C saves a checkpoint and stops; --resume "
                                    "continues exactly. Many processes: torchrun --nproc_per_node N -m coavs train ...")
@@ -353,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     def eval_options(p):
-        p.add_argument("--modes", help="inference modes, comma-separated: vanilla, debias, ensemble "
+        p.add_argument("--modes", help=f"inference modes, comma-separated: {', '.join(INFERENCE_MODES)} "
                                        "(default: vanilla, plus debias for a debias-trained model)")
         p.add_argument("--biased", choices=("mute", "noise", "ddpm", "random_semantic"),
                        help="audio of the biased branch for debias/ensemble (default: the training config's)")
@@ -386,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", help="video file (needs PyAV: pip install av); its own audio unless --audio")
     p.add_argument("--audio", help="wav file")
     p.add_argument("--vggish", help="VGGish features [T,128] .npy, for models trained on VGGish")
-    p.add_argument("--mode", choices=("vanilla", "debias", "ensemble"),
+    p.add_argument("--mode", choices=INFERENCE_MODES,
                    help="default: debias for a debias-trained model, else vanilla")
     p.add_argument("--out", required=True, help="output folder (masks/, overlays/, predictions.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -408,8 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a much smaller run (seconds; numbers mean nothing)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     p.set_defaults(func=cmd_demo)
-
-    from coavs.analysis.commands import register as register_analysis
 
     register_analysis(sub)  # coavs analyze area|semantics|queries, coavs ablate
     return parser

@@ -22,11 +22,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from coavs.data.splits import open_split
+from coavs.data.synth import SynthConfig, generate
+from coavs.eval.gate import load_gate
+from coavs.eval.runner import evaluate
+from coavs.training.checkpoint import load_model
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 MODELS = ("vanilla", "debias", "negatives", "combined")
@@ -36,8 +48,6 @@ METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "coun
 
 
 def synth_config(quick: bool):
-    from coavs.data.synth import SynthConfig
-
     if quick:
         return SynthConfig(num_clips=24, frames_per_clip=2, image_size=32, classes=("violin", "dog", "car"),
                            silent_prob=0.03, eval_silent_prob=0.5, split_fractions=(0.5, 0.25, 0.25), seed=0)
@@ -56,8 +66,6 @@ def demo_overrides(data_root: Path, cache: Path, quick: bool) -> list[str]:
 
 
 def _cores() -> int:
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -82,16 +90,11 @@ def _last_step(run_dir: Path) -> tuple[int, int | None]:
 def train_side_by_side(jobs: dict[str, tuple[Path, list[str]]], work: Path, progress: bool) -> dict[str, float]:
     """Trains every ``name: (config file, overrides)`` as its own ``coavs train`` process on one thread, all at
     once when the CPU has a core per job (else one after the other); returns the seconds each took."""
-    import os
-    import subprocess
-
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     at_once = max(1, min(len(jobs), _cores()))
     pending, running, seconds = list(jobs), {}, {}
     bars = {}
     if progress:
-        from tqdm import tqdm
-
         bars = {name: tqdm(total=1, desc=f"train {name}", unit="step", position=i, leave=True, dynamic_ncols=True)
                 for i, name in enumerate(jobs)}
     try:
@@ -133,25 +136,17 @@ def train_side_by_side(jobs: dict[str, tuple[Path, list[str]]], work: Path, prog
 def evaluate_run(run_dir: Path, gated: bool = True) -> dict:
     """The test-split row of a demo run, in the inference it was trained for (debiased for a debias run, with
     its calibrated gate when it has one; ``gated`` False: without the gate)."""
-    from coavs.eval.gate import load_gate
-    from coavs.eval.runner import evaluate
-    from coavs.training.trainer import load_model, open_split
-
     model, config = load_model(run_dir)
     debias = config.debias_config()
     mode = "debias" if debias.enabled else "vanilla"
     gate = load_gate(run_dir) if gated else None
     result = evaluate(model, open_split(config, "test"), batch_size=8, modes=(mode,), bias=True,
-                      biased=debias.biased_audio, alpha=debias.alpha, scheme=debias.scheme,
-                      strategy="uncertainty" if debias.strategy == "uncertainty" else "fixed",
-                      overall_reading=debias.overall_reading, gate=gate)
+                      gate=gate, **debias.inference_settings())
     return result[mode]
 
 
 def summarize(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
     """``{row: [metrics per seed]}`` → ``{row: {metric: mean, metric_std: std (0 for one seed), seeds: n}}``."""
-    import statistics
-
     out = {}
     for name, rows in per_seed.items():
         summary = {"seeds": len(rows), "frames": rows[0].get("frames")}
@@ -182,10 +177,6 @@ def format_summary(summary: dict[str, dict], title: str) -> str:
 def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True, seeds: int = 1,
         models=MODELS) -> int:
     """Runs the demo in ``out`` (default: a temporary folder, removed unless ``keep``); prints the table."""
-    import torch
-
-    from coavs.data.synth import generate
-
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     started = time.perf_counter()

@@ -21,6 +21,11 @@ class UserError(ValueError):
         super().__init__(*args)
 
 
+class ConfigError(UserError):
+    """A config file or value that cannot be used; the message names the key (also importable from
+    :mod:`coavs.training.config`)."""
+
+
 def worker_message(text: str) -> str:
     """The original message of an error that a DataLoader worker raised: torch re-raises it in the main process
     as ``type("Caught X in DataLoader worker process N.\nOriginal Traceback ...\nmodule.X: message")``; the
@@ -39,4 +44,4 @@ def one_line(message: object) -> str:
     return "; ".join(lines)
 
 
-__all__ = ["EXIT_USER_ERROR", "UserError", "one_line", "worker_message"]
+__all__ = ["EXIT_USER_ERROR", "ConfigError", "UserError", "one_line", "worker_message"]

@@ -7,7 +7,9 @@ import sys
 
 import torch
 
+import coavs.ops  # noqa: F401  (registers every op)
 from coavs import _native
+from coavs.ops import _dispatch
 
 
 def _version(module: str) -> str:
@@ -19,9 +21,6 @@ def _version(module: str) -> str:
 
 def collect() -> dict:
     """Everything ``coavs info`` prints, as a dict (also used by benchmarks to label results)."""
-    import coavs.ops  # noqa: F401  (registers every op)
-    from coavs.ops import _dispatch
-
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i} {torch.cuda.get_device_name(i)} (sm_{''.join(map(str, torch.cuda.get_device_capability(i)))})"

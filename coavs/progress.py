@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 import time
 
+from tqdm import tqdm
+
 
 def stderr_is_terminal() -> bool:
     try:
@@ -72,8 +74,6 @@ def progress_bar(total: int | None, *, desc: str = "", unit: str = "it", initial
     """A tqdm bar when stderr is a terminal, else a :class:`PlainProgress` printing every ``every`` updates
     (default: every 5% of ``total``); ``disable``: one that shows nothing."""
     if disable or stderr_is_terminal():
-        from tqdm import tqdm
-
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disable, **tqdm_kwargs)
     if every is None:
         every = max(1, (total or 0) // 20)
@@ -83,8 +83,6 @@ def progress_bar(total: int | None, *, desc: str = "", unit: str = "it", initial
 def write(message: str) -> None:
     """A line on stdout that does not break a tqdm bar drawn on a terminal's stderr."""
     if stderr_is_terminal():
-        from tqdm import tqdm
-
         tqdm.write(message)
     else:
         print(message, flush=True)

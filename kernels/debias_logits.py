@@ -55,7 +55,6 @@ def _debias_class_rows(
     col = tl.arange(0, BLOCK_K)
     valid = (row[:, None] < rows) & (col[None, :] < width)
     offs = row[:, None] * width + col[None, :]
-    x = tl.load(cls_ptr + offs, mask=valid, other=0.0).to(ACC)
     xb = tl.load(cls_b_ptr + offs, mask=valid, other=0.0).to(ACC)
     if UNCERTAINTY:
         xb_masked = tl.where(valid, xb, float("-inf"))
@@ -70,7 +69,10 @@ def _debias_class_rows(
         conf = tl.minimum(tl.maximum(conf, 0.0), 1.0)
         a = (alpha * conf)[:, None]
     else:
-        a = tl.zeros_like(x) + alpha
+        a = tl.zeros_like(xb) + alpha
+    # x is loaded only now, after the row statistics: a float64 row of 8192 classes (32 warps, so 64 registers
+    # a thread) spilled with x, xb and the softmax temporaries all live at once.
+    x = tl.load(cls_ptr + offs, mask=valid, other=0.0).to(ACC)
     if BACKWARD:
         tl.store(cls_out_ptr + offs, ((1.0 + a) * x).to(cls_out_ptr.dtype.element_ty), mask=valid)
         tl.store(cls_out_b_ptr + offs, (-a * x).to(cls_out_b_ptr.dtype.element_ty), mask=valid)

@@ -298,7 +298,18 @@ class SharedMemoryPrune:
         return kept
 
 
-_DEFAULT_CONFIG = triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=2)
+# The default (non-autotuned) config per kernel and whether q is float32, chosen so that no default launch spills
+# registers on sm_80/sm_90 (benchmarks/compile_check.py). float32 dots run in IEEE precision, i.e. as FMAs whose
+# operands each thread holds whole along the reduced axis: at BLOCK_M=32 and 4 warps they spilled (up to ~1.2 KB in
+# the backward at dh=64), so the forward takes 8 warps and the backward BLOCK_M=16 with 8 warps. ``maxnreg=255``
+# (the hardware limit, no real cap): without an explicit limit ptxas held these 8-warp kernels at 128 (backward,
+# sm_80) or 80 (forward, sm_90) registers and spilled 8-20 bytes; with it they take what they need and spill nothing.
+_DEFAULT_CONFIGS = {
+    ("forward", False): triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=2),
+    ("forward", True): triton.Config({"BLOCK_M": 32}, num_warps=8, num_stages=2, maxnreg=255),
+    ("backward", False): triton.Config({"BLOCK_M": 16}, num_warps=8, num_stages=2, maxnreg=255),
+    ("backward", True): triton.Config({"BLOCK_M": 16}, num_warps=8, num_stages=2, maxnreg=255),
+}
 
 
 def _interpreting() -> bool:
@@ -308,14 +319,18 @@ def _interpreting() -> bool:
 
 def _kernel(name, kernel, configs, interpreting, q, constants, reset_to_zero=None):
     """The kernel and its fixed launch options: under the interpreter one small config; on the GPU an autotuned
-    wrapper, or one default config when ``COAVS_TRITON_AUTOTUNE=0`` (tests over many shapes): ``BLOCK_M=32``,
+    wrapper, or one default config when ``COAVS_TRITON_AUTOTUNE=0`` (tests over many shapes): ``_DEFAULT_CONFIGS``,
     or where that exceeds the device's shared memory the first autotune config that fits."""
     if interpreting:
         return kernel, {"BLOCK_M": _INTERPRETER_BLOCK_M}
     if os.environ.get("COAVS_TRITON_AUTOTUNE", "1") == "0":
-        config = SharedMemoryPrune(name)([_DEFAULT_CONFIG, *configs], {"q_ptr": q, "head_dim": q.shape[3]},
+        default = _DEFAULT_CONFIGS[name, q.dtype == torch.float32]
+        config = SharedMemoryPrune(name)([default, *configs], {"q_ptr": q, "head_dim": q.shape[3]},
                                          **constants)[0]
-        return kernel, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+        fixed = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+        if config.maxnreg is not None:
+            fixed["maxnreg"] = config.maxnreg
+        return kernel, fixed
     if name not in _TUNED:
         _TUNED[name] = triton.autotune(configs, key=["queries", "num_keys", "head_dim"],
                                        prune_configs_by={"early_config_prune": SharedMemoryPrune(name)},

@@ -19,6 +19,12 @@ import torch
 import triton
 import triton.language as tl
 
+# Points per step. The two pair sums are IEEE fp32 dots, i.e. FMAs whose [BLOCK_Q, BLOCK_P] and [BLOCK_P, BLOCK_G]
+# operands each thread holds whole along BLOCK_P: at 64 they took 255 registers and spilled (up to ~2 KB on sm_90);
+# 16 (tl.dot's smallest K) does the same FMAs in 4x the steps.
+BLOCK_P = 16
+NUM_WARPS = 4
+
 
 @triton.jit
 def _matching_cost_kernel(
@@ -109,6 +115,6 @@ def matching_cost(mask_logits, target_masks, class_logits, target_labels, allowe
     _matching_cost_kernel[grid](
         mask_logits, target_masks, class_logits, target_labels, allowed.view(torch.uint8), num_targets, cost,
         num_queries, num_points, num_gt, num_classes, float(cost_class), float(cost_mask), float(cost_dice),
-        BLOCK_Q=block_q, BLOCK_G=block_g, BLOCK_P=64, BLOCK_K=block_k,
+        BLOCK_Q=block_q, BLOCK_G=block_g, BLOCK_P=BLOCK_P, BLOCK_K=block_k, num_warps=NUM_WARPS,
     )
     return cost

@@ -9,7 +9,7 @@ their result, so no ``[B,Q,H,W]`` or ``[B,K,H,W]`` tensor exists. Per pixel (flo
     m_q   = l0y·(l0x·v00 + l1x·v01) + l1y·(l0x·v10 + l1x·v11)
             mask debias (op 4) per corner first: v' = (1 + a)·v − a·v_b,  a = alpha or alpha·tanh(|v_b|/2)
     s_q   = gate[b,q]·σ(m_q)
-    S[k]  = Σ_q probs[b,q,k]·s_q                                tiles of BLOCK_Q queries, tl.dot in IEEE fp32
+    S[k]  = Σ_q probs[b,q,k]·s_q                                one query at a time, FP32 FMAs into [BLOCK_K, BLOCK_P]
     overall scheme: S'[k] = (1 + a)·S[k] − a·S_b[k],  a = alpha or alpha·|2·clamp(S_b[k], 0, 1) − 1|
     REDUCE 0: argmax_k S[k] (lowest k on ties, across class tiles too), int64
     REDUCE 1: Σ_k foreground[k]·S[k], float32
@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 BLOCK_P = 64
-BLOCK_Q = 16
 MAX_BLOCK_K = 128
+NUM_WARPS = 4  # 2 where BLOCK_K <= 32: at 4, ptxas spilled a few bytes of the [16, 64] tiles (sm_90)
 REDUCE_CODES = {"argmax": 0, "foreground": 1, "max_query": 2}
 
 
@@ -59,23 +59,18 @@ def _corner(m_ptr, mb_ptr, offs, valid, alpha, DEBIAS: tl.constexpr, UNCERTAINTY
 
 
 @triton.jit
-def _gated_sigmoids(m_ptr, mb_ptr, gate_ptr, b, Q, qs, plane, pvalid, o00, o01, o10, o11, ly0, ly1, lx0, lx1,
-                    alpha, fill, HAS_GATE: tl.constexpr, DEBIAS: tl.constexpr, UNCERTAINTY: tl.constexpr):
-    """``[BLOCK_P, BLOCK_Q]`` gated sigmoids of the resized logits of queries ``qs``; ``fill`` where q >= Q."""
-    qvalid = qs < Q
-    valid = pvalid[:, None] & qvalid[None, :]
-    base = ((b * Q + qs).to(tl.int64) * plane)[None, :]
-    v00 = _corner(m_ptr, mb_ptr, base + o00[:, None], valid, alpha, DEBIAS, UNCERTAINTY)
-    v01 = _corner(m_ptr, mb_ptr, base + o01[:, None], valid, alpha, DEBIAS, UNCERTAINTY)
-    v10 = _corner(m_ptr, mb_ptr, base + o10[:, None], valid, alpha, DEBIAS, UNCERTAINTY)
-    v11 = _corner(m_ptr, mb_ptr, base + o11[:, None], valid, alpha, DEBIAS, UNCERTAINTY)
-    v = ly0[:, None] * (lx0[:, None] * v00 + lx1[:, None] * v01) + ly1[:, None] * (lx0[:, None] * v10 +
-                                                                                   lx1[:, None] * v11)
+def _gated_sigmoid_row(m_ptr, mb_ptr, gate_ptr, pvalid, o00, o01, o10, o11, ly0, ly1, lx0, lx1, alpha,
+                       HAS_GATE: tl.constexpr, DEBIAS: tl.constexpr, UNCERTAINTY: tl.constexpr):
+    """``[BLOCK_P]`` gated sigmoids of one query's resized logits (``m_ptr``/``mb_ptr``: its planes)."""
+    v00 = _corner(m_ptr, mb_ptr, o00, pvalid, alpha, DEBIAS, UNCERTAINTY)
+    v01 = _corner(m_ptr, mb_ptr, o01, pvalid, alpha, DEBIAS, UNCERTAINTY)
+    v10 = _corner(m_ptr, mb_ptr, o10, pvalid, alpha, DEBIAS, UNCERTAINTY)
+    v11 = _corner(m_ptr, mb_ptr, o11, pvalid, alpha, DEBIAS, UNCERTAINTY)
+    v = ly0 * (lx0 * v00 + lx1 * v01) + ly1 * (lx0 * v10 + lx1 * v11)
     s = 1.0 / (1.0 + tl.exp(-v))
     if HAS_GATE:
-        g = tl.load(gate_ptr + b * Q + qs, mask=qvalid, other=0.0)
-        s = s * g[None, :]
-    return tl.where(qvalid[None, :], s, fill)
+        s = s * tl.load(gate_ptr)
+    return s
 
 
 @triton.jit
@@ -84,7 +79,7 @@ def _semantic_inference_kernel(
     Q, K, IN_H, IN_W, OUT_H, OUT_W, scale_h, scale_w, alpha,
     SAME_H: tl.constexpr, SAME_W: tl.constexpr, HAS_GATE: tl.constexpr, MASK_DEBIAS: tl.constexpr,
     OVERALL: tl.constexpr, UNCERTAINTY: tl.constexpr, REDUCE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     b = tl.program_id(1)
     pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -102,11 +97,11 @@ def _semantic_inference_kernel(
     out_offs = b.to(tl.int64) * pixels + pix
     if REDUCE == 2:
         best = tl.full((BLOCK_P,), float("-inf"), dtype=tl.float32)
-        for q0 in range(0, Q, BLOCK_Q):
-            qs = q0 + tl.arange(0, BLOCK_Q)
-            s = _gated_sigmoids(mask_ptr, mask_b_ptr, gate_ptr, b, Q, qs, plane, pvalid, o00, o01, o10, o11,
-                                ly0, ly1, lx0, lx1, alpha, float("-inf"), HAS_GATE, MASK_DEBIAS, UNCERTAINTY)
-            best = tl.maximum(best, tl.max(s, axis=1))
+        for q in range(0, Q):
+            row = (b * Q + q).to(tl.int64)
+            s = _gated_sigmoid_row(mask_ptr + row * plane, mask_b_ptr + row * plane, gate_ptr + row, pvalid,
+                                   o00, o01, o10, o11, ly0, ly1, lx0, lx1, alpha, HAS_GATE, MASK_DEBIAS, UNCERTAINTY)
+            best = tl.maximum(best, s)
         tl.store(out_ptr + out_offs, best, mask=pvalid)
     else:
         best_val = tl.full((BLOCK_P,), float("-inf"), dtype=tl.float32)
@@ -115,21 +110,24 @@ def _semantic_inference_kernel(
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kvalid = ks < K
-            acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
-            acc_b = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
-            for q0 in range(0, Q, BLOCK_Q):
-                qs = q0 + tl.arange(0, BLOCK_Q)
-                p_offs = (b * Q + qs).to(tl.int64)[:, None] * K + ks[None, :]
-                p_valid = (qs < Q)[:, None] & kvalid[None, :]
-                s = _gated_sigmoids(mask_ptr, mask_b_ptr, gate_ptr, b, Q, qs, plane, pvalid, o00, o01, o10, o11,
-                                    ly0, ly1, lx0, lx1, alpha, 0.0, HAS_GATE, MASK_DEBIAS, UNCERTAINTY)
-                pr = tl.load(probs_ptr + p_offs, mask=p_valid, other=0.0)
-                acc += tl.dot(s, pr, input_precision="ieee")
+            # [class, pixel] tiles, pixels along the fast axis, so a thread holds few pixels (and computes few
+            # sigmoids) and many classes. One query at a time, an outer product probs[q, :] ⊗ s_q in FP32 FMAs
+            # (what an IEEE fp32 tl.dot lowers to anyway): tl.dot's replicated 16-query-wide operands held
+            # ~255 registers and spilled on sm_80/sm_90.
+            acc = tl.zeros((BLOCK_K, BLOCK_P), dtype=tl.float32)
+            acc_b = tl.zeros((BLOCK_K, BLOCK_P), dtype=tl.float32)
+            for q in range(0, Q):
+                row = (b * Q + q).to(tl.int64)
+                s = _gated_sigmoid_row(mask_ptr + row * plane, mask_b_ptr + row * plane, gate_ptr + row, pvalid,
+                                       o00, o01, o10, o11, ly0, ly1, lx0, lx1, alpha, HAS_GATE, MASK_DEBIAS,
+                                       UNCERTAINTY)
+                pr = tl.load(probs_ptr + row * K + ks, mask=kvalid, other=0.0)
+                acc += pr[:, None] * s[None, :]
                 if OVERALL:
-                    s_b = _gated_sigmoids(mask_b_ptr, mask_b_ptr, gate_ptr, b, Q, qs, plane, pvalid, o00, o01,
-                                          o10, o11, ly0, ly1, lx0, lx1, alpha, 0.0, HAS_GATE, False, False)
-                    pr_b = tl.load(probs_b_ptr + p_offs, mask=p_valid, other=0.0)
-                    acc_b += tl.dot(s_b, pr_b, input_precision="ieee")
+                    s_b = _gated_sigmoid_row(mask_b_ptr + row * plane, mask_b_ptr, gate_ptr + row, pvalid,
+                                             o00, o01, o10, o11, ly0, ly1, lx0, lx1, alpha, HAS_GATE, False, False)
+                    pr_b = tl.load(probs_b_ptr + row * K + ks, mask=kvalid, other=0.0)
+                    acc_b += pr_b[:, None] * s_b[None, :]
             if OVERALL:
                 if UNCERTAINTY:
                     a = alpha * tl.abs(2.0 * tl.minimum(tl.maximum(acc_b, 0.0), 1.0) - 1.0)
@@ -137,15 +135,15 @@ def _semantic_inference_kernel(
                     a = alpha
                 acc = (1.0 + a) * acc - a * acc_b
             if REDUCE == 0:
-                acc = tl.where(kvalid[None, :], acc, float("-inf"))
-                chunk_val = tl.max(acc, axis=1)
-                chunk_idx = tl.argmax(acc, axis=1, tie_break_left=True).to(tl.int64) + k0
+                acc = tl.where(kvalid[:, None], acc, float("-inf"))
+                chunk_val = tl.max(acc, axis=0)
+                chunk_idx = tl.argmax(acc, axis=0, tie_break_left=True).to(tl.int64) + k0
                 take = chunk_val > best_val  # strict: an earlier class tile keeps ties
                 best_idx = tl.where(take, chunk_idx, best_idx)
                 best_val = tl.where(take, chunk_val, best_val)
             else:
                 fg = tl.load(fg_ptr + ks, mask=kvalid, other=0.0)
-                total += tl.sum(acc * fg[None, :], axis=1)
+                total += tl.sum(acc * fg[:, None], axis=0)
         if REDUCE == 0:
             tl.store(out_ptr + out_offs, best_idx, mask=pvalid)
         else:
@@ -184,6 +182,6 @@ def semantic_inference(mask, mask_biased, probs, probs_biased, gate, foreground,
         _float32_ratio(in_h, height), _float32_ratio(in_w, width), float(alpha),
         SAME_H=in_h == height, SAME_W=in_w == width, HAS_GATE=has_gate, MASK_DEBIAS=bool(mask_debias),
         OVERALL=bool(overall), UNCERTAINTY=bool(uncertainty), REDUCE=code,
-        BLOCK_P=BLOCK_P, BLOCK_Q=BLOCK_Q, BLOCK_K=block_k,
+        BLOCK_P=BLOCK_P, BLOCK_K=block_k, num_warps=NUM_WARPS if block_k > 32 else 2,
     )
     return out

@@ -48,10 +48,24 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+
+from coavs.analysis import plots
+from coavs.analysis.common import open_eval_dataset
+from coavs.analysis.tables import fmt, markdown_table, write_csv
+from coavs.devices import resolve_device
+from coavs.eval.gate import calibrate_gate
+from coavs.eval.runner import evaluate
+from coavs.inference.combine import logit_strategy
+from coavs.training.checkpoint import load_model
+from coavs.training.config import ConfigError, TrainConfig
+from coavs.training.trainer import train
 
 SCHEMES = ("mask", "class", "separate", "overall")
 BIASED = ("mute", "noise", "ddpm", "random_semantic")
@@ -63,7 +77,7 @@ NEGATIVES = {"ratio": 0.25, "kinds": ["silence", "noise", "misaligned"], "mode":
 METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou")
 WARMUP_STEPS = 3  # steps left out of the step time (first-call overheads), when the run is long enough
 
-BASE_DEBIAS = {"mode": "fixed", "biased_audio": "mute", "scheme": "separate"}
+BASE_DEBIAS = {"strategy": "fixed", "biased_audio": "mute", "scheme": "separate"}
 
 
 @dataclass(frozen=True)
@@ -87,7 +101,7 @@ class Variant:
 
 def all_variants() -> list[Variant]:
     """Every variant, in table order."""
-    out = [Variant("vanilla", "baseline", {"mode": "none"}, mode="vanilla", note="no biased branch")]
+    out = [Variant("vanilla", "baseline", {"strategy": "none"}, mode="vanilla", note="no biased branch")]
     for scheme in SCHEMES:
         out.append(Variant(f"scheme/{scheme}", "debias scheme (D.3)", {**BASE_DEBIAS, "scheme": scheme},
                            scheme=scheme, note="per-pixel scores" if scheme == "overall" else ""))
@@ -99,20 +113,20 @@ def all_variants() -> list[Variant]:
     for strategy in STRATEGIES:
         mode = "ensemble" if strategy == "ensemble" else "debias"
         train_mode = "fixed" if strategy == "ensemble" else strategy
-        out.append(Variant(f"strategy/{strategy}", "strategy (D.1)", {**BASE_DEBIAS, "mode": train_mode},
-                           mode=mode, strategy="uncertainty" if strategy == "uncertainty" else "fixed",
+        out.append(Variant(f"strategy/{strategy}", "strategy (D.1)", {**BASE_DEBIAS, "strategy": train_mode},
+                           mode=mode, strategy=logit_strategy(strategy),
                            note="trained as fixed" if strategy == "ensemble" else ""))
     for d in DILATIONS:
         out.append(Variant(f"dilation/{d}", "dilation (B.1)", dict(BASE_DEBIAS), model={"dilation": d}))
     out.append(Variant("biased_queries/shared", "biased-branch queries (D.2)", dict(BASE_DEBIAS),
                        model={"biased_queries": "shared"}, note="vanilla markers reused"))
     for strategy in NEGATIVE_STRATEGIES:
-        debias = {"mode": "none"} if strategy == "none" else {**BASE_DEBIAS, "mode": strategy}
+        debias = {"strategy": "none"} if strategy == "none" else {**BASE_DEBIAS, "strategy": strategy}
         out.append(Variant(f"negatives/{strategy}", "negative audio", debias, negatives=dict(NEGATIVES),
                            mode="vanilla" if strategy == "none" else "debias",
-                           strategy="uncertainty" if strategy == "uncertainty" else "fixed"))
+                           strategy=logit_strategy(strategy)))
     for gate in GATES:
-        out.append(Variant(f"gate/{gate}", "negative audio", {"mode": "none"}, negatives=dict(NEGATIVES),
+        out.append(Variant(f"gate/{gate}", "negative audio", {"strategy": "none"}, negatives=dict(NEGATIVES),
                            mode="vanilla", gate=gate, note="τ from the val split"))
     return out
 
@@ -147,8 +161,8 @@ def default_base_config(data_root: str, device: str = "auto") -> dict:
         "model": {"preset": "small", "audio_input": "logmel", "num_clusters": 3},
         "loss": {"num_points": 1024},
         "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 10, "schedule": "poly", "grad_clip": 1.0},
-        "debias": {"mode": "fixed", "biased_audio": "mute", "weight": 10.0, "alpha": 1.0},
-        "run": {"device": device, "seed": 0, "log_every": 10, "threads": 1 if _device(device) == "cpu" else None},
+        "debias": {"strategy": "fixed", "biased_audio": "mute", "weight": 10.0, "alpha": 1.0},
+        "run": {"device": device, "seed": 0, "log_every": 10, "threads": 1 if resolve_device(device) == "cpu" else None},
     }
 
 
@@ -161,7 +175,7 @@ def training_config(base: dict, variant: Variant, steps: int, progress: bool, se
     kept = {k: v for k, v in config.get("debias", {}).items() if k in ("weight", "alpha", "aux")}
     if variant.negatives:
         config["negatives"] = dict(variant.negatives)
-    config["debias"] = {**kept, **variant.debias} if variant.debias.get("mode") != "none" else dict(variant.debias)
+    config["debias"] = {**kept, **variant.debias} if variant.debias.get("strategy") != "none" else dict(variant.debias)
     config["model"] = {**config.get("model", {}), **variant.model}
     config["stages"] = [{"name": "main", "epochs": 100000}]
     config["eval"] = {**config.get("eval", {}), "split": ""}
@@ -198,8 +212,6 @@ def plan_trainings(base: dict, variants: list[Variant], steps: int, out_dir: Pat
                    progress: bool = False, seeds=None) -> list[TrainingRun]:
     """Group ``variants`` by identical training config (per seed of ``seeds``; None: the base's seed, as
     before); one :class:`TrainingRun` each, in first-use order."""
-    from coavs.training.trainer import TrainConfig
-
     resolved = TrainConfig.from_dict(base).model_config().to_dict()
     runs: dict[str, TrainingRun] = {}
     for seed in (list(seeds) if seeds is not None else [None]):
@@ -230,11 +242,6 @@ def _finished(run: TrainingRun) -> dict | None:
 def train_one(run: TrainingRun, fresh: bool = False) -> None:
     """Train ``run``, recording the step time. A finished identical run is reused, an interrupted one resumed
     (unless ``fresh``). Ctrl-C or SIGTERM saves the run's checkpoint and raises KeyboardInterrupt."""
-    import shutil
-
-    from coavs.training.config import ConfigError
-    from coavs.training.trainer import TrainConfig, train
-
     stored = None if fresh else _finished(run)
     if stored is not None:
         run.step_ms, run.seconds, run.reused = stored["step_ms"], stored["seconds"], True
@@ -273,36 +280,22 @@ def evaluate_variant(run: TrainingRun, variant: Variant, split: str, device: str
                      max_clips: int | None, dataset_cache: dict) -> dict:
     """The variant's metrics on ``split``: ``miou``, ``fscore``, ``fpr_silence``, ``fpr_noise``,
     ``fpr_misaligned`` (and ``frames``)."""
-    from coavs.analysis.common import open_eval_dataset
-    from coavs.eval.runner import evaluate
-    from coavs.training.trainer import load_model
-
-    model, config = load_model(run.run_dir, device=_device(device))
+    model, config = load_model(run.run_dir, device=resolve_device(device))
     data_key = json.dumps(dataclasses.asdict(config.data), sort_keys=True) + split
     if data_key not in dataset_cache:
         dataset_cache[data_key] = open_eval_dataset(config, split)
     debias = config.debias_config()
     gate = None
     if variant.gate != "none":
-        from coavs.eval.gate import calibrate_gate
-
         gate_key = data_key + "|val"
         if gate_key not in dataset_cache:
             dataset_cache[gate_key] = open_eval_dataset(config, "val")
-        gate, _ = calibrate_gate(model, dataset_cache[gate_key], variant.gate, device=_device(device))
-    rows = evaluate(model, dataset_cache[data_key], batch_size=batch_size, device=_device(device),
+        gate, _ = calibrate_gate(model, dataset_cache[gate_key], variant.gate, device=resolve_device(device))
+    rows = evaluate(model, dataset_cache[data_key], batch_size=batch_size, device=resolve_device(device),
                     modes=(variant.mode,), bias=True, biased=debias.biased_audio, alpha=debias.alpha,
                     scheme=variant.scheme, strategy=variant.strategy, max_clips=max_clips,
                     overall_reading=variant.overall_reading, gate=gate)
     return rows[variant.mode]
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 @dataclass
@@ -373,8 +366,6 @@ COLUMNS = [("miou", "mIoU ↑"), ("fscore", "F ↑"), ("fpr_silence", "FPR silen
 
 def ablation_markdown(result: AblationResult, base: dict) -> str:
     """The Markdown table (metrics in %, step time in ms) with a short header saying what was run."""
-    from coavs.analysis.tables import fmt, markdown_table
-
     header = ["variant", *(label for _, label in COLUMNS), "step (ms)", "note"]
     body = []
     for row in result.rows:
@@ -400,8 +391,6 @@ def ablation_markdown(result: AblationResult, base: dict) -> str:
 
 
 def write_ablation_outputs(result: AblationResult, out_dir, base: dict) -> dict[str, Path]:
-    from coavs.analysis.tables import write_csv
-
     out_dir = Path(out_dir)
     md = out_dir / "ablation.md"
     md.write_text(ablation_markdown(result, base))
@@ -411,10 +400,6 @@ def write_ablation_outputs(result: AblationResult, out_dir, base: dict) -> dict[
 
 def plot_ablation(result: AblationResult, path) -> Path:
     """Horizontal bars per variant: mIoU (left) and the three FPRs (right)."""
-    import numpy as np
-
-    from coavs.analysis import plots
-
     rows = result.rows
     y = np.arange(len(rows))
     fig, axes = plots.figure(9.0, 0.32 * len(rows) + 1.4, 1, 2, sharey=True, layout="constrained")

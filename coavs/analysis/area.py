@@ -30,8 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coavs.analysis import plots
+from coavs.analysis.common import num_semantic_classes
+from coavs.analysis.rescale import RescaledDataset
 from coavs.analysis.stats import GroupedMetrics, area_bin_index, area_bin_label, binary_frame_iou, sounding_area
+from coavs.analysis.tables import write_csv
 from coavs.eval.metrics import SemanticAVSMetrics
+from coavs.eval.runner import predict_batches
 
 DEFAULT_EDGES = (0.0, 0.05, 0.10, 0.20, 0.30, 0.40, 0.50, 0.70, 1.0)
 ALL = "all"
@@ -153,8 +158,6 @@ AREA_COLUMNS = ["condition", "bin", "area_lo", "area_hi", "frames", "mean_area",
 
 def write_area_outputs(result: AreaResult, out_dir: str | Path, title: str = "") -> dict[str, Path]:
     """``area.csv``, ``area_frames.csv``, ``area_classes.csv`` (multi-class) and ``area.png`` in ``out_dir``."""
-    from coavs.analysis.tables import write_csv
-
     out_dir = Path(out_dir)
     columns = [c for c in AREA_COLUMNS if result.num_classes is not None or not c.startswith("semantic")]
     paths = {"table": write_csv(result.rows, out_dir / "area.csv", columns),
@@ -167,8 +170,6 @@ def write_area_outputs(result: AreaResult, out_dir: str | Path, title: str = "")
 
 def plot_area(result: AreaResult, path: str | Path, title: str = "") -> Path:
     """The A.1 figure (see the module docstring)."""
-    from coavs.analysis import plots
-
     panels = 2 if result.classes else 1
     fig, axes = plots.figure(5.4 * panels, 4.2, 1, panels, layout="constrained")
     if result.classes:
@@ -236,10 +237,6 @@ def run_area(model, dataset, out_dir, *, settings: dict, edges=DEFAULT_EDGES, ta
     """Predict ``dataset`` (and its rescaled frames, unless ``rescale`` is False) with ``model`` and write the A.1
     outputs. ``settings``: inference keyword arguments of ``predict_batches`` (mode, biased, alpha, scheme,
     strategy)."""
-    from coavs.analysis.common import num_semantic_classes
-    from coavs.analysis.rescale import RescaledDataset
-    from coavs.eval.runner import predict_batches
-
     common = dict(batch_size=batch_size, device=device, max_clips=max_clips, progress=progress, **settings)
     rescaled = None
     if rescale:

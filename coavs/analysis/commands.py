@@ -1,34 +1,37 @@
 """``coavs analyze area|semantics|queries`` and ``coavs ablate``: parsers and command functions, registered by
-``coavs.cli.build_parser``. Heavy imports happen inside the commands, so ``coavs --help`` stays fast."""
+``coavs.cli.build_parser``. """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from coavs.analysis.ablate import default_base_config, run_ablation, select_variants
+from coavs.analysis.area import run_area
+from coavs.analysis.common import inference_settings, open_eval_dataset
+from coavs.analysis.queries import analyze_queries, default_frames, parse_frame_spec
+from coavs.analysis.rescale import check_target
+from coavs.analysis.semantics import run_semantics
+from coavs.analysis.stats import parse_edges
+from coavs.devices import resolve_device
+from coavs.errors import UserError
+from coavs.eval.runner import AUDIO_CONDITIONS
+from coavs.inference.combine import INFERENCE_MODES
+from coavs.training.checkpoint import load_model
+from coavs.training.config import TrainConfig, apply_overrides, read_file
+
 
 def _user_error(message: str):
-    from coavs.cli import UserError
-
     return UserError(message)
-
-
-def _device(name: str) -> str:
-    from coavs.cli import _device as resolve
-
-    return resolve(name)
 
 
 def _load(args):
     """``(model, config, dataset, settings, out_dir, device)`` of an ``analyze`` command."""
-    from coavs.analysis.common import inference_settings, open_eval_dataset
-    from coavs.training.trainer import load_model
-
     if args.batch_size < 1:
         raise _user_error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_clips is not None and args.max_clips < 1:
         raise _user_error(f"--max-clips must be >= 1, got {args.max_clips}")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, config = load_model(args.run, device)
     dataset = open_eval_dataset(config, args.split, args.data)
     if len(dataset) == 0:
@@ -49,10 +52,6 @@ def _title(args, config, settings) -> str:
 
 
 def cmd_analyze_area(args) -> int:
-    from coavs.analysis.area import run_area
-    from coavs.analysis.rescale import check_target
-    from coavs.analysis.stats import parse_edges
-
     try:
         edges = parse_edges(args.bins, "--bins")
         target = check_target(_range(args.target))
@@ -76,8 +75,6 @@ def cmd_analyze_area(args) -> int:
 
 
 def cmd_analyze_semantics(args) -> int:
-    from coavs.analysis.semantics import run_semantics
-
     if not 0.0 <= args.min_instance_fraction < 1.0:
         raise _user_error(f"--min-instance-fraction must be in [0, 1), got {args.min_instance_fraction}")
     model, config, dataset, settings, out, device = _load(args)
@@ -94,9 +91,6 @@ def cmd_analyze_semantics(args) -> int:
 
 
 def cmd_analyze_queries(args) -> int:
-    from coavs.analysis.queries import analyze_queries, default_frames, parse_frame_spec
-    from coavs.eval.runner import AUDIO_CONDITIONS
-
     conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
     unknown = [c for c in conditions if c not in AUDIO_CONDITIONS]
     if unknown or not conditions:
@@ -119,10 +113,6 @@ def cmd_analyze_queries(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from coavs.analysis.ablate import default_base_config, run_ablation, select_variants
-    from coavs.training.config import read_file
-    from coavs.training.trainer import TrainConfig, apply_overrides
-
     if args.steps < 1:
         raise _user_error(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
@@ -171,7 +161,7 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset folder (default: the one the model was trained on); opened with the "
                                   "run's image size and audio features")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--mode", choices=("vanilla", "debias", "ensemble"),
+    p.add_argument("--mode", choices=INFERENCE_MODES,
                    help="inference mode (default: debias for a debias-trained run, else vanilla)")
     p.add_argument("--out", help="output folder (default: RUN/analysis)")
     p.add_argument("--batch-size", type=int, default=4, help="clips per batch (default 4)")

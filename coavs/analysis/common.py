@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from coavs.data.splits import is_binary, open_split
+
 
 def inference_settings(config, mode: str | None = None) -> dict:
     """Keyword arguments of :func:`coavs.eval.runner.predict_batches` that evaluate a run as it was trained:
@@ -13,15 +15,14 @@ def inference_settings(config, mode: str | None = None) -> dict:
     debias = config.debias_config()
     if mode is None:
         mode = "debias" if debias.enabled else "vanilla"
-    return {"mode": mode, "biased": debias.biased_audio, "alpha": debias.alpha, "scheme": debias.scheme,
-            "strategy": "uncertainty" if debias.strategy == "uncertainty" else "fixed"}
+    settings = debias.inference_settings()
+    del settings["overall_reading"]  # the analyses read the score map (predict_batches' default)
+    return {"mode": mode, **settings}
 
 
 def open_eval_dataset(config, split: str = "test", root: str | None = None):
     """The ``split`` of the run's dataset (or of the dataset at ``root``, opened with the run's image size and
     audio features, so the model sees what it was trained on)."""
-    from coavs.training.trainer import open_split
-
     if root is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(root), kind="auto"))
     return open_split(config, split)
@@ -29,6 +30,4 @@ def open_eval_dataset(config, split: str = "test", root: str | None = None):
 
 def num_semantic_classes(dataset) -> int | None:
     """Classes incl. background for the semantic metrics, or None for binary datasets (S4/MS3)."""
-    from coavs.training.trainer import is_binary
-
     return None if is_binary(dataset) else int(dataset.num_classes)

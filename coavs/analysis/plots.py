@@ -6,6 +6,7 @@ without a display (servers, CI) and never open a window.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +15,7 @@ matplotlib.use("Agg")  # no display: figures are only written to files
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
+from PIL import Image
 
 from coavs.data.avsbench import palette  # noqa: E402
 
@@ -36,10 +38,6 @@ def save(fig, path: str | Path, dpi: int = DPI, palette_colours: int | None = No
     """Write ``fig`` as PNG (tight bounding box) and close it. ``palette_colours``: store the PNG with an
     adaptive palette of that many colours (figures made of photos compress 3x smaller, with no visible change
     at this size)."""
-    import io
-
-    from PIL import Image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if palette_colours is None:

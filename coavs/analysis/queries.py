@@ -24,6 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from coavs.analysis import plots
+from coavs.analysis.tables import write_csv
+from coavs.eval.runner import predict_batches
+
 NO_OBJECT = "no object"
 CONDITIONS = ("normal", "silence")
 _CONDITION_TITLES = {"normal": "its own audio", "silence": "silence", "noise": "white noise",
@@ -105,8 +109,6 @@ def draw_query_grid(frame, labels, views: list[QueryView], num_classes: int, pat
                     max_markers: int = 12) -> Path:
     """One frame's per-query masks under each condition of ``views`` (see the module docstring); at most
     ``max_markers`` present markers per condition (the highest scores)."""
-    from coavs.analysis import plots
-
     image = _frame_image(frame)
     dilation = max([len(g) for view in views for _, g in _marker_groups(view)] + [1])
     per_row = max(1, 8 // dilation)  # marker groups per grid row
@@ -180,8 +182,6 @@ def draw_examples_grid(examples: list[tuple[str, np.ndarray, QueryView]], path, 
     """Figure C4: rows = queries active in some example, columns = examples (``(name, frame, view)``); a cell is
     the query's mask over that frame, blank where the query is dormant. Only the queries of the ``max_markers``
     markers with the highest score in any example are shown."""
-    from coavs.analysis import plots
-
     best: dict[int, float] = {}
     for _, _, view in examples:
         for r in view.rows:
@@ -258,9 +258,6 @@ def analyze_queries(model, model_config, dataset, frames: list[tuple[int, int]],
     and for several frames ``queries_examples.png`` (:func:`draw_examples_grid`, own audio); ``queries.csv`` with
     every query's row per frame and condition. ``settings``: inference keyword arguments of ``predict_batches``
     (mode, biased, alpha, scheme, strategy). Returns ``{"figures": [...], "table": path, "rows": [...]}``."""
-    from coavs.analysis.tables import write_csv
-    from coavs.eval.runner import predict_batches
-
     out_dir = Path(out_dir)
     names = tuple(dataset.class_names)
     markers = marker_names(model_config, names)

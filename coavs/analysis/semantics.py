@@ -21,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from coavs.analysis import plots
 from coavs.analysis.area import ALL, annotated_frames
+from coavs.analysis.common import num_semantic_classes
 from coavs.analysis.stats import GroupedMetrics, binary_frame_iou, frame_statistics
+from coavs.analysis.tables import write_csv
+from coavs.eval.runner import predict_batches
 
 GROUPINGS = ("semantics", "instances")
 
@@ -67,8 +71,6 @@ SEMANTICS_COLUMNS = ["by", "count", "frames", "mean_area", "binary_miou", "binar
 
 def write_semantics_outputs(result: SemanticsResult, out_dir: str | Path, title: str = "") -> dict[str, Path]:
     """``semantics.csv``, ``semantics_frames.csv`` and ``semantics.png`` in ``out_dir``."""
-    from coavs.analysis.tables import write_csv
-
     out_dir = Path(out_dir)
     columns = [c for c in SEMANTICS_COLUMNS if result.num_classes is not None or not c.startswith("semantic_")]
     return {"table": write_csv(result.rows, out_dir / "semantics.csv", columns),
@@ -78,8 +80,6 @@ def write_semantics_outputs(result: SemanticsResult, out_dir: str | Path, title:
 
 def plot_semantics(result: SemanticsResult, path: str | Path, title: str = "") -> Path:
     """The A.2 figure (see the module docstring)."""
-    from coavs.analysis import plots
-
     fig, axes = plots.figure(11.0, 4.2, 1, 2, layout="constrained")
     names = {"semantics": "(a) sounding semantics (classes) per frame",
              "instances": "(b) sounding instances per frame"}
@@ -117,9 +117,6 @@ def run_semantics(model, dataset, out_dir, *, settings: dict, min_instance_fract
                   batch_size: int = 4, device="cpu", max_clips: int | None = None, progress: bool = False,
                   title: str = "") -> tuple[SemanticsResult, dict[str, Path]]:
     """Predict ``dataset`` with ``model`` and write the A.2 outputs (``settings`` as in ``run_area``)."""
-    from coavs.analysis.common import num_semantic_classes
-    from coavs.eval.runner import predict_batches
-
     batches = predict_batches(model, dataset, batch_size=batch_size, device=device, max_clips=max_clips,
                               progress=progress, **settings)
     result = semantics_analysis(batches, num_semantic_classes(dataset), min_instance_fraction)

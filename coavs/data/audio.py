@@ -20,12 +20,8 @@ import numpy as np
 import torch
 from scipy.io import wavfile
 
+from coavs.audio_spec import LOG_OFFSET, MEL_BANDS, MEL_FRAMES, SAMPLE_RATE
 from coavs.data.errors import DataError
-
-SAMPLE_RATE = 16000
-MEL_FRAMES = 96  # frames per one-second patch (10 ms hop)
-MEL_BANDS = 64
-LOG_OFFSET = 0.01
 
 
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -34,8 +35,6 @@ def default_workers() -> int:
 def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32  # differs per worker and epoch (DataLoader's base seed + worker id)
     np.random.seed(seed)
-    import random
-
     random.seed(seed)
 
 

@@ -27,16 +27,19 @@ import dataclasses
 import functools
 import json
 import math
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy.io import wavfile
+from tqdm import tqdm
 
 from coavs.data.avsbench import SPLITS, SYNTH_INFO_FILE, LabelMap, palette
 
@@ -573,8 +576,6 @@ def generate(root: str | os.PathLike, config: SynthConfig = SynthConfig(), *, wo
 
 
 def _run_jobs(jobs, workers: int, progress: bool) -> list[dict]:
-    from tqdm import tqdm
-
     bar = tqdm(total=len(jobs), desc="coavs synth", unit="clip", disable=not progress)
     try:
         if workers <= 1:
@@ -583,9 +584,6 @@ def _run_jobs(jobs, workers: int, progress: bool) -> list[dict]:
                 out.append(_generate_one(job))
                 bar.update()
             return out
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         # fork when available: workers need no re-import, and clips are seeded per index, so the result is the same
         method = "fork" if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:

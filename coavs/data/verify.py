@@ -7,14 +7,15 @@ from __future__ import annotations
 import collections
 import json
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
 
 from coavs.data import audio as audio_io
 from coavs.data.avsbench import (AVSS_NUM_CLASSES, OFFICIAL_COUNTS, SPLITS, SYNTH_INFO_FILE, ClipRecord, detect_layout,
                                  label_map_for, read_frame, read_mask, read_records, read_synth_info, resolve_frame)
 from coavs.data.errors import DataError
+from coavs.progress import progress_bar
 
 
 @dataclass
@@ -203,12 +204,8 @@ def verify_dataset(root: str | os.PathLike, kind: str = "auto", *, deep: bool = 
     checked = records if limit is None else records[:limit]
     chunk = 16
     jobs = [(checked[i:i + chunk], label_map.num_classes, deep) for i in range(0, len(checked), chunk)]
-    from coavs.progress import progress_bar
-
     with progress_bar(len(checked), desc="coavs verify", unit="clip", disable=not progress) as bar:
         if workers > 1 and len(jobs) > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
             with ProcessPoolExecutor(workers) as pool:
                 results = []
                 for out in pool.map(_check_clips, jobs):

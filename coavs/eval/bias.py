@@ -1,4 +1,4 @@
-"""Bias metrics: does the prediction follow the audio, or what usually sounds? (DESIGN "Bias metrics")
+"""Bias metrics: does the prediction follow the audio, or what usually sounds? (docs/design.md, "Bias metrics")
 
 - **False-positive rate under negative audio** (AVSBench-Robust's FPR): give the model audio that should make
   nothing sound — silence, white noise, or the audio of another clip of a different class — and measure the
@@ -8,10 +8,12 @@
   IoU of the prediction with *that* source's mask (and, as a leak measure, with the other source's mask). A model
   with audio priming bias segments both, or the wrong one.
 
-Everything is built on predictions: ``FalsePositiveRate`` and ``CounterfactualScore`` take predicted masks;
-``BiasEvaluator`` drives any ``predict(frames, audio) -> mask logits | probabilities | labels`` callable, so no
-model class is needed. Audio is any ``[B, ...]`` tensor: raw waveforms ``[B, samples]``, embeddings ``[B, D]``
-or ``[B, T, D]``; the negative-audio helpers keep the shape.
+Everything is built on predictions: ``FalsePositiveRate`` and ``CounterfactualScore`` take predicted masks and
+``BiasMeters`` holds one of each per negative kind (the one state that both ``BiasEvaluator`` and the evaluation
+runner feed, so there is one bias-evaluation path); ``BiasEvaluator`` drives any
+``predict(frames, audio) -> mask logits | probabilities | labels`` callable, so no model class is needed. Audio
+is any ``[B, ...]`` tensor: raw waveforms ``[B, samples]``, embeddings ``[B, D]`` or ``[B, T, D]``; the
+negative-audio helpers keep the shape.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from torch import Tensor
 
 from coavs.eval.metrics import frame_iou
 
-NEGATIVE_KINDS = ("silence", "noise", "other")
+NEGATIVE_KINDS = ("silence", "noise", "misaligned")  # as the runner's audio conditions; fpr_<kind> each
+_OLD_KIND_NAMES = {"other": "misaligned"}  # accepted as input; results use the new name
 OUTPUTS = ("logits", "probabilities", "labels")
 
 
@@ -129,15 +132,16 @@ def audio_of_other_class(audio: Tensor, labels: Tensor, pool_audio: Tensor | Non
 def negative_audio(kind: str, audio: Tensor, labels: Tensor | None = None, rms: float | None = None,
                    pool_audio: Tensor | None = None, pool_labels: Tensor | None = None,
                    generator: torch.Generator | None = None) -> Tensor:
-    """Audio that should make nothing sound: ``silence``, ``noise`` (white, at ``rms``), or ``other`` (audio of a
-    clip of a different class; needs ``labels``)."""
+    """Audio that should make nothing sound: ``silence``, ``noise`` (white, at ``rms``), or ``misaligned`` (audio
+    of a clip of a different class; needs ``labels``; ``other`` is its old name)."""
+    kind = _OLD_KIND_NAMES.get(kind, kind)
     if kind == "silence":
         return silence_like(audio)
     if kind == "noise":
         return white_noise_like(audio, rms, generator)
-    if kind == "other":
+    if kind == "misaligned":
         if labels is None:
-            raise ValueError("negative audio 'other' needs the class labels of the clips")
+            raise ValueError("negative audio 'misaligned' needs the class labels of the clips")
         return audio_of_other_class(audio, labels, pool_audio, pool_labels, generator)
     raise ValueError(f"kind must be one of {NEGATIVE_KINDS}, got {kind!r}")
 
@@ -258,20 +262,24 @@ class BiasEvaluator:
             float tensor here, waveforms or embeddings). Called under ``torch.no_grad()``.
         output: ``logits``, ``probabilities`` or ``labels`` (see :func:`sounding_pixels`).
         background: the background label when ``output="labels"``.
-        kinds: which negative audio to test (subset of ``silence``, ``noise``, ``other``).
+        kinds: which negative audio to test (subset of ``silence``, ``noise``, ``misaligned``; ``other`` is the
+            old name of ``misaligned``).
         noise_rms: white-noise RMS (None: each clip's own RMS).
-        pool_audio, pool_labels: donors for ``other`` (default: the other clips of each batch).
+        pool_audio, pool_labels: donors for ``misaligned`` (default: the other clips of each batch).
         generator: for noise and donor draws (reproducible runs).
+        meters: the :class:`BiasMeters` to feed (default: new ones over ``kinds``); the evaluation runner passes
+            its own, which it also feeds with the predictions it makes under its audio conditions.
     """
 
     def __init__(self, predict: Callable, output: str = "logits", background: int = 0,
                  kinds: tuple[str, ...] = NEGATIVE_KINDS, noise_rms: float | None = None,
                  pool_audio: Tensor | None = None, pool_labels: Tensor | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, meters: "BiasMeters | None" = None):
         if not callable(predict):
             raise TypeError("predict must be a callable predict(frames, audio)")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        kinds = tuple(_OLD_KIND_NAMES.get(k, k) for k in kinds)
         unknown = [k for k in kinds if k not in NEGATIVE_KINDS]
         if unknown or not kinds:
             raise ValueError(f"kinds must be a non-empty subset of {NEGATIVE_KINDS}, got {kinds!r}")
@@ -282,8 +290,15 @@ class BiasEvaluator:
         self.noise_rms = noise_rms
         self.pool_audio, self.pool_labels = pool_audio, pool_labels
         self.generator = generator
-        self.fpr = {kind: FalsePositiveRate() for kind in self.kinds}
-        self.counterfactual = CounterfactualScore()
+        self.meters = meters if meters is not None else BiasMeters(self.kinds)
+
+    @property
+    def fpr(self) -> dict[str, FalsePositiveRate]:
+        return self.meters.fpr
+
+    @property
+    def counterfactual(self) -> CounterfactualScore:
+        return self.meters.counterfactual
 
     def _sounding(self, frames, audio) -> Tensor:
         with torch.no_grad():
@@ -294,7 +309,7 @@ class BiasEvaluator:
         for kind in self.kinds:
             negative = negative_audio(kind, audio, labels, self.noise_rms, self.pool_audio, self.pool_labels,
                                       self.generator)
-            self.fpr[kind].update(self._sounding(frames, negative))
+            self.meters.update_negative(kind, self._sounding(frames, negative))
 
     def update_counterfactual(self, frames, source_audio: tuple[Tensor, Tensor],
                               source_masks: tuple[Tensor, Tensor]) -> None:
@@ -305,8 +320,40 @@ class BiasEvaluator:
             raise ValueError("source_audio and source_masks must each hold the two sources (a, b)")
         for playing in (0, 1):
             sounding = self._sounding(frames, source_audio[playing])
-            self.counterfactual.update(sounding, source_masks[playing].to(sounding.device),
-                                       source_masks[1 - playing].to(sounding.device))
+            self.meters.update_counterfactual(sounding, source_masks[playing], source_masks[1 - playing])
+
+    def compute(self) -> dict:
+        """See :meth:`BiasMeters.compute`."""
+        return self.meters.compute()
+
+
+class BiasMeters:
+    """The state of the bias metrics, fed with predictions already made: a :class:`FalsePositiveRate` per
+    negative kind (``fpr``) and a :class:`CounterfactualScore` (``counterfactual``). :class:`BiasEvaluator` and
+    the evaluation runner (:func:`coavs.eval.runner.evaluate`) both accumulate into it, so both report the same
+    numbers under the same names."""
+
+    def __init__(self, kinds: tuple[str, ...] = NEGATIVE_KINDS):
+        kinds = tuple(_OLD_KIND_NAMES.get(k, k) for k in kinds)
+        unknown = [k for k in kinds if k not in NEGATIVE_KINDS]
+        if unknown:
+            raise ValueError(f"kinds must be a subset of {NEGATIVE_KINDS}, got {kinds!r}")
+        self.fpr = {kind: FalsePositiveRate() for kind in kinds}
+        self.counterfactual = CounterfactualScore()
+
+    def update_negative(self, kind: str, sounding: Tensor) -> None:
+        """``sounding [B,H,W]`` bool: the prediction under negative audio of ``kind``."""
+        self.fpr[_OLD_KIND_NAMES.get(kind, kind)].update(sounding)
+
+    def update_counterfactual(self, sounding: Tensor, playing_mask: Tensor, silent_mask: Tensor) -> None:
+        """``sounding [B,H,W]`` bool: the prediction while only the source of ``playing_mask`` plays."""
+        self.counterfactual.update(sounding, playing_mask.to(sounding.device), silent_mask.to(sounding.device))
+
+    def merge(self, other: "BiasMeters") -> None:
+        """Adds the statistics of ``other`` (e.g. another process's shard)."""
+        for kind, meter in self.fpr.items():
+            meter.merge(other.fpr[kind])
+        self.counterfactual.merge(other.counterfactual)
 
     def compute(self) -> dict:
         """``fpr_<kind>`` and ``fpr_<kind>_frames`` per kind; ``counterfactual_iou`` (follow),

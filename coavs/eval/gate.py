@@ -25,7 +25,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-GATE_MODES = ("none", "any", "class")
+from coavs.data.splits import is_binary
+from coavs.errors import ConfigError
+from coavs.eval.runner import _clip_indices, _model_batches
+from coavs.inference.gate import GATE_MODES, Gate, apply_gate  # noqa: F401  (apply_gate: re-export)
+
 CALIBRATION_SPLITS = ("train", "val")
 GATE_FILE = "gate.json"
 
@@ -42,8 +46,6 @@ class GateSection:
     max_clips: int | None = None
 
     def __post_init__(self):
-        from coavs.training.config import ConfigError
-
         if self.mode not in GATE_MODES:
             raise ConfigError(f"gate.mode must be one of {', '.join(GATE_MODES)}, got {self.mode!r}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -52,40 +54,6 @@ class GateSection:
             raise ConfigError(f"gate.keep must be in (0, 1], got {self.keep}")
         if self.split not in CALIBRATION_SPLITS:
             raise ConfigError(f"gate.split must be train or val (never the test split), got {self.split!r}")
-
-
-@dataclass(frozen=True)
-class Gate:
-    """A calibrated gate: ``mode`` (any | class) and ``threshold`` τ."""
-
-    mode: str
-    threshold: float
-
-    def __post_init__(self):
-        if self.mode not in GATE_MODES[1:]:
-            raise ValueError(f"Gate.mode must be 'any' or 'class', got {self.mode!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"Gate.threshold must be in [0, 1], got {self.threshold}")
-
-
-def apply_gate(labels: Tensor, fg: Tensor, audio_logits: Tensor | None, gate: Gate | None,
-               binary: bool) -> tuple[Tensor, Tensor]:
-    """``(labels [N,H,W], fg [N,H,W])`` with the gate applied (see the module docstring)."""
-    if gate is None:
-        return labels, fg
-    if audio_logits is None:
-        raise ValueError("the gate needs the model's audio classifier (num_audio_classes > 0)")
-    probs = torch.sigmoid(audio_logits.float()).to(labels.device)
-    if gate.mode == "any" or binary:
-        keep = probs.amax(dim=1) >= gate.threshold
-        view = keep[:, None, None]
-        return torch.where(view, labels, torch.zeros_like(labels)), torch.where(view, fg, torch.zeros_like(fg))
-    n, classes = probs.shape
-    k = int(labels.max()) + 1 if labels.numel() else 1
-    heard = torch.ones(n, max(k, classes + 1), dtype=torch.bool, device=labels.device)
-    heard[:, 1:classes + 1] = probs >= gate.threshold
-    keep = heard.gather(1, labels.flatten(1)).view_as(labels)
-    return torch.where(keep, labels, torch.zeros_like(labels)), torch.where(keep, fg, torch.zeros_like(fg))
 
 
 def _positive_scores(probs: Tensor, labels: Tensor, mode: str, binary: bool) -> Tensor:
@@ -119,11 +87,9 @@ def calibrate_gate(model, dataset, mode: str, keep: float = 0.98, *, batch_size:
                    max_clips: int | None = None, seed: int = 0, precision: str = "fp32") -> tuple[Gate, dict]:
     """Calibrate τ on ``dataset`` (a training or validation split) → ``(Gate, stats)``; see the module
     docstring. ``stats``: ``positives``, ``negatives``, ``positive_kept``, ``negative_gated``."""
-    from coavs.eval.runner import _clip_indices, _is_binary, _model_batches
-
     if mode not in GATE_MODES[1:]:
         raise ValueError(f"mode must be 'any' or 'class', got {mode!r}")
-    binary = _is_binary(dataset)
+    binary = is_binary(dataset)
     positives, negatives = [], []
     indices = _clip_indices(dataset, max_clips, distributed=False)
     for batch, outputs in _model_batches(model, dataset, indices, batch_size=batch_size, device=device,

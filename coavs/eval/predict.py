@@ -21,6 +21,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from coavs.data import audio as audio_io
+from coavs.data.audio import SAMPLE_RATE
+from coavs.data.avsbench import palette
+from coavs.inference.combine import logit_strategy
+from coavs.inference.postprocess import postprocess
+from coavs.inference.precision import autocast
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -89,8 +96,6 @@ def read_video(path, max_seconds: int | None = None) -> tuple[list[np.ndarray], 
 
 
 def _read_video_audio(av, path: Path) -> torch.Tensor | None:
-    from coavs.data.audio import SAMPLE_RATE
-
     with av.open(str(path)) as container:
         if not container.streams.audio:
             return None
@@ -110,8 +115,6 @@ def audio_features(kind: str, num_frames: int, wav=None, waveform: torch.Tensor 
     """Per-frame audio input of a model: ``logmel [T,1,96,64]``, ``waveform [T,16000]`` or ``vggish [T,128]``,
     from a wav file, a 16 kHz waveform, or (``vggish``) a ``[T,128]`` ``.npy`` file. Short audio is padded with
     silence."""
-    from coavs.data import audio as audio_io
-
     if kind == "vggish":
         if vggish is None:
             raise ValueError("this model takes VGGish features: pass --vggish FILE.npy ([T,128])")
@@ -129,8 +132,6 @@ def audio_features(kind: str, num_frames: int, wav=None, waveform: torch.Tensor 
 
 
 def class_colours(num_classes: int) -> np.ndarray:
-    from coavs.data.avsbench import palette
-
     return palette(max(num_classes, 2))
 
 
@@ -149,9 +150,6 @@ def overlay(frame: np.ndarray, labels: np.ndarray, colours: np.ndarray, opacity:
 def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *, mode: str = "vanilla",
                  device="cpu", batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Labels ``[T,H,W] int64`` and sounding scores ``[T,H,W] float32`` at the frames' own size."""
-    from coavs.eval.runner import postprocess
-    from coavs.training.runtime import autocast
-
     debias = config.debias_config()
     binary = bool(config.resolved.get("binary", False))
     height, width = frames[0].shape[:2]
@@ -171,7 +169,7 @@ def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *
             with autocast(torch.device(device), config.run.precision):
                 outputs = model(images, sound, biased=debias.biased_audio if mode != "vanilla" else None)
             scheme = debias.scheme
-            strategy = "uncertainty" if debias.strategy == "uncertainty" else "fixed"
+            strategy = logit_strategy(debias.strategy)
             lab, fg = postprocess(outputs, (height, width), mode, binary, debias.alpha, scheme, strategy)
             labels.append(lab.cpu())
             scores.append(fg.float().cpu())

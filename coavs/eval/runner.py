@@ -7,7 +7,7 @@
     print(format_table(rows))
 
 Audio conditions (``audio=``): ``normal`` (the clip's own), and three negatives under which every pixel called
-sounding is a false positive (DESIGN "Bias metrics"): ``silence`` (the features of a silent wav: zeros for
+sounding is a false positive (docs/design.md, "Bias metrics"): ``silence`` (the features of a silent wav: zeros for
 waveforms and VGGish, the log-mel of silence), ``noise`` (white noise at the clip's level, through the model's
 ``noise_like`` when its audio encoder has one; seeded per clip), ``misaligned`` (the audio of another clip that
 sounds none of the classes of this one — Co-AVS's :meth:`misaligned_index`; for other datasets, and for a Co-AVS
@@ -28,14 +28,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
-from coavs.training.batches import collate_frames, select_frames, to_device
+from coavs.audio_spec import LOG_OFFSET
+from coavs.data.loader import make_loader
+from coavs.data.splits import base_dataset, is_binary
+from coavs.eval.bias import BiasEvaluator, BiasMeters, white_noise_like
+from coavs.eval.metrics import BinaryAVSMetrics, SemanticAVSMetrics
+from coavs.inference.batches import collate_frames, select_frames, to_device
+from coavs.inference.combine import INFERENCE_MODES, check_mode
+from coavs.inference.postprocess import postprocess
+from coavs.inference.precision import autocast
 
 AUDIO_CONDITIONS = ("normal", "silence", "noise", "misaligned")
 NEGATIVE_CONDITIONS = ("silence", "noise", "misaligned")
-MODES = ("vanilla", "debias", "ensemble")
 _NOISE_SEED_STRIDE = 1_000_003
 
 
@@ -44,8 +53,6 @@ def silence_audio(audio: Tensor, kind: str) -> Tensor:
     """The features of silence shaped like ``audio``: zeros (``waveform``, ``vggish``) or the log-mel of a
     silent second (``logmel``, as the datasets pad clips)."""
     if kind == "logmel":
-        from coavs.data.audio import LOG_OFFSET
-
         return torch.full_like(audio, float(torch.log(torch.tensor(LOG_OFFSET))))
     return torch.zeros_like(audio)
 
@@ -53,8 +60,6 @@ def silence_audio(audio: Tensor, kind: str) -> Tensor:
 def noise_audio(model, audio: Tensor, clip_index: Tensor, seed: int = 0) -> Tensor:
     """White noise in the model's audio input space, at each clip's level, drawn per clip from
     ``seed`` and the clip's dataset index (the same noise whatever the batching or the number of processes)."""
-    from coavs.eval.bias import white_noise_like
-
     encoder = getattr(model, "prompt_encoder", None)
     out = torch.empty_like(audio)
     for clip in clip_index.unique().tolist():
@@ -104,16 +109,6 @@ def _condition_audio(condition: str, model, dataset, batch: dict, seed: int) -> 
 
 
 # ----------------------------------------------------------------------------------------------- running
-def _base_dataset(dataset):
-    while isinstance(dataset, torch.utils.data.Subset):
-        dataset = dataset.dataset
-    return dataset
-
-
-def _is_binary(dataset) -> bool:
-    return getattr(_base_dataset(dataset), "kind", "avss") in ("s4", "ms3")
-
-
 def _clip_indices(dataset, max_clips: int | None, distributed: bool | None) -> list[int]:
     indices = list(range(len(dataset)))
     if max_clips is not None:
@@ -127,8 +122,6 @@ def _clip_indices(dataset, max_clips: int | None, distributed: bool | None) -> l
 
 
 def _loader(dataset, indices: list[int], batch_size: int, num_workers: int):
-    from coavs.data.loader import make_loader
-
     return make_loader(torch.utils.data.Subset(dataset, indices), batch_size, shuffle=False,
                        num_workers=num_workers, collate_fn=collate_frames, pin_memory=False)
 
@@ -136,8 +129,7 @@ def _loader(dataset, indices: list[int], batch_size: int, num_workers: int):
 def _check_args(audio, mode, batch_size):
     if audio not in AUDIO_CONDITIONS:
         raise ValueError(f"audio must be one of {AUDIO_CONDITIONS}, got {audio!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
@@ -145,14 +137,10 @@ def _check_args(audio, mode, batch_size):
 def _model_batches(model, dataset, indices, *, batch_size, device, conditions, needs_biased, biased, seed,
                    num_workers, precision, progress) -> Iterator[tuple[dict, dict[str, dict]]]:
     """``(frame batch on device, {condition: model outputs})`` for the annotated frames of each batch."""
-    from coavs.training.runtime import autocast
-
     device = torch.device(device)
-    base = _base_dataset(dataset)
+    base = base_dataset(dataset)
     batches = _loader(dataset, indices, batch_size, num_workers) if indices else []
     if progress:
-        from tqdm import tqdm
-
         batches = tqdm(batches, desc="eval", unit="batch", leave=False)
     was_training = model.training
     model.eval()
@@ -173,64 +161,6 @@ def _model_batches(model, dataset, indices, *, batch_size, device, conditions, n
         model.train(was_training)
 
 
-def postprocess(outputs: dict, size: tuple[int, int], mode: str = "vanilla", binary: bool = False,
-                alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed",
-                overall_reading: str = "score", gate=None) -> tuple[Tensor, Tensor]:
-    """Model outputs → ``(pred_labels [N,H,W] long, fg_score [N,H,W] float in [0,1])`` at ``size`` for ``mode``.
-
-    Semantic models: labels = argmax of the per-class scores ``S[k] = Σ_q softmax(c_q)[k]·σ(m_q)·gate_q``;
-    ``fg_score`` = the non-background share ``Σ_{k≠0} S[k] / Σ_k S[k]``. Binary models (S4/MS3): ``fg_score`` =
-    the sounding class's score ``S[1]`` clipped to [0,1], labels = ``fg_score > 0.5``. Debias scheme ``overall``
-    with ``overall_reading="product"`` debiases the literal product of mask and class logits (supplementary D.3,
-    :func:`coavs.training.debias.overall_maps`): labels = its argmax, ``fg_score`` = 1 − its background softmax
-    (binary: its sounding-class softmax). ``gate``: a :class:`coavs.eval.gate.Gate` applied last."""
-    import coavs.ops as ops
-    from coavs.eval.gate import apply_gate
-    from coavs.training.debias import combine
-
-    gate_q = outputs.get("gate")
-    biased, debias = None, None
-    mask, cls = outputs["pred_masks"], outputs["pred_logits"]
-    if mode == "debias":
-        if "biased" not in outputs:
-            raise ValueError("mode 'debias' needs outputs with a biased branch")
-        if scheme == "overall" and overall_reading == "product":
-            labels, fg = _product_reading(outputs, size, alpha, strategy, binary)
-            return apply_gate(labels, fg, outputs.get("audio_logits"), gate, binary)
-        biased = (outputs["biased"]["pred_masks"], outputs["biased"]["pred_logits"])
-        debias = ops.Debias(alpha=alpha, scheme=scheme, strategy=strategy)
-    elif mode == "ensemble":
-        mask, cls = combine(outputs, "ensemble", alpha=alpha, scheme=scheme, strategy=strategy)
-    elif mode != "vanilla":
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    fg = ops.semantic_inference(mask, cls, size, gate=gate_q, biased=biased, debias=debias, mode="binary",
-                                background=0)
-    if binary:
-        fg = fg.clamp(0.0, 1.0)
-        return apply_gate((fg > 0.5).long(), fg, outputs.get("audio_logits"), gate, binary)
-    total = ops.semantic_inference(mask, cls, size, gate=gate_q, biased=biased, debias=debias, mode="binary")
-    labels = ops.semantic_inference(mask, cls, size, gate=gate_q, biased=biased, debias=debias, mode="semantic")
-    fg = (fg / total.clamp_min(1e-12)).clamp(0.0, 1.0)
-    return apply_gate(labels, fg, outputs.get("audio_logits"), gate, binary)
-
-
-def _product_reading(outputs: dict, size, alpha: float, strategy: str, binary: bool) -> tuple[Tensor, Tensor]:
-    """Labels and foreground score from the debiased literal product of mask and class logits (plain PyTorch)."""
-    import torch.nn.functional as F
-
-    from coavs.training.debias import overall_maps
-
-    biased = outputs["biased"]
-    maps = overall_maps(outputs["pred_masks"], outputs["pred_logits"], biased["pred_masks"], biased["pred_logits"],
-                        alpha, "product", strategy, outputs.get("gate"), biased.get("gate"))
-    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-    probs = torch.softmax(maps, dim=1)
-    if binary:
-        fg = probs[:, 1] if probs.shape[1] > 1 else probs[:, 0]
-        return (fg > 0.5).long(), fg
-    return maps.argmax(dim=1), (1.0 - probs[:, 0]).clamp(0.0, 1.0)
-
-
 def predict_batches(model, dataset, *, batch_size: int = 8, device="cpu", audio: str = "normal",
                     mode: str = "vanilla", alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed",
                     biased: str = "mute", max_clips: int | None = None, indices: list[int] | None = None,
@@ -246,7 +176,7 @@ def predict_batches(model, dataset, *, batch_size: int = 8, device="cpu", audio:
     ``mode``. ``indices``: evaluate only these clips (default: all, or the first ``max_clips``).
     """
     _check_args(audio, mode, batch_size)
-    binary = _is_binary(dataset)
+    binary = is_binary(dataset)
     chosen = indices if indices is not None else _clip_indices(dataset, max_clips, distributed=False)
     for batch, outputs in _model_batches(model, dataset, list(chosen), batch_size=batch_size, device=device,
                                          conditions=(audio,), needs_biased=mode != "vanilla", biased=biased,
@@ -262,13 +192,10 @@ def predict_batches(model, dataset, *, batch_size: int = 8, device="cpu", audio:
 # ---------------------------------------------------------------------------------------------- metrics
 class _ModeMeters:
     def __init__(self, binary: bool, num_classes: int, conditions, counterfactual: bool = False):
-        from coavs.eval.bias import CounterfactualScore, FalsePositiveRate
-        from coavs.eval.metrics import BinaryAVSMetrics, SemanticAVSMetrics
-
         self.binary = binary
         self.segmentation = BinaryAVSMetrics(scores="probabilities") if binary else SemanticAVSMetrics(num_classes)
-        self.fpr = {c: FalsePositiveRate() for c in conditions if c != "normal"}
-        self.counterfactual = CounterfactualScore() if counterfactual else None
+        self.bias = BiasMeters(tuple(c for c in conditions if c != "normal"))
+        self.counterfactual = counterfactual
 
     def update(self, condition: str, labels: Tensor, fg: Tensor, gt: Tensor) -> None:
         if condition == "normal":
@@ -277,14 +204,11 @@ class _ModeMeters:
             else:
                 self.segmentation.update(labels.cpu(), torch.where(gt == 255, -1, gt).cpu())
         else:
-            self.fpr[condition].update((labels != 0).cpu())
+            self.bias.update_negative(condition, (labels != 0).cpu())
 
     def merge(self, other: "_ModeMeters") -> None:
         self.segmentation.merge(other.segmentation)
-        for condition, meter in self.fpr.items():
-            meter.merge(other.fpr[condition])
-        if self.counterfactual is not None:
-            self.counterfactual.merge(other.counterfactual)
+        self.bias.merge(other.bias)
 
     def row(self) -> dict:
         seg = self.segmentation.compute()
@@ -292,13 +216,13 @@ class _ModeMeters:
         if not self.binary:
             row["miou_present_classes"] = seg["miou_present_classes"]
             row["fscore_present_classes"] = seg["fscore_present_classes"]
-        for condition, meter in self.fpr.items():
-            row[f"fpr_{condition}"] = meter.compute()
-        if self.counterfactual is not None:  # the scores only where some frame had two sources (no NaN)
-            cf = self.counterfactual.compute()
-            row["counterfactual_frames"] = cf["frames"]
-            if cf["frames"]:
-                row.update(counterfactual_iou=cf["follow_iou"], counterfactual_leak_iou=cf["leak_iou"])
+        bias = self.bias.compute()
+        row.update({f"fpr_{kind}": bias[f"fpr_{kind}"] for kind in self.bias.fpr})
+        if self.counterfactual:  # the scores only where some frame had two sources (no NaN)
+            row["counterfactual_frames"] = bias["counterfactual_frames"]
+            if bias["counterfactual_frames"]:
+                row.update(counterfactual_iou=bias["counterfactual_iou"],
+                           counterfactual_leak_iou=bias["counterfactual_leak_iou"])
         return row
 
 
@@ -319,8 +243,6 @@ def counterfactual_cases(dataset, batch: dict, lone: dict, seed: int = 0):
     """Frames of ``batch`` with two sounding sources ``a``, ``b`` (the two largest in the labels) that each have a
     clip sounding them alone: ``(rows [M], (audio_a, audio_b), (mask_a, mask_b))`` — the same second of a clip
     where only ``a`` (``b``) sounds, and the two masks; None when no frame qualifies."""
-    import numpy as np
-
     labels = batch["labels"]
     rows, audio, masks = [], ([], []), ([], [])
     cache: dict[int, Tensor] = {}
@@ -353,12 +275,10 @@ def counterfactual_cases(dataset, batch: dict, lone: dict, seed: int = 0):
             tuple(torch.stack(m) for m in masks))
 
 
-def _update_counterfactual(model, meter, batch: dict, case, mode: str, binary: bool, settings: dict,
+def _update_counterfactual(model, meters, batch: dict, case, mode: str, binary: bool, settings: dict,
                            biased, device, precision) -> None:
-    """Feeds ``meter`` (a CounterfactualScore) through :class:`coavs.eval.bias.BiasEvaluator`'s counterfactual
-    update, with the model + postprocess of ``mode`` as the predict callable."""
-    from coavs.eval.bias import BiasEvaluator
-    from coavs.training.runtime import autocast
+    """Feeds ``meters`` (:class:`coavs.eval.bias.BiasMeters`) through :class:`coavs.eval.bias.BiasEvaluator`'s
+    counterfactual update, with the model + postprocess of ``mode`` as the predict callable."""
 
     def predict(frames, audio):
         with autocast(torch.device(device), precision):
@@ -366,8 +286,7 @@ def _update_counterfactual(model, meter, batch: dict, case, mode: str, binary: b
         return postprocess(out, tuple(frames.shape[-2:]), mode, binary, **settings)[0]
 
     rows, audio, masks = case
-    evaluator = BiasEvaluator(predict, output="labels")
-    evaluator.counterfactual = meter
+    evaluator = BiasEvaluator(predict, output="labels", meters=meters)
     evaluator.update_counterfactual(batch["frames"][rows], audio, masks)
 
 
@@ -390,13 +309,13 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
     :class:`coavs.eval.gate.Gate` applied to every prediction."""
     modes = tuple(modes)
     if not modes:
-        raise ValueError("modes must name at least one of vanilla, debias, ensemble")
+        raise ValueError(f"modes must name at least one of {', '.join(INFERENCE_MODES)}")
     for mode in modes:
         _check_args("normal", mode, batch_size)
     conditions = AUDIO_CONDITIONS if bias else ("normal",)
-    binary = _is_binary(dataset)
-    num_classes = _base_dataset(dataset).num_classes
-    base = _base_dataset(dataset)
+    binary = is_binary(dataset)
+    num_classes = base_dataset(dataset).num_classes
+    base = base_dataset(dataset)
     lone = _lone_sounders(base) if (bias if counterfactual is None else counterfactual) else None
     meters = {mode: _ModeMeters(binary, num_classes, conditions, lone is not None) for mode in modes}
     settings = dict(alpha=alpha, scheme=scheme, strategy=strategy, overall_reading=overall_reading, gate=gate)
@@ -415,7 +334,7 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
         if case is not None:
             with torch.no_grad():
                 for mode in modes:
-                    _update_counterfactual(model, meters[mode].counterfactual, batch, case, mode, binary, settings,
+                    _update_counterfactual(model, meters[mode].bias, batch, case, mode, binary, settings,
                                            biased, device, precision)
     shard = (torch.distributed.is_available() and torch.distributed.is_initialized()) if distributed is None \
         else distributed

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SAMPLE_RATE = 16000
-MEL_BANDS = 64
-MEL_FRAMES = 96  # 0.96 s at a 10 ms hop
+from coavs.audio_spec import LOG_OFFSET, MEL_BANDS, MEL_FRAMES, SAMPLE_RATE
+
 VGGISH_DIM = 128
 
 
@@ -44,12 +43,12 @@ class LogMel(nn.Module):
             waveform = F.pad(waveform, (0, 400 - waveform.shape[-1]))
         spec = torch.stft(waveform.float(), n_fft=512, hop_length=160, win_length=400, window=self.window,
                           center=False, return_complex=True).abs()  # [N,257,frames]
-        logmel = torch.log(torch.matmul(spec.transpose(1, 2), self.fbanks) + 0.01)  # [N,frames,64]
+        logmel = torch.log(torch.matmul(spec.transpose(1, 2), self.fbanks) + LOG_OFFSET)  # [N,frames,64]
         frames = logmel.shape[1]
         if frames >= MEL_FRAMES:
             logmel = logmel[:, :MEL_FRAMES]
         else:
-            logmel = F.pad(logmel, (0, 0, 0, MEL_FRAMES - frames), value=math.log(0.01))
+            logmel = F.pad(logmel, (0, 0, 0, MEL_FRAMES - frames), value=math.log(LOG_OFFSET))
         return logmel.unsqueeze(1)
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from coavs.audio_spec import LOG_OFFSET
+
 BIASED_AUDIO = ("mute", "noise", "ddpm", "random_semantic")
 
 
@@ -55,8 +57,6 @@ def silence_input(audio: Tensor, encoder: nn.Module) -> Tensor:
     """The encoder input of silence shaped like ``audio``: the log-mel of silence for log-mel encoders, zeros for
     waveforms, VGGish features and any other encoder."""
     if getattr(encoder, "input_kind", None) == "logmel":
-        from coavs.data.audio import LOG_OFFSET
-
         return torch.full_like(audio, float(torch.log(torch.tensor(LOG_OFFSET))))
     return torch.zeros_like(audio)
 

@@ -1,4 +1,4 @@
-"""``assign_queries``: dilated query-to-semantic assignment and audio prompting (DESIGN op 1).
+"""``assign_queries``: dilated query-to-semantic assignment and audio prompting (docs/design.md, op 1).
 
 Backends: reference, native (C++ CPU), cuda, triton. On CUDA tensors the CUDA kernel runs first, then Triton.
 Each direction is one kernel launch for the whole batch.

@@ -1,4 +1,4 @@
-"""``debias_logits``: subtract the biased branch's logits from the vanilla logits (DESIGN op 4).
+"""``debias_logits``: subtract the biased branch's logits from the vanilla logits (docs/design.md, op 4).
 
 Backends: reference, native (C++ CPU), cuda, triton. On CUDA tensors the CUDA kernel runs first, then Triton.
 """

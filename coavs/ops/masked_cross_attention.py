@@ -1,4 +1,4 @@
-"""``masked_cross_attention``: Mask2Former masked attention over active queries only (DESIGN op 3).
+"""``masked_cross_attention``: Mask2Former masked attention over active queries only (docs/design.md, op 3).
 
 ``build_attention_mask`` turns the previous layer's mask logits into an :class:`AttentionMask` (one bit per
 query and key, shared by all heads, plus per-block occupancy); ``masked_cross_attention`` attends each active

@@ -1,4 +1,4 @@
-"""``matching_cost``: batched, assignment-constrained Hungarian matching costs (DESIGN op 2).
+"""``matching_cost``: batched, assignment-constrained Hungarian matching costs (docs/design.md, op 2).
 
 Backends: reference, native (C++ CPU), triton (CUDA tensors). No CUDA kernel: the Triton one is a pair of small
 matrix products per tile and is what runs on GPUs. The costs carry no gradient (matching is not differentiated).

@@ -1,4 +1,4 @@
-"""``semantic_inference``: fused post-processing of mask-classification outputs (DESIGN op 5).
+"""``semantic_inference``: fused post-processing of mask-classification outputs (docs/design.md, op 5).
 
 Resize the mask logits to the output size (bilinear, ``align_corners=False``, as ``F.interpolate``), sigmoid,
 gate, mix with the class probabilities ``S[k] = Σ_q softmax(c_q)[k]·σ(m_q)``, optionally debias (op 4), and

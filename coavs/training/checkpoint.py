@@ -3,16 +3,28 @@
 A checkpoint holds model, optimizer, scheduler and grad-scaler state, every RNG state (Python, NumPy, torch CPU
 and CUDA) and the loop position. It is written to a temporary file in the same folder and renamed, so a crash
 mid-write never leaves a truncated checkpoint, and it loads with ``torch.load(weights_only=True)``.
+:func:`load_model` reads a run's last checkpoint back into a model and its :class:`TrainConfig`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import random
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from coavs.errors import UserError, one_line
+from coavs.models import AVSModel
+from coavs.training.config import TrainConfig
+from coavs.training.runtime import RunFolder
+
+CHECKPOINT_FORMAT = "coavs-train-checkpoint"
 
 
 def rng_state() -> dict:
@@ -76,12 +88,6 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
 
     Raises :class:`coavs.errors.UserError` (one line) when the file is absent, a folder, empty, truncated, not a
     checkpoint, or holds Python objects that ``weights_only`` refuses to unpickle (a crafted pickle)."""
-    import pickle
-    import re
-    import warnings
-
-    from coavs.errors import UserError, one_line
-
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint file")
@@ -107,3 +113,36 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
         reason = one_line(exc).split(". ")[0] or type(exc).__name__
     raise UserError(f"{path} is not a readable checkpoint (truncated, or not written by torch.save): "
                     f"{reason[:160]}")
+
+
+def all_ranks_rng(info) -> list:
+    """Every process's RNG states (gathered on all of them; one entry without torch.distributed)."""
+    state = rng_state()
+    if not info.enabled:
+        return [state]
+    gathered = [None] * info.world_size
+    torch.distributed.all_gather_object(gathered, state)
+    return gathered
+
+
+def checkpoint_path(run_dir_or_checkpoint) -> Path:
+    """The checkpoint file of a run folder (its ``checkpoints/last.pt``) or the file itself."""
+    path = Path(run_dir_or_checkpoint)
+    if path.is_dir():
+        path = RunFolder(path).last_checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(2, "no checkpoint (give a run folder or a .pt file)", str(path))
+    return path
+
+
+def load_model(run_dir_or_checkpoint, device="cpu"):
+    """The trained model (eval mode, on ``device``) and the run's resolved :class:`TrainConfig`, from a run folder
+    (its ``checkpoints/last.pt``) or a checkpoint file. Loads with ``weights_only=True``."""
+    path = checkpoint_path(run_dir_or_checkpoint)
+    state = load(path, map_location="cpu")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a coavs training checkpoint")
+    config = TrainConfig.from_dict(json.loads(state["config"]))
+    model = AVSModel(config.model_config())
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config

@@ -1,12 +1,12 @@
 """The debias objective and inference-time combination of the vanilla and biased branches.
 
-Training (``DebiasConfig.strategy``):
+Training (``DebiasConfig.strategy``; the settings dataclass lives in :mod:`coavs.inference.settings`):
 - ``fixed``:       ``L(vanilla) + λ·L(debias_logits(vanilla, biased, α))``, ``x' = (1+α)·x − α·x_b``;
 - ``uncertainty``: the same with α scaled by the biased branch's confidence (``debias_logits``' strategy);
 - ``bias_only``:   ``L(biased) + λ·L(debias_logits(vanilla, sg(biased), α))``: the biased branch alone is fit
   to the targets (so it holds the visual prior), and the vanilla branch learns only through the debiased
   logits, i.e. the complement of what the bias explains (``sg`` = stop-gradient).
-Every debiased loss reuses the vanilla branch's matching (DESIGN: "with the same matching").
+Every debiased loss reuses the vanilla branch's matching (docs/design.md, "Training": "with the same matching").
 
 Schemes (supplementary B.2, D.3): ``auto`` (the default) resolves from the dataset: binary AVS (S4, MS3)
 debiases the mask logits only (``mask``), semantic AVS both logits separately (``separate``). ``overall``
@@ -25,97 +25,20 @@ Inference (:func:`combine`): ``vanilla``, ``debias`` (the debiased logits) or ``
 vanilla and the debiased logits).
 
 Bias-only audio (``mute``, ``noise``, ``ddpm``, ``random_semantic``) is produced inside the model
-(:mod:`coavs.models.biased`, re-exported here) so that its branch is batched with the vanilla one.
+(:mod:`coavs.models.biased`) so that its branch is batched with the vanilla one.
 """
 
 from __future__ import annotations
-
-import dataclasses
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import coavs.ops as ops
-from coavs.models.biased import BIASED_AUDIO, DiffusionSchedule, biased_embedding  # noqa: F401  (re-export)
+from coavs.inference.combine import combine, debiased_outputs, logit_strategy, overall_maps
+from coavs.inference.settings import DebiasConfig
 from coavs.training.losses import LossResult, SetCriterion
 
-STRATEGIES = ("fixed", "uncertainty", "bias_only")
-TRAIN_SCHEMES = ("auto", "separate", "mask", "class", "overall")
-OVERALL_READINGS = ("score", "product")
 _EPS = 1e-4
-INFERENCE_MODES = ("vanilla", "debias", "ensemble")
-
-
-@dataclass
-class DebiasConfig:
-    """How the biased branch is built and used. ``enabled=False`` trains the vanilla model only."""
-
-    enabled: bool = True
-    biased_audio: str = "mute"  # mute | noise | ddpm | random_semantic
-    strategy: str = "fixed"  # fixed | uncertainty | bias_only
-    weight: float = 10.0  # λ (the reference code uses 10)
-    alpha: float = 1.0  # α of debias_logits (1 → 2x − x_b, the reference code)
-    scheme: str = "auto"  # auto (from the dataset: mask for binary AVS, separate for semantic) | separate | mask |
-    #                       class | overall (per-pixel; see overall_reading)
-    overall_reading: str = "score"  # score: Σ softmax(c)·σ(m) | product: Σ_q m·c, the literal Eq. (1)
-    aux: bool = False  # also debias every auxiliary prediction (the reference code debiases the final one only)
-
-    def __post_init__(self):
-        if self.biased_audio not in BIASED_AUDIO:
-            raise ValueError(f"DebiasConfig.biased_audio must be one of {BIASED_AUDIO}, got {self.biased_audio!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"DebiasConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.scheme not in TRAIN_SCHEMES:
-            raise ValueError(f"DebiasConfig.scheme must be one of {TRAIN_SCHEMES}, got {self.scheme!r}")
-        if self.overall_reading not in OVERALL_READINGS:
-            raise ValueError(f"DebiasConfig.overall_reading must be one of {OVERALL_READINGS}, got "
-                             f"{self.overall_reading!r}")
-        if not (self.weight >= 0 and self.alpha >= 0):
-            raise ValueError(f"DebiasConfig.weight and alpha must be >= 0, got {self.weight}, {self.alpha}")
-
-    def resolved(self, binary: bool) -> "DebiasConfig":
-        """This config with ``scheme: auto`` resolved for a binary (S4/MS3) or semantic dataset."""
-        return dataclasses.replace(self, scheme=resolve_scheme(self.scheme, binary))
-
-
-def resolve_scheme(scheme: str, binary: bool) -> str:
-    """``auto`` → ``mask`` for binary AVS (supplementary B.2: the mask logits only, no background), ``separate``
-    for semantic AVS; any other scheme as given."""
-    if scheme == "auto":
-        return "mask" if binary else "separate"
-    return scheme
-
-
-def overall_maps(mask: Tensor, cls: Tensor, mask_b: Tensor, cls_b: Tensor, alpha: float = 1.0,
-                 reading: str = "score", strategy: str = "fixed", gate: Tensor | None = None,
-                 gate_b: Tensor | None = None) -> Tensor:
-    """The debiased per-pixel class map ``[B,K,h,w]`` at the mask resolution under the ``overall`` scheme
-    (see the module docstring for the two readings). ``gate`` / ``gate_b`` ``[B,Q]``: query gates multiplied into
-    each branch's masks (None: none). ``uncertainty`` scales α by the biased map's confidence (``score``:
-    ``|2·clamp(S_b,0,1) − 1|``; ``product``: the biased branch's top softmax probability), without gradient."""
-    if reading not in OVERALL_READINGS:
-        raise ValueError(f"reading must be one of {OVERALL_READINGS}, got {reading!r}")
-    uncertain = strategy == "uncertainty"
-
-    def one(m, c, g):
-        if reading == "score":
-            s = torch.sigmoid(m.float())
-            if g is not None:
-                s = s * g.float()[:, :, None, None]
-            return torch.einsum("bqk,bqhw->bkhw", torch.softmax(c.float(), dim=-1)[..., :-1], s)
-        m = m.float() if g is None else m.float() * g.float()[:, :, None, None]
-        return torch.einsum("bqk,bqhw->bkhw", c.float()[..., :-1], m)
-
-    x, xb = one(mask, cls, gate), one(mask_b, cls_b, gate_b if gate_b is not None else gate)
-    if uncertain:
-        conf = ((2 * xb.detach().clamp(0, 1) - 1).abs() if reading == "score"
-                else torch.softmax(xb.detach(), dim=1).amax(dim=1, keepdim=True))
-        a = alpha * conf
-    else:
-        a = alpha
-    return (1 + a) * x - a * xb
 
 
 def overall_log_probs(maps: Tensor, reading: str) -> Tensor:
@@ -160,46 +83,6 @@ def overall_loss(outputs: dict, targets: list[dict], annotated: Tensor | None, a
     return F.nll_loss(overall_log_probs(maps[keep], reading), labels[keep])
 
 
-def _debias_pair(vanilla: dict, biased: dict, alpha: float, scheme: str, strategy: str, detach_biased: bool) -> dict:
-    mask_b, cls_b = biased["pred_masks"], biased["pred_logits"]
-    if detach_biased:
-        mask_b, cls_b = mask_b.detach(), cls_b.detach()
-    out = ops.debias_logits(vanilla["pred_masks"], vanilla["pred_logits"], mask_b, cls_b, alpha=alpha,
-                            scheme=scheme, strategy=strategy)
-    return {"pred_masks": out.mask, "pred_logits": out.cls}
-
-
-def debiased_outputs(outputs: dict, alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed",
-                     aux: bool = False, detach_biased: bool = False) -> dict:
-    """The debiased prediction from a model output that holds ``"biased"``: ``pred_logits``, ``pred_masks``
-    (and ``aux_outputs`` when ``aux``), with the vanilla branch's ``active``/``gate``/``query_marker``."""
-    if "biased" not in outputs:
-        raise ValueError("outputs hold no biased branch: call the model with biased='mute' (or another kind)")
-    biased = outputs["biased"]
-    result = _debias_pair(outputs, biased, alpha, scheme, strategy, detach_biased)
-    result["aux_outputs"] = ([_debias_pair(v, b, alpha, scheme, strategy, detach_biased)
-                              for v, b in zip(outputs["aux_outputs"], biased["aux_outputs"])] if aux else [])
-    for key in ("active", "gate", "query_marker"):
-        if key in outputs:
-            result[key] = outputs[key]
-    return result
-
-
-def combine(outputs: dict, mode: str = "debias", alpha: float = 1.0, scheme: str = "separate",
-            strategy: str = "fixed") -> tuple[Tensor, Tensor]:
-    """Inference logits ``(pred_masks, pred_logits)``: ``vanilla``, ``debias`` or ``ensemble`` (the average of
-    the vanilla and debiased logits)."""
-    if mode not in INFERENCE_MODES:
-        raise ValueError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
-    if mode == "vanilla":
-        return outputs["pred_masks"], outputs["pred_logits"]
-    debiased = debiased_outputs(outputs, alpha, scheme, strategy)
-    if mode == "debias":
-        return debiased["pred_masks"], debiased["pred_logits"]
-    return ((outputs["pred_masks"] + debiased["pred_masks"]) / 2,
-            (outputs["pred_logits"] + debiased["pred_logits"]) / 2)
-
-
 class DebiasObjective:
     """``objective(outputs, targets, annotated)`` → :class:`LossResult` of the whole training loss.
 
@@ -230,7 +113,7 @@ class DebiasObjective:
                              f"biased={cfg.biased_audio!r}")
         # The debiased loss reuses the vanilla matching (final prediction first, then aux in order).
         indices = vanilla.indices if cfg.aux else vanilla.indices[:1]
-        strategy = "uncertainty" if cfg.strategy == "uncertainty" else "fixed"
+        strategy = logit_strategy(cfg.strategy)
         if cfg.scheme == "overall":
             pixel = overall_loss(outputs, targets, annotated, cfg.alpha, cfg.overall_reading, strategy,
                                  detach_biased=cfg.strategy == "bias_only")
@@ -253,3 +136,8 @@ class DebiasObjective:
             terms.update(vanilla.terms)
             total = vanilla.total + cfg.weight * debias_loss.total
         return LossResult(total, terms, vanilla.indices)
+
+
+# combine and DebiasConfig live in coavs.inference; README shows them imported from here.
+__all__ = ["DebiasConfig", "DebiasObjective", "combine", "debiased_outputs", "labels_from_targets", "overall_loss",
+           "overall_log_probs", "overall_maps"]

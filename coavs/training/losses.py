@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from coavs.training.matcher import ConstrainedHungarianMatcher
+from coavs.training.point_sampling import point_sample, uncertain_points
+
 IGNORE_LABEL = 255
 
 Indices = list[tuple[Tensor, Tensor]]  # per frame: (query_idx, target_idx)
@@ -147,8 +150,6 @@ class SetCriterion(nn.Module):
                  oversample_ratio: float = 3.0, importance_ratio: float = 0.75, aux_loss: bool = True):
         super().__init__()
         if matcher is None:
-            from coavs.training.matcher import ConstrainedHungarianMatcher
-
             matcher = ConstrainedHungarianMatcher(cost_class=class_weight, cost_mask=mask_weight,
                                                   cost_dice=dice_weight, num_points=num_points)
         self.num_classes = num_classes
@@ -202,8 +203,6 @@ class SetCriterion(nn.Module):
 
     def mask_losses(self, pred_masks: Tensor, targets: list[dict], indices: Indices,
                     num_masks: float) -> tuple[Tensor, Tensor]:
-        from coavs.training.point_sampling import point_sample, uncertain_points
-
         batch_idx, query_idx = _matched(indices, pred_masks.device)
         if batch_idx.numel() == 0:
             zero = pred_masks.sum().float() * 0.0  # keeps the graph (and DDP) happy

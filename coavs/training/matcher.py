@@ -1,4 +1,4 @@
-"""Assignment-constrained Hungarian matching (the paper's answer to audio priming bias, DESIGN op 2).
+"""Assignment-constrained Hungarian matching (the paper's answer to audio priming bias; docs/design.md, op 2).
 
 A ground truth of latent semantic marker ``s`` may only be matched to the ``d`` queries that ``s`` owns, and only
 to active queries (those of present markers); a ground truth with marker ``-1`` may go to any active query. The

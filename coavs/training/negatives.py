@@ -26,13 +26,17 @@ misaligned negative's audio does sound (other classes), so those rows are left o
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
-from coavs.training.batches import select_frames
+from coavs.errors import ConfigError
+from coavs.eval.runner import noise_audio, silence_audio
+from coavs.inference.batches import select_frames
 
 NEGATIVE_KINDS = ("silence", "noise", "misaligned")
 NEGATIVE_MODES = ("add", "replace")
@@ -52,8 +56,6 @@ class NegativesSection:
         self.validate()
 
     def validate(self) -> None:
-        from coavs.training.config import ConfigError
-
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not \
                 (0.0 <= self.ratio <= 8.0) or not math.isfinite(self.ratio):
             raise ConfigError(f"negatives.ratio must be a number in [0, 8], got {self.ratio!r}")
@@ -99,9 +101,6 @@ class NegativeSampler:
         if encoder is not None and hasattr(encoder, "noise_like"):
             # negatives are made on the CPU before the batch moves; noise_like uses no learned weights, so a CPU
             # copy of the encoder made once serves the whole run whatever the model's device
-            import copy
-            from types import SimpleNamespace
-
             self.model = SimpleNamespace(prompt_encoder=copy.deepcopy(encoder).cpu())
 
     def generator(self, step: int) -> torch.Generator:
@@ -143,8 +142,6 @@ class NegativeSampler:
         return _concat(out, negatives)
 
     def _audio(self, kind: str, frames: dict, which: Tensor, step: int, dataset, kind_index: Tensor):
-        from coavs.eval.runner import noise_audio, silence_audio
-
         audio = frames["audio"][which]
         clips = frames["clip_index"][which]
         seed = self.seed * _SEED_STRIDE + int(step)

@@ -3,7 +3,6 @@ distributed sampler, and a throughput meter (clips/s and the share of time spent
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
@@ -12,15 +11,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler
-
-
-def autocast(device: torch.device, precision: str):
-    """Autocast context for ``precision`` ``fp32`` (none), ``bf16`` or ``fp16`` on ``device``'s type."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision not in ("bf16", "fp16"):
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 class RunFolder:

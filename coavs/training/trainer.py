@@ -4,22 +4,9 @@
     summary = train(config, "runs/debias")                 # or: coavs train CONFIG --out runs/debias
     model, config = load_model("runs/debias")              # the last checkpoint, in eval mode
 
-Config sections (YAML or JSON; every key optional; unknown keys are errors that name the key):
-
-- ``data``: the dataset (``root``, ``kind``, ``split``, ``image_size``, ``audio``, …) and the input pipeline
-  (``batch_size`` clips per step and process, ``frames_per_clip``, ``num_workers``, ``cache_dir``, ``markers``);
-- ``model``: :class:`coavs.models.ModelConfig` fields, plus ``preset: small | paper`` to start from a preset;
-  ``num_classes`` and ``num_audio_classes`` default to the dataset's;
-- ``loss``: Mask2Former's weights, points per mask, auxiliary losses, the audio classifier's weight, teacher
-  forcing of the class markers;
-- ``optim``: AdamW, learning-rate schedule (warm-up, then poly / cosine / constant), gradient clipping, and
-  ``debias_lr_scale``: the learning-rate factor of debias training (see :class:`OptimSection`);
-- ``debias``: ``mode: none`` (vanilla training) or ``mode: fixed | uncertainty | bias_only`` (the strategy) with
-  the other :class:`coavs.training.debias.DebiasConfig` fields (``biased_audio``, ``weight``, ``alpha``, …);
-- ``stages``: training stages run in order, each with its epochs, AVSS ``subsets`` and learning-rate factor
-  (the AVSS curriculum v1s → v2 → v1m is three stages);
-- ``eval``: the split evaluated after epochs, how often, which inference modes, bias metrics or not;
-- ``run``: seed, device, precision (fp32 / bf16 / fp16 autocast), ``torch.compile``, logging and checkpoints.
+The config (sections, overrides, validation) is :mod:`coavs.training.config`; the step plan and schedule
+:mod:`coavs.training.plan`; checkpoints and :func:`load_model` :mod:`coavs.training.checkpoint`; dataset splits
+:mod:`coavs.data.splits`. This module is the loop.
 
 The run folder (:class:`coavs.training.runtime.RunFolder`): ``config.json`` (the resolved config), ``train.log``
 (readable), ``log.jsonl`` (a record every ``run.log_every`` steps: loss, learning rate, clips/s and the share of
@@ -33,503 +20,48 @@ a checkpoint and returns; ``train(..., resume=True)`` continues. Under ``torchru
 share of each epoch (DDP; NCCL on GPU, gloo on CPU) and logged and evaluated numbers are reduced over processes.
 """
 
+
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from coavs.data.loader import make_loader
+from coavs.data.splits import is_binary, open_split
 from coavs.errors import UserError
+from coavs.inference.batches import collate_frames, select_frames, to_device
+from coavs.inference.precision import autocast
+from coavs.models import AVSModel
+from coavs.progress import progress_bar, write
 from coavs.training import checkpoint as ckpt
 from coavs.training import distributed as dist_utils
-from coavs.training.batches import collate_frames, select_frames, to_device
-from coavs.eval.gate import GateSection
-from coavs.training.config import ConfigError, from_dict, read_file, to_dict
-from coavs.training.negatives import NegativesSection
+from coavs.training.checkpoint import checkpoint_path, load_model
+from coavs.training.config import (ConfigError, DataSection, EvalSection, LossSection, OptimSection, RunSection,
+                                   StageSection, TrainConfig, apply_overrides, config_differences, resolve)
+from coavs.training.debias import DebiasObjective
+from coavs.training.evaluation import calibrate_run_gate, check_gate_split, evaluate_run
+from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
+from coavs.training.markers import install_markers
+from coavs.training.negatives import NegativeSampler, classifier_rows
+from coavs.training.plan import Plan, Stage, build_stages, param_groups
 from coavs.training.run_lock import RunLock
-from coavs.training.runtime import ResumableSampler, RunFolder, StopSignal, Throughput, autocast, resolve_threads
-
-CHECKPOINT_FORMAT = "coavs-train-checkpoint"
-PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULES = ("poly", "cosine", "constant")
-DEBIAS_MODES = ("none", "fixed", "uncertainty", "bias_only")
-SPLITS = ("train", "val", "test")
-
-
-# ------------------------------------------------------------------------------------------------ config
-@dataclass
-class DataSection:
-    """The dataset and the input pipeline.
-
-    root: dataset folder (S4, MS3, AVSS or a ``coavs synth`` set); kind: ``auto`` or ``s4``/``ms3``/``avss``.
-    split: the training split. image_size: resize frames and masks to this side (None: as stored).
-    num_frames: pad or cut clips to this many frames (None: as stored). audio: ``logmel``, ``waveform`` or
-    ``vggish`` (needs ``vggish_dir``); it must match the model's ``audio_input``.
-    batch_size: clips per step and process. frames_per_clip: annotated frames drawn at random from each clip per
-    step (0: all annotated frames; unannotated frames never enter a step: they carry no loss).
-    num_workers: DataLoader worker processes (None: CPUs − 1, at most 8); pin_memory None: on with CUDA.
-    cache_dir: decoded frames, labels and audio features are stored there after the first read and
-    memory-mapped afterwards (``auto``: ``~/.cache/coavs/clips``; None: no cache).
-    markers: the k-means markers of models with ``num_clusters`` > 0: ``fit`` (fit on the training split at
-    the start, saved as ``<run>/markers.pt``) or the path of a ``coavs fit-markers`` file.
-    """
-
-    root: str = ""
-    kind: str = "auto"
-    split: str = "train"
-    image_size: int | None = None
-    num_frames: int | None = None
-    audio: str = "logmel"
-    vggish_dir: str | None = None
-    batch_size: int = 4
-    frames_per_clip: int = 0
-    num_workers: int | None = None
-    pin_memory: bool | None = None
-    cache_dir: str | None = "auto"
-    markers: str = "fit"
-
-
-@dataclass
-class LossSection:
-    """Mask2Former's set loss (class CE, mask BCE and dice on ``num_points`` sampled points; auxiliary losses
-    after every decoder layer), the audio classifier's multi-label loss (``audio_class_weight``), and teacher
-    forcing: ground-truth classes' markers are made present during training."""
-
-    class_weight: float = 2.0
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
-    no_object_weight: float = 0.1
-    num_points: int = 12544
-    aux: bool = True
-    audio_class_weight: float = 1.0
-    teacher_forcing: bool = True
-
-
-@dataclass
-class OptimSection:
-    """AdamW and the learning-rate schedule.
-
-    The learning rate is ``lr`` times ``debias_lr_scale`` when debias training is on: the debiased logits
-    ``(1+α)·x − α·x_b`` move (1+α) times as fast as the vanilla logits for the same weight update, and the
-    debiased loss is weighted λ = 10, so the step that suits vanilla training overshoots (the reference code
-    also lowers it). Weight decay applies to weight matrices only (not to norms, biases and the query
-    embeddings). ``backbone_lr_scale`` multiplies the backbone's rate (0.1 for a pretrained backbone, as
-    Mask2Former). Schedule: linear warm-up over ``warmup_steps``, then ``poly`` (power 0.9), ``cosine`` or
-    ``constant`` over the whole plan; each stage multiplies it by its ``lr_scale``. ``grad_clip``: max global
-    gradient norm (0: off).
-    """
-
-    lr: float = 1e-4
-    debias_lr_scale: float = 0.5
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    backbone_lr_scale: float = 1.0
-    schedule: str = "poly"
-    warmup_steps: int = 0
-    grad_clip: float = 0.0
-
-
-@dataclass
-class StageSection:
-    """One training stage: ``epochs`` passes over the training split (restricted to the AVSS ``subsets`` when
-    given, e.g. ``[v1s]``), with the learning rate multiplied by ``lr_scale``."""
-
-    name: str = "main"
-    epochs: int = 1
-    subsets: list[str] | None = None
-    lr_scale: float = 1.0
-
-
-@dataclass
-class EvalSection:
-    """Evaluation during training: ``split`` ("" = none) after every ``every`` epochs (0: after the last one
-    only), inference ``modes`` (default: vanilla, plus debias for a debias-trained model), ``bias``: also the
-    false-positive rates under silence, noise and misaligned audio (three more passes). ``max_clips`` caps the
-    clips evaluated; ``batch_size`` is in clips."""
-
-    split: str = "val"
-    every: int = 1
-    modes: list[str] | None = None
-    bias: bool = False
-    batch_size: int = 4
-    max_clips: int | None = None
-
-
-@dataclass
-class RunSection:
-    """How the run executes.
-
-    seed; device: ``auto`` | ``cpu`` | ``cuda``; precision: ``fp32`` | ``bf16`` | ``fp16`` (autocast; fp16 with a
-    grad scaler); compile: ``torch.compile`` the model (true: inductor, or a backend name such as ``aot_eager``);
-    max_steps: cap the plan at this many steps (the schedule follows the cap); log_every: steps between log
-    records; checkpoint_every: steps between checkpoints (0: at the end of every epoch only); progress: a tqdm
-    bar on rank 0; ddp_find_unused: DDP's ``find_unused_parameters``, needed when a part gets no gradient (None:
-    on only with ``audio_class_weight: 0``, which leaves the audio classifier without one); threads:
-    ``torch.set_num_threads`` for the run (None: PyTorch's default; ``auto``, the default: 1 on CPU for small
-    models and batches, where one thread was measured faster — see ``runtime.resolve_threads``). Small models on
-    a busy CPU train faster on one thread than on several (the intra-op barriers cost more than the work): run
-    one process per core instead.
-    """
-
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
-    compile: bool | str = False
-    max_steps: int | None = None
-    log_every: int = 10
-    checkpoint_every: int = 0
-    progress: bool = True
-    ddp_find_unused: bool | None = None
-    threads: int | str | None = "auto"
-
-
-# Keys that may differ between a run and its resumption (they do not change what is computed).
-_RESUMABLE_CHANGES = ("run.progress", "run.log_every", "run.checkpoint_every", "run.threads", "data.num_workers",
-                      "data.pin_memory", "data.cache_dir", "resolved")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs (see the module docstring for the sections)."""
-
-    data: DataSection = field(default_factory=DataSection)
-    model: dict = field(default_factory=dict)
-    loss: LossSection = field(default_factory=LossSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    debias: dict = field(default_factory=lambda: {"mode": "none"})
-    stages: list[StageSection] = field(default_factory=lambda: [StageSection(epochs=10)])
-    eval: EvalSection = field(default_factory=EvalSection)
-    run: RunSection = field(default_factory=RunSection)
-    negatives: NegativesSection = field(default_factory=NegativesSection)  # negative-audio training (negatives.py)
-    gate: GateSection = field(default_factory=GateSection)  # inference "nothing sounds" gate (coavs/eval/gate.py)
-    resolved: dict = field(default_factory=dict)  # filled by train(): dataset kind, classes, world size
-
-    def __post_init__(self):
-        self.validate()
-
-    # -------------------------------------------------------------------------------------- reading
-    @classmethod
-    def from_dict(cls, data: dict, overrides=None) -> "TrainConfig":
-        """From nested dicts; ``overrides``: ``["a.b=value", …]`` or ``{"a.b": value}`` (values parsed as
-        YAML: ``run.seed=3``, ``data.root=/data``, ``stages=[{epochs: 2}]``)."""
-        data = apply_overrides(data or {}, overrides)
-        return from_dict(cls, data)
-
-    @classmethod
-    def from_file(cls, path, overrides=None) -> "TrainConfig":
-        """A YAML (.yaml/.yml) or JSON file; see :meth:`from_dict` for ``overrides``."""
-        return cls.from_dict(read_file(path), overrides)
-
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    # ------------------------------------------------------------------------------------- derived
-    def model_config(self, num_classes: int | None = None):
-        """The :class:`ModelConfig`: ``model.preset`` (``small``/``paper``) or the defaults, updated with the
-        other ``model`` keys; ``audio_input`` defaults to ``data.audio``; ``num_classes`` (the dataset's) fills
-        ``num_classes`` and ``num_audio_classes`` = K − 1 (a class marker per class) when the config does not
-        set them."""
-        from coavs.models.config import ModelConfig
-
-        fields = dict(self.model)
-        preset = fields.pop("preset", None)
-        fields.setdefault("audio_input", self.data.audio)
-        if fields["audio_input"] != self.data.audio:
-            raise ConfigError(f"model.audio_input ({fields['audio_input']!r}) must match data.audio "
-                              f"({self.data.audio!r})")
-        if num_classes is not None:
-            fields.setdefault("num_classes", num_classes)
-            fields.setdefault("num_audio_classes", num_classes - 1)
-        builders = {None: ModelConfig, "default": ModelConfig, "small": ModelConfig.small, "paper": ModelConfig.paper}
-        if preset not in builders:
-            raise ConfigError(f"model.preset must be 'small' or 'paper', got {preset!r}")
-        try:
-            return builders[preset](**fields)
-        except TypeError as exc:
-            known = sorted(f.name for f in dataclasses.fields(ModelConfig))
-            raise ConfigError(f"model: {exc}; known keys: preset, {', '.join(known)}") from None
-        except ValueError as exc:
-            raise ConfigError(f"model: {exc}") from None
-
-    def debias_config(self):
-        """The :class:`DebiasConfig` of ``debias`` (``enabled`` False for ``mode: none``)."""
-        from coavs.training.debias import DebiasConfig
-
-        fields = dict(self.debias)
-        mode = fields.pop("mode", "none")
-        if mode not in DEBIAS_MODES:
-            raise ConfigError(f"debias.mode must be one of {', '.join(DEBIAS_MODES)}, got {mode!r}")
-        for key in ("enabled", "strategy"):
-            if key in fields:
-                raise ConfigError(f"debias.{key} is set by debias.mode (none, fixed, uncertainty or bias_only)")
-        known = {f.name for f in dataclasses.fields(DebiasConfig)} - {"enabled", "strategy"}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {', '.join('debias.' + k for k in unknown)}; known: mode, "
-                              f"{', '.join(sorted(known))}")
-        try:
-            binary = bool(self.resolved.get("binary", False))  # scheme auto: mask for binary AVS (B.2)
-            if mode == "none":
-                return DebiasConfig(enabled=False, **fields).resolved(binary)
-            return DebiasConfig(enabled=True, strategy=mode, **fields).resolved(binary)
-        except ValueError as exc:
-            raise ConfigError(f"debias: {exc}") from None
-
-    @property
-    def debias_enabled(self) -> bool:
-        return self.debias.get("mode", "none") != "none"
-
-    def eval_modes(self) -> list[str]:
-        if self.eval.modes is not None:
-            return list(self.eval.modes)
-        return ["vanilla", "debias"] if self.debias_enabled else ["vanilla"]
-
-    # ----------------------------------------------------------------------------------- validation
-    def validate(self) -> None:
-        d, o, r, e = self.data, self.optim, self.run, self.eval
-        bad = _non_finite(to_dict(self))
-        if bad:
-            raise ConfigError("config values must be finite numbers: "
-                              + ", ".join(f"{key}={value}" for key, value in bad[:4]))
-        if d.split not in SPLITS:
-            raise ConfigError(f"data.split must be one of {', '.join(SPLITS)}, got {d.split!r}")
-        if e.split not in ("",) + SPLITS:
-            raise ConfigError(f"eval.split must be one of {', '.join(SPLITS)} or empty (no evaluation), "
-                              f"got {e.split!r}")
-        if d.image_size is not None and d.image_size < 1:
-            raise ConfigError(f"data.image_size must be >= 1 or null (as stored), got {d.image_size}")
-        if d.num_frames is not None and d.num_frames < 1:
-            raise ConfigError(f"data.num_frames must be >= 1 or null (as stored), got {d.num_frames}")
-        if d.audio == "vggish" and not d.vggish_dir:
-            raise ConfigError("data.audio=vggish needs data.vggish_dir (the folder of <uid>.npy VGGish features)")
-        if len(o.betas) == 2 and not all(0.0 <= b < 1.0 for b in o.betas):
-            raise ConfigError(f"optim.betas must both be in [0, 1), got {list(o.betas)}")
-        if d.batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {d.batch_size}")
-        if d.frames_per_clip < 0:
-            raise ConfigError(f"data.frames_per_clip must be >= 0, got {d.frames_per_clip}")
-        if d.num_workers is not None and d.num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
-        if d.audio not in ("logmel", "waveform", "vggish"):
-            raise ConfigError(f"data.audio must be logmel, waveform or vggish, got {d.audio!r}")
-        if d.kind not in ("auto", "s4", "ms3", "avss"):
-            raise ConfigError(f"data.kind must be auto, s4, ms3 or avss, got {d.kind!r}")
-        if o.lr <= 0 or o.debias_lr_scale <= 0 or o.backbone_lr_scale < 0 or o.weight_decay < 0:
-            raise ConfigError("optim.lr and optim.debias_lr_scale must be > 0; optim.backbone_lr_scale and "
-                              "optim.weight_decay >= 0")
-        if o.schedule not in SCHEDULES:
-            raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
-        if len(o.betas) != 2:
-            raise ConfigError(f"optim.betas must be two numbers, got {o.betas!r}")
-        if o.warmup_steps < 0 or o.grad_clip < 0:
-            raise ConfigError("optim.warmup_steps and optim.grad_clip must be >= 0")
-        if not self.stages:
-            raise ConfigError("stages must list at least one stage")
-        for i, stage in enumerate(self.stages):
-            if stage.epochs < 1:
-                raise ConfigError(f"stages[{i}].epochs must be >= 1, got {stage.epochs}")
-            if stage.lr_scale < 0:
-                raise ConfigError(f"stages[{i}].lr_scale must be >= 0, got {stage.lr_scale}")
-        if r.precision not in PRECISIONS:
-            raise ConfigError(f"run.precision must be one of {', '.join(PRECISIONS)}, got {r.precision!r}")
-        if r.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"run.device must be auto, cpu or cuda, got {r.device!r}")
-        if r.max_steps is not None and r.max_steps < 1:
-            raise ConfigError(f"run.max_steps must be >= 1, got {r.max_steps}")
-        if not isinstance(r.compile, (bool, str)):
-            raise ConfigError(f"run.compile must be true, false or a torch.compile backend name, got {r.compile!r}")
-        if r.threads is not None and r.threads != "auto" and (not isinstance(r.threads, int) or r.threads < 1):
-            raise ConfigError(f"run.threads must be >= 1, 'auto' or null, got {r.threads!r}")
-        if r.log_every < 1 or r.checkpoint_every < 0:
-            raise ConfigError("run.log_every must be >= 1 and run.checkpoint_every >= 0")
-        if self.loss.num_points < 1:
-            raise ConfigError(f"loss.num_points must be >= 1, got {self.loss.num_points}")
-        if e.every < 0 or e.batch_size < 1:
-            raise ConfigError("eval.every must be >= 0 and eval.batch_size >= 1")
-        for mode in self.eval_modes():
-            if mode not in ("vanilla", "debias", "ensemble"):
-                raise ConfigError(f"eval.modes: {mode!r} is not vanilla, debias or ensemble")
-        self.debias_config()
-        self.model_config(num_classes=self.model.get("num_classes"))
-
-
-def apply_overrides(data: dict, overrides) -> dict:
-    """``data`` (nested dicts) with dotted-key overrides applied; values given as strings are parsed as YAML
-    (``null`` is None; an empty value is the empty string)."""
-    if not overrides:
-        return data
-    import copy
-
-    import yaml
-
-    data = copy.deepcopy(data)
-    items = overrides.items() if isinstance(overrides, dict) else []
-    if not isinstance(overrides, dict):
-        parsed = []
-        for text in overrides:
-            if "=" not in text:
-                raise ConfigError(f"override {text!r} must look like section.key=value")
-            key, value = text.split("=", 1)
-            try:
-                parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else ""))
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"override {text!r}: cannot parse the value ({exc})") from None
-        items = parsed
-    for key, value in items:
-        parts = key.split(".")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {key}: {'.'.join(parts[:i + 1])} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
-def _flatten(data, prefix: str = "") -> dict:
-    if isinstance(data, dict):
-        out = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
-
-
-def _non_finite(data, where: str = "") -> list[tuple[str, float]]:
-    """(dotted key, value) of every NaN or infinite float in nested dicts and lists."""
-    if isinstance(data, dict):
-        return [bad for key, value in data.items() for bad in _non_finite(value, f"{where}.{key}" if where else key)]
-    if isinstance(data, (list, tuple)):
-        return [bad for i, value in enumerate(data) for bad in _non_finite(value, f"{where}[{i}]")]
-    return [(where, data)] if isinstance(data, float) and not math.isfinite(data) else []
-
-
-def config_differences(a: TrainConfig, b: TrainConfig, ignore=_RESUMABLE_CHANGES) -> list[str]:
-    """Dotted keys whose values differ (ignoring ``ignore`` prefixes)."""
-    fa, fb = _flatten(json.loads(json.dumps(a.to_dict()))), _flatten(json.loads(json.dumps(b.to_dict())))
-    keys = sorted(set(fa) | set(fb))
-    return [k for k in keys if fa.get(k) != fb.get(k) and not any(k == p or k.startswith(p + ".") for p in ignore)]
-
-
-# -------------------------------------------------------------------------------------------------- plan
-@dataclass
-class _Stage:
-    index: int
-    section: StageSection
-    dataset: object
-    steps_per_epoch: int
-    first_step: int  # global step at which the stage starts
-
-
-class _Plan:
-    """Stages × epochs × batches laid out on one global step counter (capped by ``run.max_steps``)."""
-
-    def __init__(self, stages: list[_Stage], cap: int | None):
-        self.stages = stages
-        full = sum(s.steps_per_epoch * s.section.epochs for s in stages)
-        self.total = full if cap is None else min(cap, full)
-
-    def position(self, step: int) -> tuple[int, int, int]:
-        """(stage, epoch in stage, batch in epoch) of the ``step``-th step (0-based)."""
-        for stage in self.stages:
-            span = stage.steps_per_epoch * stage.section.epochs
-            if step < stage.first_step + span:
-                local = step - stage.first_step
-                return stage.index, local // stage.steps_per_epoch, local % stage.steps_per_epoch
-        last = self.stages[-1]
-        return last.index, last.section.epochs, 0
-
-    def lr_factor(self, step: int, optim: OptimSection) -> float:
-        if optim.warmup_steps and step < optim.warmup_steps:
-            warm = (step + 1) / optim.warmup_steps
-        else:
-            warm = 1.0
-        progress = min(step / max(self.total, 1), 1.0)
-        if optim.schedule == "poly":
-            decay = (1.0 - progress) ** 0.9
-        elif optim.schedule == "cosine":
-            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-        else:
-            decay = 1.0
-        stage = self.stages[self.position(min(step, self.total - 1))[0]]
-        return warm * decay * stage.section.lr_scale
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-def default_cache_dir() -> Path:
-    import os
-
-    base = os.environ.get("COAVS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "coavs")
-    return Path(base) / "clips"
-
-
-def open_split(config: TrainConfig, split: str, subsets=None):
-    """The dataset of ``split`` as the config describes it (image size, audio, frames, cache)."""
-    from coavs.data.dataset import open_dataset
-
-    d = config.data
-    if not d.root:
-        raise ConfigError("data.root is not set (the dataset folder; e.g. --set data.root=PATH)")
-    cache = None if d.cache_dir in (None, "", "none") else (default_cache_dir() if d.cache_dir == "auto"
-                                                             else Path(d.cache_dir))
-    kwargs = dict(image_size=d.image_size, audio=d.audio, num_frames=d.num_frames, vggish_dir=d.vggish_dir,
-                  cache_dir=cache)
-    if subsets:
-        kwargs["subsets"] = tuple(subsets)
-    kind = d.kind
-    if subsets and kind == "auto":
-        from coavs.data.avsbench import detect_layout
-
-        kind = detect_layout(d.root)
-    if subsets and kind != "avss":
-        raise ConfigError(f"stages[].subsets only apply to AVSS-layout datasets, {d.root} is {kind}")
-    return open_dataset(d.root, split, kind, **kwargs)
-
-
-def is_binary(dataset) -> bool:
-    """S4/MS3: one sounding class, masks 0/1 (no background class in the set loss)."""
-    return getattr(dataset, "kind", "avss") in ("s4", "ms3")
+from coavs.training.runtime import ResumableSampler, RunFolder, StopSignal, Throughput, resolve_threads
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _param_groups(model, lr: float, optim: OptimSection) -> list[dict]:
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        no_decay = param.dim() < 2 or name in ("query_feat", "query_pos")
-        backbone = name.startswith("backbone.")
-        groups.setdefault((backbone, no_decay), []).append(param)
-    return [{"params": params, "lr": lr * (optim.backbone_lr_scale if backbone else 1.0),
-             "weight_decay": 0.0 if no_decay else optim.weight_decay}
-            for (backbone, no_decay), params in sorted(groups.items())]
-
-
-def _all_ranks_rng(info) -> list:
-    state = ckpt.rng_state()
-    if not info.enabled:
-        return [state]
-    gathered = [None] * info.world_size
-    torch.distributed.all_gather_object(gathered, state)
-    return gathered
 
 
 class _SignalProofWorker:
@@ -559,10 +91,6 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------ set-up
     def build(self, resume: bool) -> None:
-        from coavs.models import AVSModel
-        from coavs.training.debias import DebiasObjective
-        from coavs.training.losses import SetCriterion
-
         cfg = self.config
         folder = self.folder
         if self.main:  # the run lock is held: a temporary checkpoint file is what a killed run left behind
@@ -577,7 +105,7 @@ class _Trainer:
         if resume:
             stored = TrainConfig.from_dict(json.loads((folder.root / "config.json").read_text()))
             if cfg is not None:
-                given = _resolve(cfg, open_split(cfg, cfg.data.split, cfg.stages[0].subsets), self.info)
+                given = resolve(cfg, open_split(cfg, cfg.data.split, cfg.stages[0].subsets), self.info.world_size)
                 changed = config_differences(stored, given)
                 if changed:
                     raise ConfigError(f"the config differs from the run's config.json in {', '.join(changed[:6])}; "
@@ -591,14 +119,14 @@ class _Trainer:
             cfg = self.config = stored
 
         _seed_everything(cfg.run.seed)
-        stages = self._datasets_for(cfg)
-        cfg = self.config = _resolve(cfg, stages[0].dataset, self.info)
+        stages = build_stages(cfg, self.info.world_size)
+        cfg = self.config = resolve(cfg, stages[0].dataset, self.info.world_size)
         self.binary = cfg.resolved["binary"]
-        self.plan = _Plan(stages, cfg.run.max_steps)
+        self.plan = Plan(stages, cfg.run.max_steps)
         self.model_config = cfg.model_config()
         model = AVSModel(self.model_config)
         if self.model_config.num_clusters and not resume:
-            self._install_markers(model)
+            install_markers(model, self.config, self.model_config, self.folder.root, self.main)
         self.raw_model = model.to(self.device)
         threads = resolve_threads(cfg.run.threads, self.device, sum(p.numel() for p in model.parameters()),
                                   cfg.data.batch_size * (cfg.data.image_size or 224) ** 2)
@@ -608,7 +136,7 @@ class _Trainer:
 
         debias = cfg.debias_config()
         lr = cfg.optim.lr * (cfg.optim.debias_lr_scale if debias.enabled else 1.0)
-        self.optimizer = torch.optim.AdamW(_param_groups(model, lr, cfg.optim), lr=lr, betas=tuple(cfg.optim.betas))
+        self.optimizer = torch.optim.AdamW(param_groups(model, lr, cfg.optim), lr=lr, betas=tuple(cfg.optim.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda step: self.plan.lr_factor(step, cfg.optim))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.run.precision == "fp16")
@@ -618,7 +146,7 @@ class _Trainer:
                                  aux_loss=cfg.loss.aux)
         self.objective = DebiasObjective(criterion, debias, binary=self.binary)
         self.negatives = _negative_sampler(cfg, model)
-        _check_gate_split(cfg)
+        check_gate_split(cfg)
 
         self.step = 0
         self.checkpoint_step = -1
@@ -637,8 +165,6 @@ class _Trainer:
 
         self.model = self.raw_model
         if self.info.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             find_unused = cfg.run.ddp_find_unused
             if find_unused is None:
@@ -648,47 +174,12 @@ class _Trainer:
             backend = cfg.run.compile if isinstance(cfg.run.compile, str) else "inductor"
             self.model = torch.compile(self.model, backend=backend)
 
-    def _datasets_for(self, cfg: TrainConfig) -> list[_Stage]:
-        stages, first = [], 0
-        for i, section in enumerate(cfg.stages):
-            dataset = open_split(cfg, cfg.data.split, section.subsets)
-            if len(dataset) == 0:
-                raise ConfigError(f"stage {section.name!r}: the {cfg.data.split} split of {cfg.data.root} has no clips"
-                                  + (f" in subsets {section.subsets}" if section.subsets else ""))
-            per_rank = math.ceil(len(dataset) / self.info.world_size)
-            steps = math.ceil(per_rank / cfg.data.batch_size)
-            stages.append(_Stage(i, section, dataset, steps, first))
-            first += steps * section.epochs
-        return stages
-
-    def _install_markers(self, model) -> None:
-        from coavs.models.fit_markers import fit_markers
-
-        source = self.config.data.markers
-        if source == "fit":
-            path = self.folder.root / "markers.pt"
-            if self.main and not path.is_file():
-                d = self.config.data
-                vggish = d.vggish_dir if self.model_config.audio_input == "vggish" else None
-                try:
-                    fit_markers(path, self.model_config.num_clusters, data=d.root, vggish=vggish, split=d.split,
-                                seed=self.config.run.seed)
-                except ValueError as exc:  # DataError included: no descriptors to fit the markers on
-                    raise ConfigError(f"data.markers=fit: {exc}") from None
-            dist_utils.barrier()
-        else:
-            path = Path(source)
-        try:
-            model.load_markers(path)
-        except (ValueError, FileNotFoundError) as exc:
-            raise ConfigError(f"data.markers: {exc}") from None
-
     # ---------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
-        rng = _all_ranks_rng(self.info)
+        rng = ckpt.all_ranks_rng(self.info)
         if self.main:
             state = {
-                "format": CHECKPOINT_FORMAT, "version": 1,
+                "format": ckpt.CHECKPOINT_FORMAT, "version": 1,
                 "config": json.dumps(self.config.to_dict()),
                 "model": self.raw_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -705,7 +196,7 @@ class _Trainer:
 
     def _load_checkpoint(self) -> None:
         state = ckpt.load(self.folder.last_checkpoint, map_location=self.device)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(state, dict) or state.get("format") != ckpt.CHECKPOINT_FORMAT:
             raise UserError(f"{self.folder.last_checkpoint} is not a coavs training checkpoint")
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -733,14 +224,10 @@ class _Trainer:
         with open(self.folder.root / "train.log", "a") as f:
             f.write(f"{stamp} {message}\n")
         if self.config.run.progress:
-            from coavs.progress import write
-
             write(message)
 
     # ----------------------------------------------------------------------------------------- loop
-    def loader(self, stage: _Stage, epoch: int, start_batch: int):
-        from coavs.data.loader import make_loader
-
+    def loader(self, stage: Stage, epoch: int, start_batch: int):
         d = self.config.data
         sampler = ResumableSampler(len(stage.dataset), self.info.rank, self.info.world_size,
                                    seed=self.config.run.seed + 7919 * stage.index, shuffle=True)
@@ -755,9 +242,6 @@ class _Trainer:
 
     def train_step(self, batch: dict) -> tuple[float, dict, int]:
         """One optimisation step on a frame batch → (loss, detached loss terms, frames used)."""
-        from coavs.training.losses import audio_classification_loss, targets_from_labels
-        from coavs.training.negatives import classifier_rows
-
         cfg = self.config
         batch = self._training_frames(batch)
         if self.negatives is not None:  # negative-audio frames with empty targets (coavs.training.negatives)
@@ -818,11 +302,9 @@ class _Trainer:
                              "world_size": self.info.world_size, "time": time.time()})
         self.say(f"{'resuming at' if resumed else 'starting'} step {self.step} of {plan.total} "
                  f"({self.info.world_size} process(es) on {self.device}; {self.model_config.queries} queries; "
-                 f"debias {cfg.debias.get('mode', 'none')})")
+                 f"debias {cfg.debias.get('strategy', 'none')})")
         bar = None
         if self.main and cfg.run.progress:  # a tqdm bar on a terminal, else a plain line every log_every steps
-            from coavs.progress import progress_bar
-
             bar = progress_bar(plan.total, initial=self.step, unit="step", desc="train", every=cfg.run.log_every,
                                dynamic_ncols=True)
         last_eval, reason, started = None, None, time.perf_counter()
@@ -910,7 +392,7 @@ class _Trainer:
             stop.requested = signal.SIGTERM
         return flag.item() > 0
 
-    def _log_window(self, window: Throughput, window_loss: list, loss: float, terms: dict, stage: _Stage,
+    def _log_window(self, window: Throughput, window_loss: list, loss: float, terms: dict, stage: Stage,
                     epoch: int) -> None:
         rates = window.report()
         sums = torch.tensor([window_loss[0], window_loss[1], rates["clips_per_s"], rates["data_wait_frac"]],
@@ -925,7 +407,7 @@ class _Trainer:
                   "data_wait_fraction": float(sums[3]) / self.info.world_size, **terms}
         self.folder.log(record)
 
-    def _end_epoch(self, stage: _Stage, epoch: int, meter: Throughput) -> dict | None:
+    def _end_epoch(self, stage: Stage, epoch: int, meter: Throughput) -> dict | None:
         cfg = self.config
         seconds = meter.total
         rates = meter.report()
@@ -958,76 +440,14 @@ class _Trainer:
         return eval_result
 
     def calibrate_gate(self):
-        return _calibrate_gate(self)
+        return calibrate_run_gate(self)
 
     def evaluate(self) -> dict:
-        """Metrics on ``eval.split`` with the raw (un-wrapped) model, on this process's shard, merged."""
-        from coavs.eval.runner import evaluate
-
-        cfg = self.config
-        dataset = getattr(self, "_eval_dataset", None)
-        if dataset is None:
-            dataset = self._eval_dataset = open_split(cfg, cfg.eval.split)
-        self.raw_model.eval()
-        try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                return evaluate(self.raw_model, dataset, batch_size=cfg.eval.batch_size, device=self.device,
-                                modes=cfg.eval_modes(), bias=cfg.eval.bias, max_clips=cfg.eval.max_clips,
-                                biased=self.objective.config.biased_audio, alpha=self.objective.config.alpha,
-                                scheme=self.objective.config.scheme,
-                                strategy="uncertainty" if self.objective.config.strategy == "uncertainty"
-                                else "fixed", precision=cfg.run.precision, distributed=self.info.enabled,
-                                overall_reading=self.objective.config.overall_reading, gate=self.calibrate_gate())
-        finally:
-            self.raw_model.train()
+        return evaluate_run(self)
 
 
 def _negative_sampler(cfg: TrainConfig, model):
-    from coavs.training.negatives import NegativeSampler
-
     return NegativeSampler(cfg.negatives, cfg.run.seed, cfg.data.audio, model) if cfg.negatives.enabled else None
-
-
-def _check_gate_split(cfg: TrainConfig) -> None:
-    """A gate to calibrate needs clips in its split: say so before training, not after it."""
-    if cfg.gate.mode != "none" and cfg.gate.threshold is None and len(open_split(cfg, cfg.gate.split)) == 0:
-        raise ConfigError(f"gate.split: the {cfg.gate.split} split of {cfg.data.root} has no clips to calibrate "
-                          "the gate on (use gate.split=train or set gate.threshold)")
-
-
-def _calibrate_gate(trainer) -> object:
-    """The run's gate (``gate`` section): a fixed threshold, or calibrated once per step on ``gate.split`` with
-    the raw model and saved as ``<run>/gate.json``; None when ``gate.mode`` is none."""
-    from coavs.eval.gate import Gate, calibrate_gate, save_gate
-
-    section = trainer.config.gate
-    if section.mode == "none":
-        return None
-    if section.threshold is not None:
-        return Gate(section.mode, section.threshold)
-    cached = getattr(trainer, "_gate", None)
-    if cached is not None and cached[0] == trainer.step:
-        return cached[1]
-    dataset = open_split(trainer.config, section.split)
-    with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
-        gate, stats = calibrate_gate(trainer.raw_model, dataset, section.mode, section.keep,
-                                     device=trainer.device, max_clips=section.max_clips, seed=trainer.config.run.seed,
-                                     precision=trainer.config.run.precision)
-    if trainer.main:
-        save_gate(trainer.folder.root, gate, {**stats, "step": trainer.step}, section.split)
-    trainer._gate = (trainer.step, gate)
-    return gate
-
-
-def _resolve(config: TrainConfig, dataset, info) -> TrainConfig:
-    """The config with the model fully spelled out (no preset; classes from the dataset) and facts about the
-    dataset and the run under ``resolved``."""
-    model = config.model_config(num_classes=dataset.num_classes)
-    kind = getattr(dataset, "kind", "avss")
-    resolved = {"dataset_kind": kind, "binary": is_binary(dataset), "class_names": list(dataset.class_names),
-                "world_size": info.world_size, "torch": torch.__version__}
-    data = dataclasses.replace(config.data, kind=kind if config.data.kind == "auto" else config.data.kind)
-    return dataclasses.replace(config, model=model.to_dict(), data=data, resolved=resolved)
 
 
 def train(config, run_dir, resume: bool = False, max_steps: int | None = None,
@@ -1075,30 +495,6 @@ def train(config, run_dir, resume: bool = False, max_steps: int | None = None,
             dist_utils.teardown()
 
 
-# ---------------------------------------------------------------------------------------------- loading
-def checkpoint_path(run_dir_or_checkpoint) -> Path:
-    path = Path(run_dir_or_checkpoint)
-    if path.is_dir():
-        path = RunFolder(path).last_checkpoint
-    if not path.is_file():
-        raise FileNotFoundError(2, "no checkpoint (give a run folder or a .pt file)", str(path))
-    return path
-
-
-def load_model(run_dir_or_checkpoint, device="cpu"):
-    """The trained model (eval mode, on ``device``) and the run's resolved :class:`TrainConfig`, from a run folder
-    (its ``checkpoints/last.pt``) or a checkpoint file. Loads with ``weights_only=True``."""
-    from coavs.models import AVSModel
-
-    path = checkpoint_path(run_dir_or_checkpoint)
-    state = ckpt.load(path, map_location="cpu")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a coavs training checkpoint")
-    config = TrainConfig.from_dict(json.loads(state["config"]))
-    model = AVSModel(config.model_config())
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), config
-
-
+# Public names documented as coavs.training.trainer's (README "Training"): they live in the modules above.
 __all__ = ["TrainConfig", "DataSection", "LossSection", "OptimSection", "StageSection", "EvalSection", "RunSection",
            "train", "load_model", "checkpoint_path", "open_split", "is_binary", "apply_overrides"]

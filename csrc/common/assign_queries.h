@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "common/macros.h"
+#include "common/math.h"
 
 namespace coavs {
 

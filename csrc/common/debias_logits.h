@@ -10,18 +10,9 @@
 #include <cmath>
 
 #include "common/macros.h"
+#include "common/math.h"
 
 namespace coavs {
-
-// float and double overloads, usable on host and device.
-COAVS_HOST_DEVICE float math_exp(float x) { return expf(x); }
-COAVS_HOST_DEVICE double math_exp(double x) { return exp(x); }
-COAVS_HOST_DEVICE float math_log(float x) { return logf(x); }
-COAVS_HOST_DEVICE double math_log(double x) { return log(x); }
-COAVS_HOST_DEVICE float math_tanh(float x) { return tanhf(x); }
-COAVS_HOST_DEVICE double math_tanh(double x) { return tanh(x); }
-COAVS_HOST_DEVICE float math_abs(float x) { return fabsf(x); }
-COAVS_HOST_DEVICE double math_abs(double x) { return fabs(x); }
 
 template <typename T>
 COAVS_HOST_DEVICE T debias_value(T x, T x_biased, T a) {
@@ -99,7 +90,7 @@ template <typename T>
 COAVS_HOST_DEVICE T class_confidence(T entropy, int n) {
   if (n <= 1) return T(1);
   const T c = T(1) - entropy / math_log(static_cast<T>(n));
-  return c < T(0) ? T(0) : (c > T(1) ? T(1) : c);
+  return clamp_unit(c);
 }
 
 // The strength of one class row from its (streamed) entropy: alpha * class_confidence when uncertainty-weighted.

@@ -1,4 +1,5 @@
-// Macros shared by every native source: host/device qualifiers that compile in plain C++ too.
+// Macros shared by every native source: host/device qualifiers that compile in plain C++ too, and forced
+// inlining for the CPU kernels' ISA-specific copies. Arithmetic helpers live in common/math.h.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -7,20 +8,9 @@
 #define COAVS_HOST_DEVICE inline
 #endif
 
-namespace coavs {
-
-// The arithmetic type of a storage type, as at::opmath_type: double for double, float for everything else
-// (float, half, bfloat16). Kernel headers use it so that they compile without ATen (csrc/tests); the CUDA
-// sources check that it agrees with at::opmath_type.
-template <typename T>
-struct OpMath {
-  using type = float;
-};
-template <>
-struct OpMath<double> {
-  using type = double;
-};
-template <typename T>
-using opmath_t = typename OpMath<T>::type;
-
-}  // namespace coavs
+// Always inlined: a body compiled once per target ISA (see cpu/vec_avx2.h) must be inlined into each copy.
+#if defined(__GNUC__) || defined(__clang__)
+#define COAVS_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define COAVS_ALWAYS_INLINE inline
+#endif

@@ -20,38 +20,10 @@
 #include <cstdint>
 
 #include "common/macros.h"
+#include "common/math.h"
 
 namespace coavs {
 namespace matching {
-
-COAVS_HOST_DEVICE float exp_of(float x) { return expf(x); }
-COAVS_HOST_DEVICE double exp_of(double x) { return exp(x); }
-COAVS_HOST_DEVICE float log_of(float x) { return logf(x); }
-COAVS_HOST_DEVICE double log_of(double x) { return log(x); }
-COAVS_HOST_DEVICE float log1p_of(float x) { return log1pf(x); }
-COAVS_HOST_DEVICE double log1p_of(double x) { return log1p(x); }
-
-// log(1 + e^x) without overflow for large x and without losing small values for very negative x.
-template <typename T>
-COAVS_HOST_DEVICE T softplus(T x) {
-  return x > T(0) ? x + log1p_of(exp_of(-x)) : log1p_of(exp_of(x));
-}
-
-template <typename T>
-COAVS_HOST_DEVICE T sigmoid(T x) {
-  return T(1) / (T(1) + exp_of(-x));
-}
-
-// sigmoid(x) and softplus(x) from one exponential, e = exp(-|x|) in (0, 1]:
-//   sigmoid = 1 / (1 + e) for x >= 0, e / (1 + e) otherwise;   softplus = max(x, 0) + log1p(e).
-template <typename T>
-COAVS_HOST_DEVICE void sigmoid_softplus(T x, T& sig, T& soft) {
-  const bool positive = x >= T(0);
-  const T e = exp_of(positive ? -x : x);
-  const T inv = T(1) / (T(1) + e);
-  sig = positive ? inv : e * inv;
-  soft = (positive ? x : T(0)) + log1p_of(e);
-}
 
 // Streaming log-sum-exp of a class row (running max and the sum of exp relative to it).
 template <typename T>
@@ -62,25 +34,25 @@ struct LogSumExp {
   COAVS_HOST_DEVICE void add(T x) {
     if (x == T(-INFINITY)) return;
     if (x > max) {
-      sum = sum * exp_of(max - x);
+      sum = sum * math_exp(max - x);
       max = x;
     }
-    sum += exp_of(x - max);
+    sum += math_exp(x - max);
   }
 
-  COAVS_HOST_DEVICE T value() const { return sum > T(0) ? max + log_of(sum) : T(-INFINITY); }
+  COAVS_HOST_DEVICE T value() const { return sum > T(0) ? max + math_log(sum) : T(-INFINITY); }
 
   // softmax probability of a logit of the row: exp(x - max) / sum. Not exp(x - value()): value() is rounded at
   // the scale of max, so that form loses |max|·eps (1e-4 relative for float logits of 1e4). A NaN or +inf logit
   // makes sum NaN and an all −inf row leaves sum 0, so those rows give NaN, as softmax does.
-  COAVS_HOST_DEVICE T probability(T x) const { return exp_of(x - max) / sum; }
+  COAVS_HOST_DEVICE T probability(T x) const { return math_exp(x - max) / sum; }
 };
 
 // softmax probability of a logit given its row's log-sum-exp (exact only for logits of moderate size; the
 // kernels use LogSumExp::probability).
 template <typename T>
 COAVS_HOST_DEVICE T class_probability(T logit, T log_sum_exp) {
-  return exp_of(logit - log_sum_exp);
+  return math_exp(logit - log_sum_exp);
 }
 
 template <typename T>

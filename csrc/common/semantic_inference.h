@@ -15,6 +15,7 @@
 
 #include "common/debias_logits.h"
 #include "common/macros.h"
+#include "common/math.h"
 
 namespace coavs {
 
@@ -50,7 +51,7 @@ COAVS_HOST_DEVICE LinearTap bilinear_tap(int64_t out_index, int64_t in_size, int
   int64_t i0 = static_cast<int64_t>(src);  // src >= 0: truncation is floor
   i0 = i0 < in_size - 1 ? i0 : in_size - 1;
   float l1 = src - static_cast<float>(i0);
-  l1 = l1 < 0.0f ? 0.0f : (l1 > 1.0f ? 1.0f : l1);
+  l1 = clamp_unit(l1);
   tap.i0 = i0;
   tap.i1 = i0 + (i0 < in_size - 1 ? 1 : 0);
   tap.l1 = l1;
@@ -74,8 +75,7 @@ COAVS_HOST_DEVICE float debias_mask_logit(float m, float m_biased, float alpha, 
 COAVS_HOST_DEVICE float debias_overall_score(float s, float s_biased, float alpha, bool uncertainty) {
   float a = alpha;
   if (uncertainty) {
-    const float c = s_biased < 0.0f ? 0.0f : (s_biased > 1.0f ? 1.0f : s_biased);
-    a = alpha * math_abs(2.0f * c - 1.0f);
+    a = alpha * math_abs(2.0f * clamp_unit(s_biased) - 1.0f);
   }
   return debias_value(s, s_biased, a);
 }

@@ -20,6 +20,11 @@ inline void check_floating(const at::Tensor& t, const char* name) {
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor, got ", t.scalar_type());
 }
 
+// The ScalarType of opmath_t (common/math.h) for a storage type: kDouble for double, kFloat for everything else.
+inline at::ScalarType opmath_scalar_type(at::ScalarType storage) {
+  return storage == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // Rows of the last dimension: a [..., n] tensor is rows x n (0 rows when empty).
 inline int64_t num_rows(const at::Tensor& t) {
   if (t.numel() == 0) return 0;

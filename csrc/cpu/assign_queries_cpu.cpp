@@ -4,10 +4,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include "common/assign_queries.h"
 #include "common/tensor_checks.h"
-#include "ops.h"
 
 namespace coavs {
 namespace {
@@ -43,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_queries_cpu(const at::Tens
   auto gate = at::empty({batch, num_queries}, sc.options());
   auto active = at::empty({batch, num_queries}, sc.options().dtype(at::kBool));
   // The gate in the arithmetic type of the queries, read by the second pass.
-  const auto query_acc = qf.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto query_acc = opmath_scalar_type(qf.scalar_type());
   auto gate_acc = at::empty({batch, num_queries}, sc.options().dtype(query_acc));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sc.scalar_type(), "assign_queries_cpu_gate", [&] {
@@ -160,3 +160,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_queries_backward_cpu(
 }
 
 }  // namespace coavs
+
+// The CPU kernels of these ops; their schemas are in csrc/torch_bindings.cpp.
+TORCH_LIBRARY_IMPL(coavs_C, CPU, m) {
+  m.impl("assign_queries", &coavs::assign_queries_cpu);
+  m.impl("assign_queries_backward", &coavs::assign_queries_backward_cpu);
+}

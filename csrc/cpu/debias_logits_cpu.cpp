@@ -7,13 +7,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 
 #include "common/debias_logits.h"
 #include "common/tensor_checks.h"
 #include "cpu/vec_avx2.h"
-#include "ops.h"
 
 namespace coavs {
 namespace {
@@ -207,3 +207,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> debias_logits_backwar
 }
 
 }  // namespace coavs
+
+// The CPU kernels of these ops; their schemas are in csrc/torch_bindings.cpp.
+TORCH_LIBRARY_IMPL(coavs_C, CPU, m) {
+  m.impl("debias_logits", &coavs::debias_logits_cpu);
+  m.impl("debias_logits_backward", &coavs::debias_logits_backward_cpu);
+}

@@ -18,6 +18,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -27,7 +28,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "ops.h"
+#include "common/macros.h"
+#include "common/math.h"
+#include "common/tensor_checks.h"
 
 // The vector helpers below are always inlined into the ISA-specific bodies; their ABI never crosses a call.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -38,8 +41,6 @@ namespace {
 constexpr int64_t kBlock = 64;  // keys per occupancy flag (coavs.ops.masked_cross_attention.OCCUPANCY_BLOCK)
 constexpr int64_t kMaxLanes = 16;  // the widest vector: 16 float32 lanes (AVX-512)
 
-#define COAVS_INLINE inline __attribute__((always_inline))
-
 // ---------------------------------------------------------------------------------------------- vectors
 template <typename T, int W>
 struct Vec {
@@ -49,25 +50,25 @@ struct Vec {
 };
 
 template <typename V, typename T>
-COAVS_INLINE V splat(T x) {
+COAVS_ALWAYS_INLINE V splat(T x) {
   return V{} + x;
 }
 
 template <typename V>
-COAVS_INLINE V load(const void* p) {
+COAVS_ALWAYS_INLINE V load(const void* p) {
   V v;
   std::memcpy(&v, p, sizeof(V));
   return v;
 }
 
 template <typename V>
-COAVS_INLINE void store(void* p, const V& v) {
+COAVS_ALWAYS_INLINE void store(void* p, const V& v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
 // Lane i of the result is all-ones when bit i of `bits` is set.
 template <typename T, int W>
-COAVS_INLINE typename Vec<T, W>::mask lane_mask(uint64_t bits) {
+COAVS_ALWAYS_INLINE typename Vec<T, W>::mask lane_mask(uint64_t bits) {
   using M = typename Vec<T, W>::mask;
   using I = typename Vec<T, W>::int_t;
   M lane_bit;
@@ -79,7 +80,7 @@ COAVS_INLINE typename Vec<T, W>::mask lane_mask(uint64_t bits) {
 // exp for float32 lanes: 2^n · p(r), r = x − n ln2 in [−ln2/2, ln2/2], degree-6 Taylor polynomial (≤ 2 ulp);
 // x is clamped to [−87.3, 88.0] (the callers zero the lanes of masked keys themselves).
 template <int W>
-COAVS_INLINE typename Vec<float, W>::type vexp(typename Vec<float, W>::type x) {
+COAVS_ALWAYS_INLINE typename Vec<float, W>::type vexp(typename Vec<float, W>::type x) {
   using V = typename Vec<float, W>::type;
   using M = typename Vec<float, W>::mask;
   x = x < splat<V>(-87.3f) ? splat<V>(-87.3f) : x;
@@ -101,14 +102,14 @@ COAVS_INLINE typename Vec<float, W>::type vexp(typename Vec<float, W>::type x) {
 }
 
 template <int W>
-COAVS_INLINE typename Vec<double, W>::type vexp(typename Vec<double, W>::type x) {
+COAVS_ALWAYS_INLINE typename Vec<double, W>::type vexp(typename Vec<double, W>::type x) {
   for (int i = 0; i < W; ++i) x[i] = std::exp(x[i]);
   return x;
 }
 
 // Largest lane and sum of the lanes, halving the vector each step.
 template <typename T, int W>
-COAVS_INLINE T reduce_max(typename Vec<T, W>::type x) {
+COAVS_ALWAYS_INLINE T reduce_max(typename Vec<T, W>::type x) {
   if constexpr (W == 2) {
     return x[0] > x[1] ? x[0] : x[1];
   } else {
@@ -121,7 +122,7 @@ COAVS_INLINE T reduce_max(typename Vec<T, W>::type x) {
 }
 
 template <typename T, int W>
-COAVS_INLINE T reduce_sum(typename Vec<T, W>::type x) {
+COAVS_ALWAYS_INLINE T reduce_sum(typename Vec<T, W>::type x) {
   if constexpr (W == 2) {
     return x[0] + x[1];
   } else {
@@ -131,11 +132,6 @@ COAVS_INLINE T reduce_sum(typename Vec<T, W>::type x) {
     std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
     return reduce_sum<T, W / 2>(lo + hi);
   }
-}
-
-template <typename T>
-COAVS_INLINE T scalar_exp(T x) {
-  return std::exp(x);
 }
 
 // ------------------------------------------------------------------------------------------- per sample
@@ -175,7 +171,7 @@ std::vector<SampleRows> working_rows(const Problem& p) {
 }
 
 // The 64 visibility bits of key block `block` of row (b, r).
-COAVS_INLINE uint64_t block_bits(const Problem& p, int64_t b, int64_t r, int64_t block) {
+COAVS_ALWAYS_INLINE uint64_t block_bits(const Problem& p, int64_t b, int64_t r, int64_t block) {
   const int32_t* w = p.bits + (b * p.queries + r) * p.words;
   const uint64_t low = static_cast<uint32_t>(w[2 * block]);
   const uint64_t high = 2 * block + 1 < p.words ? static_cast<uint32_t>(w[2 * block + 1]) : 0;
@@ -187,7 +183,7 @@ template <typename S>
 struct Strided {
   const S* data;
   int64_t row, col;
-  COAVS_INLINE S at(int64_t n, int64_t d) const { return data[n * row + d * col]; }
+  COAVS_ALWAYS_INLINE S at(int64_t n, int64_t d) const { return data[n * row + d * col]; }
 };
 
 template <typename S>
@@ -198,7 +194,7 @@ Strided<S> slice(const at::Tensor& t, int64_t b, int64_t h) {
 // Packs the seen blocks of m [N, dh] as rows (`rows`, [padded][dh]) and/or transposed block by block (`cols`,
 // [blocks][dh][64]: one block's kᵀ is 64·dh contiguous values), zero past N. A block is read into `tile` ([64][dh], in L1) first, so the transposed writes stay in cache.
 template <typename S, typename T>
-COAVS_INLINE void pack(const Problem& p, const Strided<S>& m, const std::vector<uint8_t>& seen, T* rows, T* cols,
+COAVS_ALWAYS_INLINE void pack(const Problem& p, const Strided<S>& m, const std::vector<uint8_t>& seen, T* rows, T* cols,
                        T* tile) {
   const int64_t dh = p.head_dim;
   for (int64_t blk = 0; blk < p.blocks; ++blk) {
@@ -226,7 +222,7 @@ COAVS_INLINE void pack(const Problem& p, const Strided<S>& m, const std::vector<
 
 // Which of the 64/W vectors of a block hold a visible key (bit i for vector i).
 template <int W>
-COAVS_INLINE uint32_t live_vectors(uint64_t bits) {
+COAVS_ALWAYS_INLINE uint32_t live_vectors(uint64_t bits) {
   uint32_t live = 0;
   for (int i = 0; i < kBlock / W; ++i) live |= (((bits >> (i * W)) & ((uint64_t(1) << W) - 1)) != 0) << i;
   return live;
@@ -236,7 +232,7 @@ COAVS_INLINE uint32_t live_vectors(uint64_t bits) {
 // (each a sum of four interleaved partial sums over dh, so the FMAs do not wait on each other). `xb` holds x
 // broadcast, one vector per element (built once per row).
 template <typename T, int W>
-COAVS_INLINE void block_scores(const T* xb, const T* kt, int64_t dh, uint32_t live,
+COAVS_ALWAYS_INLINE void block_scores(const T* xb, const T* kt, int64_t dh, uint32_t live,
                                typename Vec<T, W>::type (&s)[kBlock / W]) {
   using V = typename Vec<T, W>::type;
   constexpr int NV = kBlock / W;
@@ -259,7 +255,7 @@ COAVS_INLINE void block_scores(const T* xb, const T* kt, int64_t dh, uint32_t li
 // acc[d] += Σ_t coef[t] · rows[key[t]·ld + d]: W lanes of acc at a time held in two registers across the keys
 // (no store-to-load chain through acc), then the scalar tail of dh.
 template <typename T, int W>
-COAVS_INLINE void accumulate_rows(T* acc, const T* rows, int64_t ld, const int64_t* key, const T* coef, int count,
+COAVS_ALWAYS_INLINE void accumulate_rows(T* acc, const T* rows, int64_t ld, const int64_t* key, const T* coef, int count,
                                   int64_t dh) {
   using V = typename Vec<T, W>::type;
   int64_t c = 0;
@@ -286,7 +282,7 @@ struct Outputs {
 };
 
 template <typename S, typename T, int W>
-COAVS_INLINE void forward_body(const Problem& p, const SampleRows& sample, const at::Tensor& q, const at::Tensor& k,
+COAVS_ALWAYS_INLINE void forward_body(const Problem& p, const SampleRows& sample, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v, int64_t b, int64_t h, T* scratch, const Outputs& o) {
   using V = typename Vec<T, W>::type;
   using M = typename Vec<T, W>::mask;
@@ -348,7 +344,7 @@ COAVS_INLINE void forward_body(const Problem& p, const SampleRows& sample, const
       }
       const T block_sum = reduce_sum<T, W>(total);
       if (new_max > row_max) {
-        const T correction = row_max == neg_inf ? T(0) : scalar_exp(row_max - new_max);
+        const T correction = row_max == neg_inf ? T(0) : math_exp(row_max - new_max);
         row_sum *= correction;
         for (int64_t d = 0; d < dh; ++d) acc[d] *= correction;
         row_max = new_max;
@@ -375,7 +371,7 @@ struct Grads {
 };
 
 template <typename S, typename T, int W>
-COAVS_INLINE void backward_body(const Problem& p, const SampleRows& sample, const at::Tensor& grad_out,
+COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const SampleRows& sample, const at::Tensor& grad_out,
                                 const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
                                 const at::Tensor& lse, int64_t b, int64_t h, T* scratch, const Grads& g) {
   using V = typename Vec<T, W>::type;
@@ -590,7 +586,7 @@ std::tuple<at::Tensor, at::Tensor> masked_cross_attention_cpu(const at::Tensor& 
   Problem p = make_problem(q, k, v, mask_bits, block_occupancy, active, scale);
   const auto bits = mask_bits.contiguous(), occupancy = block_occupancy.contiguous(), act = active.contiguous();
   set_mask_pointers(p, bits, occupancy, act);
-  const auto acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = opmath_scalar_type(q.scalar_type());
   auto out = at::zeros({p.batch, p.heads, p.queries, p.head_dim}, q.options());
   auto lse = at::zeros({p.batch, p.heads, p.queries}, q.options().dtype(acc_type));
   if (out.numel() == 0 || p.keys == 0) return {out, lse};
@@ -625,7 +621,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_backward_c
               out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
               "grad_out and out must have the dtype of q");
-  const auto acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = opmath_scalar_type(q.scalar_type());
   TORCH_CHECK(lse.scalar_type() == acc_type && lse.dim() == 3 && lse.size(0) == p.batch && lse.size(1) == p.heads &&
                   lse.size(2) == p.queries,
               "lse must be ", acc_type, " [B,h,Q], got ", lse.scalar_type(), " ", lse.sizes());
@@ -659,3 +655,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_backward_c
 }
 
 }  // namespace coavs
+
+// The CPU kernels of these ops; their schemas are in csrc/torch_bindings.cpp.
+TORCH_LIBRARY_IMPL(coavs_C, CPU, m) {
+  m.impl("masked_cross_attention", &coavs::masked_cross_attention_cpu);
+  m.impl("masked_cross_attention_backward", &coavs::masked_cross_attention_backward_cpu);
+}

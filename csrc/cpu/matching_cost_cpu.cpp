@@ -9,10 +9,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include "common/matching_cost.h"
 #include "common/tensor_checks.h"
-#include "ops.h"
 
 namespace coavs {
 namespace {
@@ -68,7 +68,7 @@ at::Tensor matching_cost_cpu(const at::Tensor& mask_logits, const at::Tensor& ta
                              const at::Tensor& allowed, const at::Tensor& num_targets, double cost_class,
                              double cost_mask, double cost_dice) {
   check_matching_inputs(mask_logits, target_masks, class_logits, target_labels, allowed, num_targets);
-  const auto acc_type = mask_logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = opmath_scalar_type(mask_logits.scalar_type());
   const int64_t batch = mask_logits.size(0), num_queries = mask_logits.size(1), num_points = mask_logits.size(2);
   const int64_t num_gt = target_masks.size(1), num_classes = class_logits.size(2);
   auto cost = at::empty({batch, num_queries, num_gt}, mask_logits.options().dtype(acc_type));
@@ -129,7 +129,7 @@ at::Tensor matching_cost_cpu(const at::Tensor& mask_logits, const at::Tensor& ta
             acc_t soft;
             finite_row = finite_row && std::isfinite(v);
             logits[p] = v;
-            matching::sigmoid_softplus(v, probs[p], soft);
+            sigmoid_softplus(v, probs[p], soft);
             softplus_total += soft;
             sigmoid_total += probs[p];
           }
@@ -157,3 +157,8 @@ at::Tensor matching_cost_cpu(const at::Tensor& mask_logits, const at::Tensor& ta
 }
 
 }  // namespace coavs
+
+// The CPU kernels of these ops; their schemas are in csrc/torch_bindings.cpp.
+TORCH_LIBRARY_IMPL(coavs_C, CPU, m) {
+  m.impl("matching_cost", &coavs::matching_cost_cpu);
+}

@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -22,7 +23,6 @@
 #include "common/semantic_inference.h"
 #include "common/tensor_checks.h"
 #include "cpu/vec_avx2.h"
-#include "ops.h"
 
 namespace coavs {
 namespace {
@@ -49,12 +49,6 @@ void prepare_source(const scalar_t* mask, const scalar_t* mask_biased, float* ds
     }
   });
 }
-
-#if defined(__GNUC__) || defined(__clang__)
-#define COAVS_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define COAVS_ALWAYS_INLINE inline
-#endif
 
 // One query's resize for output rows [r0, r1) (see resize_rows): fills rows_in rows of `rows` (source rows
 // s0, s0 + 1, ...; none when they were filled before), then the output rows. Inlined into a portable and an AVX2
@@ -362,3 +356,8 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
 }
 
 }  // namespace coavs
+
+// The CPU kernels of these ops; their schemas are in csrc/torch_bindings.cpp.
+TORCH_LIBRARY_IMPL(coavs_C, CPU, m) {
+  m.impl("semantic_inference", &coavs::semantic_inference_cpu);
+}

@@ -7,12 +7,12 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <type_traits>
 
 #include "common/tensor_checks.h"
 #include "cuda/assign_queries_kernel.cuh"
-#include "ops.h"
 
 namespace coavs {
 
@@ -82,3 +82,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_queries_backward_cuda(
 }
 
 }  // namespace coavs
+
+// The CUDA kernels of these ops; their schemas are in csrc/torch_bindings.cpp.
+TORCH_LIBRARY_IMPL(coavs_C, CUDA, m) {
+  m.impl("assign_queries", &coavs::assign_queries_cuda);
+  m.impl("assign_queries_backward", &coavs::assign_queries_backward_cuda);
+}

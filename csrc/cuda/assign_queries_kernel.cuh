@@ -17,6 +17,7 @@
 #endif
 #include "common/assign_queries.h"
 #include "common/macros.h"
+#include "common/math.h"
 
 namespace coavs {
 namespace assign_kernel {

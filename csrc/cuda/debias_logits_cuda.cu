@@ -7,12 +7,12 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
 
 #include <type_traits>
 
 #include "common/tensor_checks.h"
 #include "cuda/debias_logits_kernel.cuh"
-#include "ops.h"
 
 namespace coavs {
 namespace {
@@ -73,3 +73,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> debias_logits_backwar
 }
 
 }  // namespace coavs
+
+// The CUDA kernels of these ops; their schemas are in csrc/torch_bindings.cpp.
+TORCH_LIBRARY_IMPL(coavs_C, CUDA, m) {
+  m.impl("debias_logits", &coavs::debias_logits_cuda);
+  m.impl("debias_logits_backward", &coavs::debias_logits_backward_cuda);
+}

@@ -13,6 +13,7 @@
 #endif
 #include "common/debias_logits.h"
 #include "common/macros.h"
+#include "common/math.h"
 
 namespace coavs {
 namespace debias_kernel {

@@ -1,4 +1,4 @@
-// Plain C++ checks of the host/device arithmetic in csrc/common (run by ctest and by tests/test_native_build.py).
+// Plain C++ checks of the host/device arithmetic in csrc/common (run by ctest and by tests/test_build.py).
 #include <cmath>
 #include <cstdio>
 #include <vector>

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.cli.conftest import assert_one_line_error, run_cli, write_wav
+from tests.support.cli import assert_one_line_error, run_cli, write_wav
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

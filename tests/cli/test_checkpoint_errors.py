@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.cli.conftest import CHECKPOINT_DAMAGE, assert_one_line_error, bad_checkpoint, run_cli, snapshot
+from tests.support.cli import CHECKPOINT_DAMAGE, assert_one_line_error, bad_checkpoint, run_cli, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.cli.conftest import assert_one_line_error, run_cli
+from tests.support.cli import REPO, assert_one_line_error, run_cli
+from tests.support.tiny_run import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,14 +131,6 @@ def test_predict_frames_folder_that_does_not_exist(trained_run, clip, tmp_path, 
 def test_a_damaged_frame_met_by_a_loader_worker_is_one_line(workspace, tmp_path):
     """The DataLoader re-raises a worker's DataError from its text: still one line, and the workers (which ignore
     SIGTERM) are shut down so the process exits instead of hanging."""
-    import subprocess
-    import sys
-
-    import yaml
-
-    from tests.cli.conftest import REPO
-    from tests.training.tiny_run import tiny_config
-
     data = tmp_path / "data"
     shutil.copytree(workspace / "tiny", data)
     damaged = sorted(data.glob("synth/*/frames/*"))[0]

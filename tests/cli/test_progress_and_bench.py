@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from coavs.progress import PlainProgress
-from tests.cli.conftest import REPO, run_cli
-from tests.training.tiny_run import tiny_config
+from tests.support.cli import REPO, run_cli
+from tests.support.tiny_run import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,8 +17,8 @@ import yaml
 from coavs.errors import UserError
 from coavs.training import checkpoint as ckpt
 from coavs.training.run_lock import RunLock
-from tests.cli.conftest import REPO, assert_one_line_error, run_cli, snapshot
-from tests.training.tiny_run import tiny_config
+from tests.support.cli import REPO, assert_one_line_error, run_cli, snapshot
+from tests.support.tiny_run import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

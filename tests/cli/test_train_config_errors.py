@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.cli.conftest import assert_one_line_error, run_cli, snapshot
+from tests.support.cli import assert_one_line_error, run_cli, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,7 +13,7 @@ from coavs.data.avsbench import (BINARY_LABELS, LabelMap, colour_to_index, detec
                                  read_mask, read_records, read_s4_records)
 from coavs.data.dataset import AVSSDataset, MS3Dataset, S4Dataset, open_dataset
 
-from .conftest import make_ms3, make_s4
+from tests.support.datasets import make_ms3, make_s4
 
 
 def test_palette_is_voc_and_invertible():

@@ -16,7 +16,7 @@ from coavs.data import synth
 from coavs.data.audio import log_mel, resample, split_seconds
 from coavs.data.synth import CLASS_NAMES, SYNTH_CLASSES, SynthConfig, generate, generate_clip
 
-from .conftest import TINY
+from tests.support.datasets import TINY
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -142,8 +142,8 @@ def test_bias_evaluator_separates_listening_from_prior():
         assert prior[f"fpr_{kind}"] == pytest.approx(16 / 64)
         assert listening[f"fpr_{kind}_frames"] == 6
     # Another clip's audio may be the class of this frame's second object: FP only where that object is.
-    assert 0.0 <= listening["fpr_other"] <= 16 / 64
-    assert prior["fpr_other"] == pytest.approx(16 / 64)
+    assert 0.0 <= listening["fpr_misaligned"] <= 16 / 64
+    assert prior["fpr_misaligned"] == pytest.approx(16 / 64)
     assert listening["counterfactual_iou"] == pytest.approx(1.0, abs=1e-6)
     assert listening["counterfactual_leak_iou"] == 0.0
     assert prior["counterfactual_iou"] == pytest.approx(0.5, abs=1e-6)  # right for one source of two

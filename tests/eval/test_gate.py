@@ -11,7 +11,7 @@ from coavs.eval.gate import Gate, GateSection, apply_gate, calibrate_gate, choos
 from coavs.eval.runner import evaluate
 from coavs.training.config import ConfigError
 from coavs.training.trainer import TrainConfig, load_model, open_split, train
-from tests.training.tiny_run import make_tiny_set, tiny_config
+from tests.support.tiny_run import make_tiny_set, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

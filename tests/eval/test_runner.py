@@ -10,7 +10,7 @@ from coavs.eval.metrics import SemanticAVSMetrics
 from coavs.eval.runner import (AUDIO_CONDITIONS, evaluate, format_table, misaligned_audio, predict_batches,
                                silence_audio)
 from coavs.training.trainer import TrainConfig, load_model, open_split, train
-from tests.training.tiny_run import make_tiny_set, tiny_config
+from tests.support.tiny_run import make_tiny_set, tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     """A debias-trained tiny model (4 steps) and the val split of its set."""
     root = tmp_path_factory.mktemp("runner")
     data = make_tiny_set(root / "tiny")
-    config = tiny_config(data, root / "cache", debias={"mode": "fixed", "biased_audio": "mute"})
+    config = tiny_config(data, root / "cache", debias={"strategy": "fixed", "biased_audio": "mute"})
     train(TrainConfig.from_dict(config), root / "run")
     model, config = load_model(root / "run")
     return model, open_split(config, "val")
@@ -109,7 +109,7 @@ def test_counterfactual_score_in_evaluate_and_in_the_trainers_evaluation(tmp_pat
     from coavs.data.synth import SynthConfig, generate
     from coavs.eval.metrics import frame_iou
     from coavs.eval.runner import _lone_sounders, counterfactual_cases, postprocess
-    from coavs.training.batches import collate_frames, select_frames
+    from coavs.inference.batches import collate_frames, select_frames
 
     data = tmp_path / "two_sources"
     generate(data, SynthConfig(num_clips=24, frames_per_clip=2, image_size=32, classes=("violin", "dog", "car"),

@@ -15,7 +15,7 @@ from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
 
 from coavs.integrations import transformers as integration  # noqa: E402
 from coavs.ops import use_backend  # noqa: E402
-from tests.helpers import assert_close, backends_for  # noqa: E402
+from tests.support.helpers import assert_close, backends_for  # noqa: E402
 
 HEADS = 4
 DECODER_LAYERS = 4  # transformers builds decoder_layers - 1 masked-attention layers

@@ -8,7 +8,7 @@ import torch
 import coavs.ops as ops
 from coavs.models import AVSModel, BagOfWordsEncoder, ModelConfig, fit_kmeans
 from coavs.training.debias import debiased_outputs
-from tests.models.synthetic import make_batch
+from tests.support.synthetic import make_batch
 
 TINY = dict(hidden_dim=32, num_layers=2, ffn_dim=64, num_heads=4, backbone_widths=(8, 8, 16, 16),
             audio_channels=(4, 8))

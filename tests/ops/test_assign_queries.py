@@ -4,7 +4,7 @@ import torch
 import coavs.ops as ops
 from coavs.ops import reference
 from coavs.ops.assign_queries import assign_queries_backward_op, assign_queries_op
-from tests.helpers import FLOAT_DTYPES, assert_close, backends_for, non_contiguous
+from tests.support.helpers import FLOAT_DTYPES, assert_close, backends_for, non_contiguous
 
 # The Triton interpreter converts loop bounds with a NumPy call that NumPy deprecates; not our code.
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import backends_for
+from tests.support.helpers import backends_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import torch
 import coavs.ops as ops
 from coavs.ops import reference
 from coavs.ops.debias_logits import debias_logits_op
-from tests.helpers import FLOAT_DTYPES, assert_close, backends_for, non_contiguous
+from tests.support.helpers import FLOAT_DTYPES, assert_close, backends_for, non_contiguous
 
 MASK_SHAPES = [(0, 3, 4, 4), (1, 1, 1, 1), (2, 3, 5, 7), (3, 5, 17, 13), (1, 2, 33, 31)]
 CLS_WIDTHS = [1, 2, 7, 72]

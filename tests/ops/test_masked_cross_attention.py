@@ -11,7 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import coavs.ops as ops
 from coavs.ops import reference
 from coavs.ops.masked_cross_attention import masked_cross_attention_op, pack_visibility, unpack_bits
-from tests.helpers import FLOAT_DTYPES, backends_for
+from tests.support.attention import (ERROR_FLOOR, assert_attention_close, reference_with_grads, same_precision_eager,
+                                     use_variant)
+from tests.support.helpers import FLOAT_DTYPES, backends_for
 
 mca = importlib.import_module("coavs.ops.masked_cross_attention")  # the module (the package exports the function)
 CPU_BACKENDS = backends_for("masked_cross_attention", "cpu")
@@ -22,8 +24,6 @@ BACKEND_VARIANTS = [(b, None) for b in CPU_BACKENDS] + [("native", "chunked")]
 KEY_MAPS = {1: (1, 1), 7: (1, 7), 49: (7, 7), 196: (14, 14), 784: (28, 28), 1000: (25, 40), 4096: (64, 64)}
 MASK_KINDS = ("random", "all", "none", "one")
 FRACTIONS = (0.0, 0.1, 0.5, 1.0)
-# floor of the allowed error, relative to the largest reference value (see assert_attention_close)
-ERROR_FLOOR = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -54,46 +54,6 @@ def make_qkv(batch, heads, queries, keys, head_dim, dtype, device="cpu"):
     k = torch.randn(batch, heads, keys, head_dim, device=device).to(dtype)
     v = torch.randn(batch, heads, keys, head_dim, device=device).to(dtype)
     return q, k, v
-
-
-def use_variant(monkeypatch, kernel):
-    """``kernel == "chunked"``: the native backend runs the key-chunked PyTorch path instead of the C++ kernel."""
-    if kernel == "chunked":
-        monkeypatch.setitem(mca._FORWARD.impls, "native", mca._chunked_forward)
-        monkeypatch.setitem(mca._BACKWARD.impls, "native", mca._chunked_backward)
-
-
-# --------------------------------------------------------------------------------------------- comparison
-def reference_with_grads(q, k, v, visible, active, scale, grad, dtype):
-    """Reference output and (dq, dk, dv) by autograd, evaluated in ``dtype`` arithmetic from the same inputs."""
-    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
-    out = reference.masked_cross_attention(*leaves, visible, active, scale)
-    grads = torch.autograd.grad(out, leaves, grad.to(dtype))
-    return out.detach(), grads
-
-
-def same_precision_eager(q, k, v, visible, active, scale, grad):
-    """Mask2Former's eager computation in the inputs' own precision (matmuls and softmax in fp16/bf16): the error
-    an ordinary low-precision model already lives with."""
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    scores = torch.matmul(leaves[0], leaves[1].transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~visible[:, None], float("-inf"))
-    out = torch.matmul(torch.softmax(scores, -1), leaves[2])
-    out = torch.where(active[:, None, :, None], out, out.new_zeros(()))
-    return out.detach(), torch.autograd.grad(out, leaves, grad)
-
-
-def assert_attention_close(actual, exact, eager=None, what=""):
-    """``|actual − exact| <= 2·|eager − exact| + floor·max(1, |exact|)`` (flash-attention's rule), ``exact`` in
-    float64; ``eager`` is the same-precision PyTorch result (None: the floor alone)."""
-    assert actual.shape == exact.shape, f"{what}: shape {tuple(actual.shape)} vs {tuple(exact.shape)}"
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = max(1.0, exact.abs().max().item()) if exact.numel() else 1.0
-    allowed = ERROR_FLOOR[actual.dtype] * scale
-    if eager is not None and exact.numel():
-        allowed += 2 * (eager.double() - exact).abs().max().item()
-    error = (actual.double() - exact).abs().max().item() if exact.numel() else 0.0
-    assert error <= allowed, f"{what}: max error {error:.3g} > allowed {allowed:.3g}"
 
 
 def run_op(backend, q, k, v, mask, active, scale, grad):

@@ -2,12 +2,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import coavs.ops as ops
 from coavs.ops import reference
 from coavs.ops.matching_cost import matching_cost_op
-from tests.helpers import FLOAT_DTYPES, backends_for, non_contiguous
+from tests.support.helpers import FLOAT_DTYPES, backends_for, non_contiguous
+from tests.support.matching import mask2former_cost
 
 # The Triton interpreter converts loop bounds with a NumPy call that NumPy deprecates; not our code.
 
@@ -47,19 +47,6 @@ def assert_cost_close(got, expected, tol):
     assert torch.equal(torch.isfinite(got), finite), "+inf exactly where not allowed or padding"
     assert (got[~finite] == math.inf).all()
     torch.testing.assert_close(got[finite].double(), expected[finite], atol=tol * 10, rtol=tol)
-
-
-def mask2former_cost(mask_logits, target, class_logits, labels):
-    """Mask2Former's per-sample matcher costs, written as in its code (BCE against ones/zeros, einsum)."""
-    x, t = mask_logits.double(), target.double()
-    hw = x.shape[1]
-    pos = F.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
-    ce = (torch.einsum("nc,mc->nm", pos, t) + torch.einsum("nc,mc->nm", neg, 1 - t)) / hw
-    s = x.sigmoid()
-    dice = 1 - (2 * torch.einsum("nc,mc->nm", s, t) + 1) / (s.sum(-1)[:, None] + t.sum(-1)[None, :] + 1)
-    prob = class_logits.double().softmax(-1)
-    return 5 * ce + 2 * (-prob[:, labels]) + 5 * dice
 
 
 def test_reference_equals_mask2former_definitions():

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import coavs.ops as ops
 from coavs.ops.masked_cross_attention import pack_visibility
-from tests.helpers import backends_for
-from tests.ops.test_masked_cross_attention import (assert_attention_close, reference_with_grads,
+from tests.support.helpers import backends_for
+from tests.support.attention import (assert_attention_close, reference_with_grads,
                                                    same_precision_eager, use_variant)
 from tests.support.strategies import describe, sizes, tensors
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import coavs.ops as ops
 from coavs.ops import reference
-from tests.helpers import backends_for
+from tests.support.helpers import backends_for
 from tests.support.strategies import layouts, sizes, tensors, with_layout
 
 BACKENDS = backends_for("matching_cost", "cpu")

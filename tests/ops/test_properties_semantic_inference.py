@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import coavs.ops as ops
 from coavs.ops import reference
 from coavs.ops.semantic_inference import Debias
-from tests.helpers import backends_for
+from tests.support.helpers import backends_for
 from tests.support.compare import assert_same
 from tests.support.strategies import sizes, tensors
 

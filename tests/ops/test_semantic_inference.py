@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import coavs.ops as ops
 from coavs.ops import reference
 from coavs.ops.semantic_inference import semantic_inference_op
-from tests.helpers import FLOAT_DTYPES, backends_for, non_contiguous
+from tests.support.helpers import FLOAT_DTYPES, backends_for, non_contiguous
 
 CPU_BACKENDS = backends_for("semantic_inference", "cpu")
 ROOT = Path(__file__).resolve().parents[2]

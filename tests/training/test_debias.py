@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import coavs.ops as ops
+from coavs.training.config import TrainConfig
 from coavs.training.debias import DebiasConfig, DebiasObjective, combine, debiased_outputs
 from coavs.training.losses import SetCriterion, targets_from_labels
-from tests.training.test_losses import FirstQueriesMatcher, fake_outputs
+from tests.support.losses import FirstQueriesMatcher, fake_outputs
 
 
 def outputs_with_bias(n=3, q=4, k=3, requires_grad=True):
@@ -105,14 +106,12 @@ def test_config_validation(changes, message):
 
 # ------------------------------------------------------------------------- supplementary B.2 and D.3
 def test_scheme_auto_is_mask_only_for_binary_avs_and_separate_for_semantic():
-    from coavs.training.trainer import TrainConfig
-
     assert DebiasConfig().scheme == "auto"
     assert DebiasConfig().resolved(binary=True).scheme == "mask"
     assert DebiasConfig().resolved(binary=False).scheme == "separate"
     assert DebiasConfig(scheme="class").resolved(binary=True).scheme == "class"  # an explicit scheme stays
-    binary_run = TrainConfig.from_dict({"debias": {"mode": "fixed"}, "resolved": {"binary": True}})
-    semantic_run = TrainConfig.from_dict({"debias": {"mode": "fixed"}, "resolved": {"binary": False}})
+    binary_run = TrainConfig.from_dict({"debias": {"strategy": "fixed"}, "resolved": {"binary": True}})
+    semantic_run = TrainConfig.from_dict({"debias": {"strategy": "fixed"}, "resolved": {"binary": False}})
     assert binary_run.debias_config().scheme == "mask" and semantic_run.debias_config().scheme == "separate"
     out, t = outputs_with_bias(), targets()
     binary = DebiasObjective(criterion(), DebiasConfig(), binary=True)(out, t.targets, t.annotated)
@@ -185,3 +184,11 @@ def test_product_reading_at_inference():
     torch.testing.assert_close(fg, 1 - torch.softmax(maps, 1)[:, 0])
     score_labels, _ = postprocess(out, (16, 16), "debias", scheme="overall", overall_reading="score")
     assert score_labels.shape == labels.shape
+
+
+def test_old_config_key_debias_mode_still_works_with_one_warning():
+    with pytest.warns(FutureWarning, match="debias.mode is deprecated"):
+        old = TrainConfig.from_dict({"debias": {"mode": "uncertainty"}})
+    assert old.debias["strategy"] == "uncertainty" and "mode" not in old.debias
+    with pytest.raises(Exception, match="old name of debias.strategy"):
+        TrainConfig.from_dict({"debias": {"mode": "fixed", "strategy": "uncertainty"}})

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from coavs.models import AVSModel, ModelConfig, fit_kmeans
 from coavs.training.losses import (SetCriterion, audio_classification_loss, classification_loss, dice_loss,
                                    sigmoid_ce_loss, targets_from_labels)
-from tests.models.synthetic import make_batch
+from tests.support.losses import FirstQueriesMatcher, fake_outputs
+from tests.support.synthetic import make_batch
 
 
 # ------------------------------------------------------------------------------------------------ targets
@@ -63,24 +64,6 @@ def test_audio_classification_loss_skips_unannotated_frames():
 
 
 # ---------------------------------------------------------------------------------------------- criterion
-class FirstQueriesMatcher:
-    """Ground truth g goes to query g (deterministic, for checking the loss arithmetic)."""
-
-    def __call__(self, pred_logits, pred_masks, targets, query_marker, active, generator=None):
-        return [(torch.arange(len(t["labels"])), torch.arange(len(t["labels"]))) for t in targets]
-
-
-def fake_outputs(n=3, q=4, k=3, layers=2, size=8, requires_grad=False):
-    def pred():
-        return {"pred_logits": torch.randn(n, q, k + 1, requires_grad=requires_grad),
-                "pred_masks": torch.randn(n, q, size, size, requires_grad=requires_grad)}
-
-    out = pred()
-    out.update(aux_outputs=[pred() for _ in range(layers)], active=torch.ones(n, q, dtype=torch.bool),
-               query_marker=torch.full((q,), -1))
-    return out
-
-
 def test_criterion_total_is_the_weighted_sum_over_every_prediction():
     labels = torch.randint(0, 3, (3, 16, 16))
     ft = targets_from_labels(labels, 3)

@@ -10,8 +10,8 @@ from scipy.optimize import linear_sum_assignment
 import coavs.ops as ops
 from coavs.training.matcher import ConstrainedHungarianMatcher, allowed_pairs, constrained_assignment
 from coavs.training.point_sampling import point_sample, random_points
-from tests.helpers import backends_for
-from tests.ops.test_matching_cost import mask2former_cost
+from tests.support.helpers import backends_for
+from tests.support.matching import mask2former_cost
 
 
 

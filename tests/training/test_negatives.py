@@ -9,7 +9,7 @@ from coavs.training.config import ConfigError
 from coavs.training.negatives import (NEGATIVE_KINDS, NegativeSampler, NegativesSection, classifier_rows,
                                       negative_count)
 from coavs.training.trainer import TrainConfig, load_model, open_split, train
-from tests.training.tiny_run import make_tiny_set, tiny_config
+from tests.support.tiny_run import make_tiny_set, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
 
 
 def batch_of(dataset, clips):
-    from coavs.training.batches import collate_frames, select_frames
+    from coavs.inference.batches import collate_frames, select_frames
 
     batch = collate_frames([dataset[i] for i in clips])
     return select_frames(batch, batch["annotated"])
@@ -111,8 +111,8 @@ def test_section_validation(changes, message):
         NegativesSection(**changes)
 
 
-@pytest.mark.parametrize("debias", [{"mode": "none"}, {"mode": "fixed"}, {"mode": "uncertainty"},
-                                    {"mode": "bias_only"}, {"mode": "fixed", "scheme": "overall"}])
+@pytest.mark.parametrize("debias", [{"strategy": "none"}, {"strategy": "fixed"}, {"strategy": "uncertainty"},
+                                    {"strategy": "bias_only"}, {"strategy": "fixed", "scheme": "overall"}])
 def test_negative_training_composes_with_every_debias_strategy(tiny, tmp_path, debias):
     data, cache = tiny
     config = TrainConfig.from_dict(tiny_config(data, cache, debias=debias, negatives={"ratio": 0.5},

@@ -15,13 +15,14 @@ import torch
 
 from coavs.training import checkpoint as ckpt
 from coavs.training.config import ConfigError
-from coavs.training.trainer import OptimSection, StageSection, TrainConfig, _Plan, _Stage, load_model, train
-from tests.training.tiny_run import logged_losses, make_tiny_set, tiny_config
+from coavs.training.plan import Plan, Stage
+from coavs.training.trainer import OptimSection, StageSection, TrainConfig, load_model, train
+from tests.support.tiny_run import logged_losses, make_tiny_set, tiny_config
 
 # Two stages (a curriculum), random frame choice and DDPM biased audio: every RNG and the stage switch matter.
 RESUME_SECTIONS = dict(
     data={"frames_per_clip": 1},
-    debias={"mode": "fixed", "biased_audio": "ddpm", "weight": 2.0},
+    debias={"strategy": "fixed", "biased_audio": "ddpm", "weight": 2.0},
     stages=[{"name": "first", "epochs": 1}, {"name": "second", "epochs": 1, "lr_scale": 0.5}],
 )
 
@@ -172,9 +173,9 @@ def test_existing_run_needs_resume_and_resume_keeps_the_config(straight_run, tin
     ({"data": {"batchsize": 2}}, "data.batchsize"),
     ({"data": {"batch_size": "two"}}, "data.batch_size must be an integer"),
     ({"optim": {"schedule": "step"}}, "optim.schedule"),
-    ({"debias": {"mode": "sometimes"}}, "debias.mode"),
-    ({"debias": {"mode": "fixed", "weigth": 3}}, "debias.weigth"),
-    ({"debias": {"mode": "fixed", "biased_audio": "loud"}}, "biased_audio"),
+    ({"debias": {"strategy": "sometimes"}}, "debias.mode"),
+    ({"debias": {"strategy": "fixed", "weigth": 3}}, "debias.weigth"),
+    ({"debias": {"strategy": "fixed", "biased_audio": "loud"}}, "biased_audio"),
     ({"model": {"hidden_dims": 3}}, "hidden_dims"),
     ({"model": {"preset": "huge"}}, "model.preset"),
     ({"model": {"audio_input": "vggish"}}, "must match data.audio"),
@@ -208,22 +209,22 @@ def test_config_files_and_overrides(tmp_path):
 
 
 def test_plan_positions_and_schedule():
-    stages = [_Stage(0, StageSection(epochs=2), None, 3, 0),
-              _Stage(1, StageSection(epochs=1, lr_scale=0.1), None, 4, 6)]
-    plan = _Plan(stages, cap=None)
+    stages = [Stage(0, StageSection(epochs=2), None, 3, 0),
+              Stage(1, StageSection(epochs=1, lr_scale=0.1), None, 4, 6)]
+    plan = Plan(stages, cap=None)
     assert plan.total == 10
     assert [plan.position(s) for s in (0, 2, 3, 5, 6, 9)] == [(0, 0, 0), (0, 0, 2), (0, 1, 0), (0, 1, 2), (1, 0, 0),
                                                               (1, 0, 3)]
     optim = OptimSection(schedule="constant", warmup_steps=2)
     assert [plan.lr_factor(s, optim) for s in (0, 1, 2, 6)] == [0.5, 1.0, 1.0, pytest.approx(0.1)]
-    assert _Plan(stages, cap=4).total == 4
+    assert Plan(stages, cap=4).total == 4
     poly = OptimSection(schedule="poly")
     assert plan.lr_factor(0, poly) == 1.0 and plan.lr_factor(5, poly) == pytest.approx(0.5 ** 0.9)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_training(precision, tiny_set, cache, tmp_path):
-    config = TrainConfig.from_dict(tiny_config(tiny_set, cache, debias={"mode": "fixed"},
+    config = TrainConfig.from_dict(tiny_config(tiny_set, cache, debias={"strategy": "fixed"},
                                                run={"precision": precision, "max_steps": 2}))
     summary = train(config, tmp_path / "run")
     losses = [loss for _, loss in logged_losses(tmp_path / "run")]

@@ -13,7 +13,7 @@ from coavs.cli import main
 from coavs.data.avsbench import read_avss_records
 from coavs.data.verify import verify_dataset
 
-from .conftest import make_ms3, make_s4
+from tests.support.datasets import make_ms3, make_s4
 
 
 def test_verify_good_synthetic_set(synth_root):

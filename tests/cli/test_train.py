@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from coavs.cli import build_parser, find_benchmarks, main
-from tests.training.tiny_run import make_tiny_set, tiny_config
+from tests.support.tiny_run import make_tiny_set, tiny_config
 
 SUBCOMMANDS = ("info", "synth", "verify", "fit-markers", "train", "eval", "predict", "bench", "demo")
 
@@ -36,7 +36,7 @@ def test_parser_lists_every_subcommand():
 def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli")
     data = make_tiny_set(root / "tiny")
-    config = tiny_config(data, root / "cache", debias={"mode": "fixed"}, run={"max_steps": 3})
+    config = tiny_config(data, root / "cache", debias={"strategy": "fixed"}, run={"max_steps": 3})
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     return root
 
@@ -130,7 +130,7 @@ def test_demo_quick_trains_the_four_models_and_prints_the_table(tmp_path, capsys
         assert {"miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou"} <= set(row)
     names = ("vanilla", "debias", "negatives", "combined")
     configs = [json.loads((tmp_path / "runs" / f"{n}-s0" / "config.json").read_text()) for n in names]
-    assert [c["debias"]["mode"] for c in configs] == ["none", "fixed", "none", "fixed"]
+    assert [c["debias"]["strategy"] for c in configs] == ["none", "fixed", "none", "fixed"]
     assert [c["negatives"]["ratio"] > 0 for c in configs] == [False, False, True, True]
     assert all((tmp_path / "runs" / f"{n}-s0" / "gate.json").is_file() for n in ("negatives", "combined"))
     assert set(results["without_gate"]) == {"negative-audio training + gate (no gate)",
@@ -151,7 +151,7 @@ def test_sigterm_to_the_process_group_saves_and_exits_cleanly(workspace, tmp_pat
     run_dir = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "coavs", "train", str(tmp_path / "c.yaml"), "--out",
                                 str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True, cwd=Path(__file__).parents[1])
+                               start_new_session=True, cwd=Path(__file__).parents[2])
     log = run_dir / "log.jsonl"
     deadline = time.monotonic() + 120
     while not (log.is_file() and len(log.read_text().splitlines()) >= 3) and time.monotonic() < deadline:

@@ -26,7 +26,7 @@ def tiny_config(root: Path, cache: Path, **sections) -> dict:
         "model": dict(TINY_MODEL),
         "loss": {"num_points": 64},
         "optim": {"lr": 1e-3, "warmup_steps": 2},
-        "debias": {"mode": "none"},
+        "debias": {"strategy": "none"},
         "stages": [{"epochs": 1}],
         "eval": {"split": ""},
         "run": {"device": "cpu", "progress": False, "log_every": 1, "threads": 1},

@@ -1,4 +1,5 @@
-"""``coavs fit-markers``: fit the k-means latent semantic markers on a training set's audio descriptors.
+"""``coavs fit-markers``: fit the k-means latent semantic markers on a training set's audio descriptors (and, for
+a training run, :func:`install_markers`).
 
 Descriptors (what :meth:`AudioEncoder.descriptor` computes at run time, so train-time clusters and run-time
 assignment agree):
@@ -16,24 +17,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
+from coavs.data.audio import load_seconds, log_mel
+from coavs.data.avsbench import read_records
+from coavs.errors import ConfigError
 from coavs.models.audio import logmel_stats
 from coavs.models.perception import KMeansFit, fit_kmeans, save_kmeans
+from coavs.training import distributed as dist_utils
 
 
 def descriptors_from_dataset(root, split: str = "train", progress: bool = False) -> tuple[Tensor, int]:
     """``logmel_stats`` of every second of every clip of ``split`` → ``([M,128], number of clips)``."""
-    from coavs.data.audio import load_seconds, log_mel
-    from coavs.data.avsbench import read_records
-
     _, records = read_records(root, split=split)
     if not records:
         raise ValueError(f"no {split} clips found in {root}")
     rows = []
     iterator = records
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(records, desc="audio descriptors", unit="clip")
     for record in iterator:
         seconds = load_seconds(record.audio_path, record.num_frames)
@@ -71,8 +72,6 @@ def fit_markers(out: str | os.PathLike, num_clusters: int, data=None, vggish=Non
     if vggish is not None:
         uids = None
         if data is not None:
-            from coavs.data.avsbench import read_records
-
             uids = [r.uid for r in read_records(data, split=split)[1]]
         features, clips = descriptors_from_vggish(vggish, uids)
         kind = "vggish"
@@ -81,3 +80,26 @@ def fit_markers(out: str | os.PathLike, num_clusters: int, data=None, vggish=Non
         kind = "logmel_stats"
     fit = fit_kmeans(features, num_clusters, iters=iters, seed=seed)
     return save_kmeans(out, fit, kind), fit, features.shape[0], clips
+
+
+def install_markers(model, config, model_config, run_root, main: bool) -> None:
+    """Loads ``data.markers`` into ``model``: ``fit`` fits them once (main process) into ``<run>/markers.pt``;
+    anything else is a markers file."""
+    source = config.data.markers
+    if source == "fit":
+        path = Path(run_root) / "markers.pt"
+        if main and not path.is_file():
+            d = config.data
+            vggish = d.vggish_dir if model_config.audio_input == "vggish" else None
+            try:
+                fit_markers(path, model_config.num_clusters, data=d.root, vggish=vggish, split=d.split,
+                            seed=config.run.seed)
+            except ValueError as exc:  # DataError included: no descriptors to fit the markers on
+                raise ConfigError(f"data.markers=fit: {exc}") from None
+        dist_utils.barrier()
+    else:
+        path = Path(source)
+    try:
+        model.load_markers(path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"data.markers: {exc}") from None

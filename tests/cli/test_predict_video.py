@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from coavs.cli import main
-from tests.training.tiny_run import make_tiny_set, tiny_config
+from tests.support.tiny_run import make_tiny_set, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,7 +13,8 @@ from coavs.cli import main
 from coavs.eval.metrics import BinaryAVSMetrics, SemanticAVSMetrics
 from coavs.eval.runner import evaluate, predict_batches
 from coavs.training.trainer import load_model
-from tests.analysis.conftest import tiny_base_config
+from tests.support.analysis_run import tiny_base_config
+from tests.support.datasets import make_s4
 
 
 def run_cli(*argv) -> int:
@@ -154,8 +155,6 @@ def test_ablate_two_variants(tiny_set, tiny_cache, tmp_path, capsys):
     (("analyze", "area", "{run}", "--data", "{s4}"), "classes"),
 ])
 def test_user_errors(tiny_run, tiny_set, tmp_path, capsys, argv, message):
-    from tests.data.conftest import make_s4
-
     s4 = make_s4(tmp_path / "s4", size=32) if "{s4}" in argv else None
     argv = [a.format(run=tiny_run, data=tiny_set, tmp=tmp_path / "x", s4=s4) for a in argv]
     assert main(argv) == 1
@@ -165,7 +164,6 @@ def test_user_errors(tiny_run, tiny_set, tmp_path, capsys, argv, message):
 def test_binary_dataset_end_to_end(tmp_path, tiny_cache):
     """An S4-layout (binary) dataset: the analyses fall back to the binary metrics and still match them."""
     from coavs.training.trainer import TrainConfig, train
-    from tests.data.conftest import make_s4
 
     root = make_s4(tmp_path / "s4", size=32)
     config = tiny_base_config(root, tiny_cache)

@@ -1,0 +1,56 @@
+"""Dataset splits as a config describes them, and the facts about a dataset that every layer asks
+(binary or semantic, the dataset under ``Subset`` wrappers)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from coavs.data.avsbench import detect_layout
+from coavs.data.dataset import open_dataset
+from coavs.errors import ConfigError
+
+BINARY_KINDS = ("s4", "ms3")
+
+
+def default_cache_dir() -> Path:
+    """The decode cache for ``data.cache_dir: auto``: ``$COAVS_CACHE/clips`` or ``~/.cache/coavs/clips``."""
+    base = os.environ.get("COAVS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "coavs")
+    return Path(base) / "clips"
+
+
+def base_dataset(dataset):
+    """``dataset`` without its ``torch.utils.data.Subset`` wrappers."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def is_binary(dataset) -> bool:
+    """S4/MS3: one sounding class, masks 0/1 (no background class in the set loss). Looks through ``Subset``."""
+    return getattr(base_dataset(dataset), "kind", "avss") in BINARY_KINDS
+
+
+def open_split(config, split: str, subsets=None):
+    """The dataset of ``split`` as a config describes it (image size, audio, frames, cache). ``config``: a training
+    config (its ``data`` section is used) or the ``data`` section itself."""
+    d = getattr(config, "data", config)
+    if not d.root:
+        raise ConfigError("data.root is not set (the dataset folder; e.g. --set data.root=PATH)")
+    cache = None if d.cache_dir in (None, "", "none") else (default_cache_dir() if d.cache_dir == "auto"
+                                                             else Path(d.cache_dir))
+    kwargs = dict(image_size=d.image_size, audio=d.audio, num_frames=d.num_frames, vggish_dir=d.vggish_dir,
+                  cache_dir=cache)
+    if subsets:
+        kwargs["subsets"] = tuple(subsets)
+    kind = d.kind
+    if subsets and kind == "auto":
+        kind = detect_layout(d.root)
+    if subsets and kind != "avss":
+        raise ConfigError(f"stages[].subsets only apply to AVSS-layout datasets, {d.root} is {kind}")
+    return open_dataset(d.root, split, kind, **kwargs)
+
+
+__all__ = ["BINARY_KINDS", "base_dataset", "default_cache_dir", "is_binary", "open_split"]
