@@ -16,32 +16,19 @@ the same batch) the table also gives the share of the step spent matching.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 import coavs.ops as ops
 from benchmarks.common import Ratio, Work, base_parser, measure, nbytes, report, synchronize
 from coavs.ops import _dispatch, reference
 from coavs.training.matcher import ConstrainedHungarianMatcher, allowed_pairs, constrained_assignment
 from coavs.training.point_sampling import point_sample, random_points
-
-
-def mask2former_sample_cost(out_mask, tgt_mask, out_logits, labels, weights=(2.0, 5.0, 5.0)):
-    """One sample's cost as Mask2Former's matcher computes it (``[Q,P]`` logits vs ``[G,P]`` targets)."""
-    out_mask, tgt_mask = out_mask.float(), tgt_mask.float()
-    num_points = out_mask.shape[1]
-    pos = F.binary_cross_entropy_with_logits(out_mask, torch.ones_like(out_mask), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(out_mask, torch.zeros_like(out_mask), reduction="none")
-    ce = (torch.einsum("nc,mc->nm", pos, tgt_mask) + torch.einsum("nc,mc->nm", neg, 1 - tgt_mask)) / num_points
-    sig = out_mask.sigmoid()
-    dice = 1 - (2 * torch.einsum("nc,mc->nm", sig, tgt_mask) + 1) / (sig.sum(-1)[:, None] + tgt_mask.sum(-1)[None] + 1)
-    prob = out_logits.float().softmax(-1)
-    return weights[0] * -prob[:, labels] + weights[1] * ce + weights[2] * dice
+from tests.support.matching import mask2former_cost  # the baseline the tests check the op against
 
 
 def per_sample_costs(mask_points, target_points, class_logits, labels, allowed, counts):
     costs = []
     for b, n in enumerate(counts):
-        c = mask2former_sample_cost(mask_points[b], target_points[b, :n], class_logits[b], labels[b, :n])
+        c = mask2former_cost(mask_points[b], target_points[b, :n], class_logits[b], labels[b, :n], dtype=torch.float32)
         costs.append(torch.where(allowed[b, :, :n], c, torch.full_like(c, float("inf"))))
     return costs
 
@@ -53,7 +40,7 @@ def per_sample_matcher(pred_logits, pred_masks, targets, query_marker, active, n
         coords = torch.rand(1, num_points, 2, device=pred_masks.device)
         out = point_sample(pred_masks[b:b + 1], coords)[0]
         tgt = point_sample(t["masks"][None].float(), coords)[0]
-        cost = mask2former_sample_cost(out, tgt, pred_logits[b], t["labels"])
+        cost = mask2former_cost(out, tgt, pred_logits[b], t["labels"], dtype=torch.float32)
         ok = allowed_pairs(query_marker, active[b:b + 1], t["markers"][None])[0]
         cost = torch.where(ok, cost, torch.full_like(cost, float("inf"))).cpu().numpy()
         indices.append(constrained_assignment(cost))

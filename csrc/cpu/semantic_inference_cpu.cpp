@@ -83,6 +83,15 @@ COAVS_TARGET_AVX2 void resize_query_avx2(const float* src, float* rows, float* o
 }
 #endif
 
+// The AVX2 copy of resize_query where the CPU has it, else the portable loop (same bits).
+auto resize_query_for_this_cpu() {
+  auto* fn = &resize_query;
+#if COAVS_HAVE_AVX2_KERNELS
+  if (cpu::use_avx2()) fn = &resize_query_avx2;
+#endif
+  return fn;
+}
+
 // Resized logits of output rows [r0, r1) for every query, separably:
 // across[q, i, x] = l0x src[q, s0 + i, x0] + l1x src[q, s0 + i, x1] for the source rows s0..s1 the tile reads,
 // out[q, (y - r0) W + x] = l0y across[q, y0 - s0, x] + l1y across[q, y1 - s0, x].
@@ -92,10 +101,7 @@ void resize_rows(const float* src, float* across, float* out, int64_t out_stride
                  int64_t r0, int64_t r1, bool whole) {
   const int64_t s0 = whole ? 0 : ty[r0].i0;
   const int64_t rows_in = whole ? in_h : ty[r1 - 1].i1 - s0 + 1;
-  auto* fn = &resize_query;
-#if COAVS_HAVE_AVX2_KERNELS
-  if (cpu::use_avx2()) fn = &resize_query_avx2;
-#endif
+  auto* fn = resize_query_for_this_cpu();
   at::parallel_for(0, q_count, 1, [&](int64_t first, int64_t last) {
     for (int64_t q = first; q < last; ++q) {
       fn(src + q * in_h * in_w, across + q * rows_in * out_w, out + q * out_stride, in_w, out_w, ty.data(),
@@ -108,10 +114,7 @@ void resize_rows(const float* src, float* across, float* out, int64_t out_stride
 // redo it for the source rows they share.
 void fill_across(const float* src, float* across, int64_t q_count, int64_t in_h, int64_t in_w, int64_t out_w,
                  const std::vector<LinearTap>& ty, const std::vector<LinearTap>& tx) {
-  auto* fn = &resize_query;
-#if COAVS_HAVE_AVX2_KERNELS
-  if (cpu::use_avx2()) fn = &resize_query_avx2;
-#endif
+  auto* fn = resize_query_for_this_cpu();
   at::parallel_for(0, q_count, 1, [&](int64_t first, int64_t last) {
     for (int64_t q = first; q < last; ++q) {
       fn(src + q * in_h * in_w, across + q * in_h * out_w, nullptr, in_w, out_w, ty.data(), tx.data(), 0, in_h, 0,
