@@ -14,8 +14,8 @@
 
 ``--seeds N`` repeats every training with seeds 0 … N−1 and reports mean ± std (N × 4 trainings; the default
 single seed keeps the demo under ten minutes on two cores). The numbers are whatever training gives; ``--out``
-keeps the data, run folders and ``results.{json,md}`` (which also holds every seed's row and the gated models'
-numbers without their gate).
+keeps the data, run folders, ``results.{json,md}`` (the JSON also holds every seed's row and the gated models'
+numbers without their gate) and ``results.png`` (the table as bars).
 """
 
 from __future__ import annotations
@@ -174,6 +174,32 @@ def format_summary(summary: dict[str, dict], title: str) -> str:
     return "\n".join(lines)
 
 
+def plot_summary(summary: dict[str, dict], path) -> Path:
+    """Grouped bars of :func:`summarize`'s rows: mIoU, counterfactual IoU and the three false-positive rates, in
+    %, the error bar one standard deviation over seeds. Written as PNG to ``path``."""
+    import numpy as np
+
+    from coavs.analysis.plots import figure, save
+
+    keys = ("miou", "counterfactual_iou", "fpr_silence", "fpr_noise", "fpr_misaligned")
+    labels = ("mIoU ↑", "CF IoU ↑", "FPR silence ↓", "FPR noise ↓", "FPR misaligned ↓")
+    fig, axes = figure(8.0, 3.4)
+    ax = axes[0, 0]
+    width = 0.8 / max(len(summary), 1)
+    x = np.arange(len(keys))
+    for i, (name, row) in enumerate(summary.items()):
+        values = [100 * row[k] for k in keys]
+        errors = [100 * row[f"{k}_std"] for k in keys] if row["seeds"] > 1 else None
+        ax.bar(x + (i - (len(summary) - 1) / 2) * width, values, width, yerr=errors, capsize=2, label=name)
+    seeds = next(iter(summary.values()))["seeds"] if summary else 0
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("% (test split)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Co-AVS demo, mean of {seeds} seed(s)" + (" ± std" if seeds > 1 else ""))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, frameon=False)
+    return save(fig, path)
+
+
 def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True, seeds: int = 1,
         models=MODELS) -> int:
     """Runs the demo in ``out`` (default: a temporary folder, removed unless ``keep``); prints the table."""
@@ -234,6 +260,7 @@ def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True
             {"rows": rows, "per_seed": per_seed, "without_gate": summarize(ungated) if ungated else {},
              "timings_s": timings, "train_seconds": took}, indent=2))
         (work / "results.md").write_text(table + "\n")
+        plot_summary(rows, work / "results.png")
         print()
         print(table)
         print()

@@ -22,9 +22,12 @@ strategy/ensemble       as strategy/fixed                                      m
 dilation/1, /2, /5      queries per marker d (B.1)                             debias
 biased_queries/shared   the biased branch reuses the vanilla markers (the      debias
                         pre-D.2 behaviour; the base perceives its own)
-negatives/none, /fixed, negative-audio training (ratio 0.25: silence, noise,   vanilla (none) / debias
-/uncertainty,           misaligned audio with empty targets) with no debias
-/bias_only              or each debias strategy
+negatives/none, /fixed, negative-audio training (the demo's recipe: ratio      vanilla (none) / debias
+/uncertainty,           0.15; silence and noise train only the audio
+/bias_only              classifier, misaligned audio with an empty target
+                        the segmentation) with no debias or each strategy
+negatives/segmentation  every kind through the segmentation loss (ratio 0.25)  vanilla
+negatives/sounding      silence/noise train a detached sounding head           vanilla + the ``any`` gate
 gate/any, gate/class    as negatives/none                                      vanilla + the classifier gate,
                                                                                τ calibrated on the val split
 ======================  =====================================================  ===================================
@@ -73,7 +76,10 @@ STRATEGIES = ("fixed", "uncertainty", "bias_only", "ensemble")
 DILATIONS = (1, 2, 5)
 NEGATIVE_STRATEGIES = ("none", "fixed", "uncertainty", "bias_only")
 GATES = ("any", "class")
-NEGATIVES = {"ratio": 0.25, "kinds": ["silence", "noise", "misaligned"], "mode": "add"}
+# the demo's recipe: silence and noise train only the audio classifier, misaligned audio the segmentation
+NEGATIVES = {"ratio": 0.15, "kinds": ["silence", "noise", "misaligned"], "audio_only": ["silence", "noise"],
+             "mode": "add"}
+SEGMENTATION_NEGATIVES = {"ratio": 0.25, "kinds": ["silence", "noise", "misaligned"], "mode": "add"}
 METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou")
 WARMUP_STEPS = 3  # steps left out of the step time (first-call overheads), when the run is long enough
 
@@ -125,6 +131,12 @@ def all_variants() -> list[Variant]:
         out.append(Variant(f"negatives/{strategy}", "negative audio", debias, negatives=dict(NEGATIVES),
                            mode="vanilla" if strategy == "none" else "debias",
                            strategy=logit_strategy(strategy)))
+    out.append(Variant("negatives/segmentation", "negative audio", {"strategy": "none"},
+                       negatives=dict(SEGMENTATION_NEGATIVES), mode="vanilla",
+                       note="every kind through the segmentation loss"))
+    out.append(Variant("negatives/sounding", "negative audio", {"strategy": "none"},
+                       model={"sounding_head": True}, negatives=dict(NEGATIVES), mode="vanilla", gate="any",
+                       note="silence/noise train the sounding head; any gate"))
     for gate in GATES:
         out.append(Variant(f"gate/{gate}", "negative audio", {"strategy": "none"}, negatives=dict(NEGATIVES),
                            mode="vanilla", gate=gate, note="τ from the val split"))

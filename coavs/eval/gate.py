@@ -3,7 +3,8 @@
 The audio classifier gives ``p = σ(audio_logits) [N,C]``, one probability per sounding class. Modes:
 
 - ``any``: a frame whose top class probability ``max_c p_c`` is below ``τ`` is predicted empty (all
-  background; binary foreground score 0) — silence and noise should make nothing sound;
+  background; binary foreground score 0) — silence and noise should make nothing sound. A model with a
+  sounding head (``model.sounding_head``) is gated on that head's "anything sounds" probability instead;
 - ``class``: a pixel labelled class ``k`` whose own probability ``p_k`` is below ``τ`` becomes background — the
   visible object whose sound is not heard (e.g. under another clip's audio) is not segmented. Classes without
   a classifier marker are never gated; binary models (one class) gate as ``any``.
@@ -28,7 +29,7 @@ from torch import Tensor
 from coavs.data.splits import is_binary
 from coavs.errors import ConfigError
 from coavs.eval.runner import _clip_indices, _model_batches
-from coavs.inference.gate import GATE_MODES, Gate, apply_gate  # noqa: F401  (apply_gate: re-export)
+from coavs.inference.gate import GATE_MODES, Gate, apply_gate, sounding_probability  # noqa: F401  (re-export)
 
 CALIBRATION_SPLITS = ("train", "val")
 GATE_FILE = "gate.json"
@@ -56,11 +57,11 @@ class GateSection:
             raise ConfigError(f"gate.split must be train or val (never the test split), got {self.split!r}")
 
 
-def _positive_scores(probs: Tensor, labels: Tensor, mode: str, binary: bool) -> Tensor:
+def _positive_scores(probs: Tensor, labels: Tensor, mode: str, binary: bool, sounding: Tensor | None = None) -> Tensor:
     valid = (labels != 255) & (labels != 0)
     if mode == "any" or binary:
         has = valid.flatten(1).any(dim=1)
-        return probs.amax(dim=1)[has]
+        return (sounding if sounding is not None and mode == "any" else probs.amax(dim=1))[has]
     scores = []
     classes = probs.shape[1]
     for i in range(labels.shape[0]):
@@ -97,13 +98,15 @@ def calibrate_gate(model, dataset, mode: str, keep: float = 0.98, *, batch_size:
                                          seed=seed, num_workers=0, precision=precision, progress=False):
         labels = batch["labels"]
         for condition, out in outputs.items():
-            if out.get("audio_logits") is None:
+            sounding = (sounding_probability(out.get("audio_logits"), out.get("sounding_logit"))
+                        if mode == "any" else None)
+            if out.get("audio_logits") is None and sounding is None:
                 raise ValueError("the gate needs the model's audio classifier (num_audio_classes > 0)")
-            probs = torch.sigmoid(out["audio_logits"].float())
+            probs = torch.sigmoid(out["audio_logits"].float()) if out.get("audio_logits") is not None else None
             if condition == "normal":
-                positives.append(_positive_scores(probs, labels, mode, binary).cpu())
+                positives.append(_positive_scores(probs, labels, mode, binary, sounding).cpu())
             else:
-                negatives.append(probs.amax(dim=1).cpu())
+                negatives.append((sounding if sounding is not None else probs.amax(dim=1)).cpu())
     pos = torch.cat(positives) if positives else torch.zeros(0)
     neg = torch.cat(negatives) if negatives else torch.zeros(0)
     tau = choose_threshold(pos, neg, keep)

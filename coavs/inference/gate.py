@@ -26,18 +26,28 @@ class Gate:
             raise ValueError(f"Gate.threshold must be in [0, 1], got {self.threshold}")
 
 
+def sounding_probability(audio_logits: Tensor | None, sounding_logit: Tensor | None) -> Tensor:
+    """``[N]`` "anything sounds": the sounding head's probability when the model has one, else the classifier's
+    top class probability."""
+    if sounding_logit is not None:
+        return torch.sigmoid(sounding_logit.float())
+    if audio_logits is None:
+        raise ValueError("the gate needs the model's audio classifier (num_audio_classes > 0) or its sounding head")
+    return torch.sigmoid(audio_logits.float()).amax(dim=1)
+
+
 def apply_gate(labels: Tensor, fg: Tensor, audio_logits: Tensor | None, gate: Gate | None,
-               binary: bool) -> tuple[Tensor, Tensor]:
+               binary: bool, sounding_logit: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(labels [N,H,W], fg [N,H,W])`` with the gate applied (see the module docstring)."""
     if gate is None:
         return labels, fg
-    if audio_logits is None:
-        raise ValueError("the gate needs the model's audio classifier (num_audio_classes > 0)")
-    probs = torch.sigmoid(audio_logits.float()).to(labels.device)
-    if gate.mode == "any" or binary:
-        keep = probs.amax(dim=1) >= gate.threshold
-        view = keep[:, None, None]
+    if gate.mode == "any" or binary:  # a one-class model's class gate is its one probability
+        score = sounding_probability(audio_logits, sounding_logit if gate.mode == "any" else None)
+        view = (score.to(labels.device) >= gate.threshold)[:, None, None]
         return torch.where(view, labels, torch.zeros_like(labels)), torch.where(view, fg, torch.zeros_like(fg))
+    if audio_logits is None:
+        raise ValueError("the class gate needs the model's audio classifier (num_audio_classes > 0)")
+    probs = torch.sigmoid(audio_logits.float()).to(labels.device)
     n, classes = probs.shape
     k = int(labels.max()) + 1 if labels.numel() else 1
     heard = torch.ones(n, max(k, classes + 1), dtype=torch.bool, device=labels.device)
@@ -46,4 +56,4 @@ def apply_gate(labels: Tensor, fg: Tensor, audio_logits: Tensor | None, gate: Ga
     return torch.where(keep, labels, torch.zeros_like(labels)), torch.where(keep, fg, torch.zeros_like(fg))
 
 
-__all__ = ["GATE_MODES", "Gate", "apply_gate"]
+__all__ = ["GATE_MODES", "Gate", "apply_gate", "sounding_probability"]

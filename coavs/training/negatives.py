@@ -22,6 +22,18 @@ of the batch like any other, so the biased branch and the debiased loss see them
 The audio classifier learns "nothing sounds" from silence and noise negatives (class presence all zero); a
 misaligned negative's audio does sound (other classes), so those rows are left out of the classifier's loss
 (:func:`classifier_rows`).
+
+``audio_only`` names the kinds whose frames train only the audio heads: they never reach the segmentation,
+debias or matching losses (:func:`split_negatives`; the trainer runs only their audio through the prompt encoder
+and the heads, :meth:`AVSModel.audio_heads`). With ``model.sounding_head`` they train the sounding head ("nothing
+sounds"), which the ``any`` gate reads, and leave the class classifier alone; without one they train the class
+classifier with every class absent. Misaligned audio has no "nothing sounds" target (it does sound), so it can
+only train segmentation. What each choice did on the demo set (docs/analysis.md): silence and noise through the
+segmentation loss cost 5 points of mIoU (one seed); through the class classifier they cost none at the demo's
+``loss.audio_class_weight: 5`` (3 seeds), while at weight 1 they pushed noise-like classes (drum, dog) under
+the 0.4 marker threshold on one seed in three. The sounding head is detached, so no gradient of the negatives
+reaches the segmenter or the class classifier; in the demo's 870 steps it did not learn to tell white noise from
+sound (noise FPR 8 % after the gate).
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ class NegativesSection:
     ratio: float = 0.0  # negative frames per positive frame and step
     kinds: list[str] = field(default_factory=lambda: list(NEGATIVE_KINDS))
     mode: str = "add"  # add: extra frames | replace: swap the audio and targets of some of the batch's frames
+    audio_only: list[str] = field(default_factory=list)  # kinds that train the audio heads only (see above)
 
     def __post_init__(self):
         self.validate()
@@ -64,6 +77,15 @@ class NegativesSection:
                               f"got {self.kinds!r}")
         if self.mode not in NEGATIVE_MODES:
             raise ConfigError(f"negatives.mode must be one of {', '.join(NEGATIVE_MODES)}, got {self.mode!r}")
+        if not isinstance(self.audio_only, (list, tuple)) or any(k not in self.kinds for k in self.audio_only):
+            raise ConfigError(f"negatives.audio_only must list some of negatives.kinds ({self.kinds}), "
+                              f"got {self.audio_only!r}")
+        if "misaligned" in self.audio_only:
+            raise ConfigError("negatives.audio_only cannot hold misaligned: another clip's audio does sound, so it "
+                              "has no 'nothing sounds' target for the audio heads (it trains segmentation only)")
+        if self.audio_only and self.mode == "replace":
+            raise ConfigError("negatives.mode: replace would drop positive frames from the segmentation loss for "
+                              "audio_only negatives; use mode: add")
         if self.mode == "replace" and self.ratio > 1.0:
             raise ConfigError(f"negatives.ratio must be <= 1 with mode replace, got {self.ratio}")
 
@@ -186,6 +208,20 @@ def _concat(batch: dict, extra: dict) -> dict:
     return out
 
 
+def split_negatives(batch: dict, kinds) -> tuple[dict, Tensor | None]:
+    """``(batch without the negatives of ``kinds``, those negatives' audio [M,…] or None)`` — the
+    ``audio_only`` negatives, which the segmentation losses never see."""
+    kind = batch.get("negative_kind")
+    if kind is None or not kinds:
+        return batch, None
+    taken = torch.zeros_like(kind, dtype=torch.bool)
+    for name in kinds:
+        taken |= kind == NEGATIVE_KINDS.index(name)
+    if not bool(taken.any()):
+        return batch, None
+    return select_frames(batch, ~taken), batch["audio"][taken]
+
+
 def classifier_rows(annotated: Tensor, batch: dict) -> Tensor:
     """Rows the audio classifier's loss uses: annotated frames, minus misaligned negatives (their audio sounds
     classes that the empty target does not name)."""
@@ -195,4 +231,5 @@ def classifier_rows(annotated: Tensor, batch: dict) -> Tensor:
     return annotated & (kind.to(annotated.device) != NEGATIVE_KINDS.index("misaligned"))
 
 
-__all__ = ["NEGATIVE_KINDS", "NegativesSection", "NegativeSampler", "negative_count", "classifier_rows"]
+__all__ = ["NEGATIVE_KINDS", "NegativesSection", "NegativeSampler", "negative_count",
+           "split_negatives", "classifier_rows"]

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from coavs.data.loader import make_loader
@@ -50,9 +51,9 @@ from coavs.training.config import (ConfigError, DataSection, EvalSection, LossSe
                                    StageSection, TrainConfig, apply_overrides, config_differences, resolve)
 from coavs.training.debias import DebiasObjective
 from coavs.training.evaluation import calibrate_run_gate, check_gate_split, evaluate_run
-from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
+from coavs.training.losses import IGNORE_LABEL, SetCriterion, audio_classification_loss, targets_from_labels
 from coavs.training.markers import install_markers
-from coavs.training.negatives import NegativeSampler, classifier_rows
+from coavs.training.negatives import NegativeSampler, classifier_rows, split_negatives
 from coavs.training.plan import Plan, Stage, build_stages, param_groups
 from coavs.training.run_lock import RunLock
 from coavs.training.runtime import ResumableSampler, RunFolder, StopSignal, Throughput, resolve_threads
@@ -244,9 +245,11 @@ class _Trainer:
         """One optimisation step on a frame batch → (loss, detached loss terms, frames used)."""
         cfg = self.config
         batch = self._training_frames(batch)
+        negative_audio = None
         if self.negatives is not None:  # negative-audio frames with empty targets (coavs.training.negatives)
             stage = self.plan.stages[self.plan.position(self.step)[0]]
             batch = self.negatives.augment(batch, self.step, stage.dataset)
+            batch, negative_audio = split_negatives(batch, self.negatives.section.audio_only)
         batch = to_device(batch, self.device, non_blocking=True)
         targets = targets_from_labels(batch["labels"], self.model_config.num_classes, self.class_to_marker,
                                       background_is_class=not self.binary)
@@ -258,11 +261,10 @@ class _Trainer:
         if bool(targets.annotated.any()):
             result = self.objective(outputs, targets.targets, targets.annotated)
             loss, terms = result.total, dict(result.terms)
-            if outputs.get("audio_logits") is not None and cfg.loss.audio_class_weight > 0:
-                audio_loss = audio_classification_loss(outputs["audio_logits"], presence,
-                                                       classifier_rows(targets.annotated, batch))
-                terms["audio_cls"] = audio_loss
-                loss = loss + cfg.loss.audio_class_weight * audio_loss
+            for name, (weight, term) in self._audio_losses(outputs, targets, presence, batch,
+                                                           negative_audio).items():
+                terms[name] = term
+                loss = loss + weight * term
         else:  # nothing annotated: a zero step that keeps every process in step
             loss, terms = outputs["pred_logits"].float().sum() * 0.0, {}
         self.optimizer.zero_grad(set_to_none=True)
@@ -276,6 +278,35 @@ class _Trainer:
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)  # plan goes on
             self.scheduler.step()
         return float(loss.detach()), {k: float(v.detach()) for k, v in terms.items()}, int(batch["frames"].shape[0])
+
+    def _audio_losses(self, outputs: dict, targets, presence: Tensor, batch: dict,
+                      negative_audio: Tensor | None) -> dict[str, tuple[float, Tensor]]:
+        """``{term: (weight, loss)}`` of the audio heads: the classifier's multi-label loss (``audio_cls``) and
+        the sounding head's "anything sounds" loss (``sounding``). ``negative_audio``: the ``audio_only``
+        negatives (nothing sounds), which train the sounding head when the model has one, else the classifier."""
+        cfg = self.config
+        rows = classifier_rows(targets.annotated, batch)  # misaligned negatives sound: no target for either head
+        sounding = outputs.get("sounding_logit")
+        classifier_weight = cfg.loss.audio_class_weight if outputs.get("audio_logits") is not None else 0.0
+        sounding_weight = cfg.loss.sounding_weight if sounding is not None else 0.0
+        extra = {}
+        if negative_audio is not None and (sounding_weight > 0 or classifier_weight > 0):
+            with autocast(self.device, cfg.run.precision):
+                extra = self.raw_model.audio_heads(negative_audio.to(self.device, non_blocking=True))
+        out = {}
+        if classifier_weight > 0:
+            logits, wanted, keep = outputs["audio_logits"], presence, rows
+            if extra and sounding is None:  # no sounding head: "nothing sounds" is every class absent
+                logits, wanted, keep = _nothing_sounds(logits, wanted, keep, extra["audio_logits"])
+            out["audio_cls"] = (classifier_weight, audio_classification_loss(logits, wanted, keep))
+        if sounding_weight > 0:
+            labels = batch["labels"]
+            heard = ((labels > 0) & (labels != IGNORE_LABEL)).flatten(1).any(dim=1, keepdim=True)
+            logits, wanted, keep = sounding[:, None], heard, rows
+            if extra:
+                logits, wanted, keep = _nothing_sounds(logits, wanted, keep, extra["sounding_logit"][:, None])
+            out["sounding"] = (sounding_weight, audio_classification_loss(logits, wanted, keep))
+        return out
 
     def _training_frames(self, batch: dict) -> dict:
         """Annotated frames only; ``frames_per_clip`` of them per clip drawn at random (global torch RNG)."""
@@ -444,6 +475,12 @@ class _Trainer:
 
     def evaluate(self) -> dict:
         return evaluate_run(self)
+
+
+def _nothing_sounds(logits: Tensor, wanted: Tensor, keep: Tensor, extra: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``extra`` logit rows appended to ``logits`` with an all-absent target, kept in the loss."""
+    return (torch.cat([logits, extra.to(logits.dtype)]), torch.cat([wanted, wanted.new_zeros(extra.shape)]),
+            torch.cat([keep, keep.new_ones(extra.shape[0])]))
 
 
 def _negative_sampler(cfg: TrainConfig, model):

@@ -126,6 +126,7 @@ def test_demo_quick_trains_the_four_models_and_prints_the_table(tmp_path, capsys
         assert row in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["rows"]) == 4
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for row in results["rows"].values():
         assert {"miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou"} <= set(row)
     names = ("vanilla", "debias", "negatives", "combined")

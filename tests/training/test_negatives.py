@@ -7,7 +7,7 @@ import torch
 
 from coavs.training.config import ConfigError
 from coavs.training.negatives import (NEGATIVE_KINDS, NegativeSampler, NegativesSection, classifier_rows,
-                                      negative_count)
+                                      negative_count, split_negatives)
 from coavs.training.trainer import TrainConfig, load_model, open_split, train
 from tests.support.tiny_run import make_tiny_set, tiny_config
 
@@ -104,7 +104,10 @@ def test_negatives_are_deterministic_by_seed_and_step():
 
 @pytest.mark.parametrize("changes, message", [
     (dict(ratio=-0.1), "ratio"), (dict(kinds=["hum"]), "kinds"), (dict(kinds=[]), "kinds"),
-    (dict(mode="swap"), "mode"), (dict(ratio=1.5, mode="replace"), "replace"),
+    (dict(mode="swap"), "mode"), (dict(ratio=1.5, mode="replace"), "replace"), (dict(audio_only=["hum"]), "audio_only"),
+    (dict(kinds=["noise"], audio_only=["silence"]), "audio_only"),
+    (dict(audio_only=["misaligned"]), "misaligned"),
+    (dict(audio_only=["silence"], mode="replace"), "replace"),
 ])
 def test_section_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -142,3 +145,53 @@ def test_the_trainer_adds_the_configured_share_of_negatives(tiny, tmp_path, monk
     config = TrainConfig.from_dict(tiny_config(data, cache, negatives={"ratio": 1.0}, run={"max_steps": 3}))
     train(config, tmp_path / "run")
     assert len(seen) == 3 and all(neg == pos for pos, neg in seen)
+
+
+def test_split_negatives_keeps_the_positive_frames_and_hands_back_the_negatives_audio():
+    batch = {"frames": torch.rand(4, 3, 8, 8), "audio": torch.randn(4, 1, 96, 64), "labels": torch.ones(
+        4, 8, 8, dtype=torch.long), "annotated": torch.ones(4, dtype=torch.bool), "clip_index": torch.arange(4),
+        "frame_index": torch.zeros(4, dtype=torch.long), "uid": list("abcd")}
+    out = NegativeSampler(NegativesSection(ratio=0.75, kinds=["silence", "noise"]), seed=0).augment(batch, step=0)
+    positives, audio = split_negatives(out, ["silence", "noise"])
+    assert torch.equal(positives["frames"], batch["frames"]) and positives["uid"] == batch["uid"]
+    assert (positives["negative_kind"] == -1).all()
+    assert torch.equal(audio, out["audio"][4:]) and audio.shape[0] == 3
+    silence = NEGATIVE_KINDS.index("silence")
+    kept, audio = split_negatives(out, ["noise"])  # only the named kinds leave the batch
+    assert kept["frames"].shape[0] == 4 + int((out["negative_kind"] == silence).sum())
+    assert audio.shape[0] == int((out["negative_kind"] == NEGATIVE_KINDS.index("noise")).sum())
+    assert split_negatives(batch, ["silence"])[1] is None and split_negatives(out, [])[1] is None
+
+
+def test_audio_only_negatives_never_reach_the_segmentation_loss(tiny, tmp_path, monkeypatch):
+    """``audio_only`` kinds: the segmentation objective sees exactly the positive frames; the audio classifier
+    sees them plus the negatives' audio with an all-absent target."""
+    from coavs.models.avs_model import AVSModel
+    from coavs.training import losses
+
+    data, cache = tiny
+    seen_frames, classifier_calls, targets = [], [], []
+    forward, audio_heads = AVSModel.forward, AVSModel.audio_heads
+    bce = losses.audio_classification_loss
+
+    def spy_forward(self, frames, audio, **kwargs):
+        seen_frames.append(frames.shape[0])
+        return forward(self, frames, audio, **kwargs)
+
+    def spy_heads(self, audio):
+        classifier_calls.append(audio.shape[0])
+        return audio_heads(self, audio)
+
+    def spy_bce(logits, presence, rows=None):
+        targets.append((presence.clone(), rows.clone()))
+        return bce(logits, presence, rows)
+
+    monkeypatch.setattr(AVSModel, "forward", spy_forward)
+    monkeypatch.setattr(AVSModel, "audio_heads", spy_heads)
+    monkeypatch.setattr("coavs.training.trainer.audio_classification_loss", spy_bce)
+    section = {"ratio": 1.0, "kinds": ["silence", "noise"], "audio_only": ["silence", "noise"]}
+    config = TrainConfig.from_dict(tiny_config(data, cache, negatives=section, run={"max_steps": 2}))
+    train(config, tmp_path / "run")
+    assert len(classifier_calls) == 2 and classifier_calls == seen_frames[:2]  # ratio 1: one negative per frame
+    for (presence, rows), n in zip(targets, seen_frames):
+        assert presence.shape[0] == 2 * n and rows[n:].all() and (presence[n:] == 0).all()
