@@ -5,15 +5,15 @@
    (at least one sounds per clip, so about a third end up silent);
 2. trains one model per row, each from its ``configs/demo_<name>.yaml`` (same model, data, steps and seed):
    ``vanilla``; ``debias`` (the paper: muted biased branch, debiased loss, debiased inference); ``negatives``
-   (negative-audio training — silence, noise and another clip's audio with empty targets — and the
-   classifier's "nothing sounds" gate, calibrated on the val split); ``combined`` (both). Two models train at
-   a time, one process and one thread each;
+   (negative-audio training: silence and noise teach the audio classifier that nothing sounds, another
+   clip's audio with an empty target teaches the segmentation; plus the classifier's gate, calibrated on the
+   val split); ``combined`` (both). Two models train at a time, one process and one thread each;
 3. evaluates each on the test split as it is meant to be used and prints one table: mIoU, F, the
    false-positive rates (share of pixels called sounding) under silence, white noise and misaligned audio, and
    the counterfactual IoU (two sources visible, one played alone: IoU with the one playing).
 
-``--seeds N`` repeats every training with seeds 0 … N−1 and reports mean ± std (N × 4 trainings; the default
-single seed keeps the demo under ten minutes on two cores). The numbers are whatever training gives; ``--out``
+``--seeds N`` repeats every training with seeds 0 … N−1 and reports mean ± std (N × 4 trainings; one seed took
+about 5 minutes on an idle 2-core machine, three seeds 14). docs/analysis.md holds the 3-seed table. The numbers are whatever training gives; ``--out``
 keeps the data, run folders, ``results.{json,md}`` (the JSON also holds every seed's row and the gated models'
 numbers without their gate) and ``results.png`` (the table as bars).
 """
@@ -31,9 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from coavs.analysis.plots import figure, save
 from coavs.data.splits import open_split
 from coavs.data.synth import SynthConfig, generate
 from coavs.eval.gate import load_gate
@@ -177,10 +179,6 @@ def format_summary(summary: dict[str, dict], title: str) -> str:
 def plot_summary(summary: dict[str, dict], path) -> Path:
     """Grouped bars of :func:`summarize`'s rows: mIoU, counterfactual IoU and the three false-positive rates, in
     %, the error bar one standard deviation over seeds. Written as PNG to ``path``."""
-    import numpy as np
-
-    from coavs.analysis.plots import figure, save
-
     keys = ("miou", "counterfactual_iou", "fpr_silence", "fpr_noise", "fpr_misaligned")
     labels = ("mIoU ↑", "CF IoU ↑", "FPR silence ↓", "FPR noise ↓", "FPR misaligned ↓")
     fig, axes = figure(8.0, 3.4)

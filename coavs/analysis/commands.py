@@ -66,10 +66,14 @@ def cmd_analyze_area(args) -> int:
             if c == "original" and r["bin"] != "all"]
     print("mIoU of the sounding pixels per area bin: " + ", ".join(line))
     if ("rescaled", "all") in rows:
+        objects = [f["rescaled_object_area"] for f in result.frames if "rescaled_object_area" in f]
+        within = sum(target[0] <= a <= target[1] for a in objects)
+        reached = (f"; one object: mean {100 * sum(objects) / len(objects):.1f}%, {within} of {len(objects)} frames "
+                   f"in range" if objects else "")
         print(f"all frames: {100 * rows[('original', 'all')]['binary_miou']:.1f} as they are, "
               f"{100 * rows[('rescaled', 'all')]['binary_miou']:.1f} with objects rescaled to "
-              f"{100 * target[0]:.0f}-{100 * target[1]:.0f}% (mean achieved area "
-              f"{100 * rows[('rescaled', 'all')]['mean_area']:.1f}%)")
+              f"{100 * target[0]:.0f}-{100 * target[1]:.0f}% (achieved: sounding area mean "
+              f"{100 * rows[('rescaled', 'all')]['mean_area']:.1f}%{reached})")
     print(f"-> {', '.join(str(p) for p in paths.values())}")
     return 0
 
