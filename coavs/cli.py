@@ -23,7 +23,7 @@ from coavs.data.verify import report_json, verify_dataset
 from coavs.devices import resolve_device
 from coavs.errors import EXIT_USER_ERROR, UserError, one_line  # UserError re-exported: coavs.cli.UserError
 from coavs.eval import predict
-from coavs.eval.gate import load_gate
+from coavs.eval.gate import calibrate_gate, fit_sounding_probe, load_gate, save_gate
 from coavs.eval.runner import evaluate, format_table
 from coavs.inference.combine import INFERENCE_MODES, logit_strategy
 from coavs.training.checkpoint import load_model
@@ -174,6 +174,36 @@ def cmd_eval(args) -> int:
         title = (f"{args.split} split of {config.data.root}: {rows[settings['modes'][0]]['frames']} frames; "
                  "mIoU/F higher is better, FPR (sounding pixels under negative audio) lower is better")
         print(format_table(rows, title=title))
+    return 0
+
+
+def cmd_gate(args) -> int:
+    if not 0.0 < args.keep <= 1.0:
+        raise UserError(f"--keep must be in (0, 1], got {args.keep}")
+    if args.probe and args.mode != "any":
+        raise UserError("--probe gates whole frames: use it with --mode any")
+    device = resolve_device(args.device)
+    model, config = load_model(args.run, device)
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent.parent
+    calibration = open_split(config, args.split)
+    if len(calibration) == 0:
+        raise UserError(f"the {args.split} split of {config.data.root} has no clips to calibrate the gate on")
+    settings = dict(device=device, max_clips=args.max_clips, seed=args.seed, precision=config.run.precision)
+    probe, stats = None, {}
+    if args.probe:
+        probe, probe_stats = fit_sounding_probe(model, open_split(config, "train"), **settings)
+        print(f"sounding probe: {probe_stats['positives']} sounding frames against {probe_stats['negatives']} "
+              f"silence/noise ones of the train split, accuracy {probe_stats['accuracy']:.3f}")
+    try:
+        gate, stats = calibrate_gate(model, calibration, args.mode, args.keep, probe=probe, **settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.probe:
+        stats["probe"] = probe_stats
+    path = save_gate(run_dir, gate, stats, args.split)
+    print(f"gate {gate.mode}{' + probe' if probe is not None else ''}: tau {gate.threshold:.4f} keeps "
+          f"{stats['positive_kept']:.1%} of the {args.split} split's sounding cases and gates "
+          f"{stats['negative_gated']:.1%} of their silence/noise versions -> {path} (coavs eval applies it)")
     return 0
 
 
@@ -347,6 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("gate", help="calibrate a trained run's \"nothing sounds\" gate (optionally with a sounding "
+                                    "probe) and save it as RUN/gate.json; no retraining")
+    p.add_argument("run", help="run folder of coavs train")
+    p.add_argument("--mode", default="any", choices=("any", "class"),
+                   help="any: empty a frame where nothing sounds; class: drop the classes not heard (default any)")
+    p.add_argument("--probe", action="store_true",
+                   help="fit a sounding probe on the frozen audio embedding (train split) and gate on it")
+    p.add_argument("--keep", type=float, default=0.98, help="share of sounding cases the threshold keeps")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="where tau is calibrated (never test)")
+    p.add_argument("--max-clips", type=int, default=None, help="use only the first N clips of each split")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="for the noise audio and the probe's initialisation")
+    p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("predict", help="masks and overlay PNGs for your own frames (or a video) and audio")
     p.add_argument("run", help="run folder or checkpoint file")

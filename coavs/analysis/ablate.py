@@ -27,7 +27,8 @@ negatives/none, /fixed, negative-audio training (the demo's recipe: ratio      v
 /bias_only              classifier, misaligned audio with an empty target
                         the segmentation) with no debias or each strategy
 negatives/segmentation  every kind through the segmentation loss (ratio 0.25)  vanilla
-negatives/sounding      silence/noise train a detached sounding head           vanilla + the ``any`` gate
+gate/probe              as vanilla (no retraining)                             vanilla + the ``any`` gate on a
+                                                                               sounding probe fitted on train
 gate/any, gate/class    as negatives/none                                      vanilla + the classifier gate,
                                                                                τ calibrated on the val split
 ======================  =====================================================  ===================================
@@ -63,7 +64,7 @@ from coavs.analysis import plots
 from coavs.analysis.common import open_eval_dataset
 from coavs.analysis.tables import fmt, markdown_table, write_csv
 from coavs.devices import resolve_device
-from coavs.eval.gate import calibrate_gate
+from coavs.eval.gate import calibrate_gate, fit_sounding_probe
 from coavs.eval.runner import evaluate
 from coavs.inference.combine import logit_strategy
 from coavs.training.checkpoint import load_model
@@ -101,7 +102,7 @@ class Variant:
     strategy: str = "fixed"
     note: str = ""
     negatives: dict = field(default_factory=dict)  # the training config's negatives section ({}: off)
-    gate: str = "none"  # inference gate (calibrated on the val split at evaluation)
+    gate: str = "none"  # inference gate: any | class | probe (any on a sounding probe), τ from the val split
     overall_reading: str = "score"
 
 
@@ -134,9 +135,8 @@ def all_variants() -> list[Variant]:
     out.append(Variant("negatives/segmentation", "negative audio", {"strategy": "none"},
                        negatives=dict(SEGMENTATION_NEGATIVES), mode="vanilla",
                        note="every kind through the segmentation loss"))
-    out.append(Variant("negatives/sounding", "negative audio", {"strategy": "none"},
-                       model={"sounding_head": True}, negatives=dict(NEGATIVES), mode="vanilla", gate="any",
-                       note="silence/noise train the sounding head; any gate"))
+    out.append(Variant("gate/probe", "negative audio", {"strategy": "none"}, mode="vanilla", gate="probe",
+                       note="vanilla run; sounding probe on train, τ on val"))
     for gate in GATES:
         out.append(Variant(f"gate/{gate}", "negative audio", {"strategy": "none"}, negatives=dict(NEGATIVES),
                            mode="vanilla", gate=gate, note="τ from the val split"))
@@ -302,7 +302,11 @@ def evaluate_variant(run: TrainingRun, variant: Variant, split: str, device: str
         gate_key = data_key + "|val"
         if gate_key not in dataset_cache:
             dataset_cache[gate_key] = open_eval_dataset(config, "val")
-        gate, _ = calibrate_gate(model, dataset_cache[gate_key], variant.gate, device=resolve_device(device))
+        probe = None
+        if variant.gate == "probe":  # a sounding probe fitted on the training split, τ on val
+            probe, _ = fit_sounding_probe(model, open_eval_dataset(config, "train"), device=resolve_device(device))
+        gate, _ = calibrate_gate(model, dataset_cache[gate_key], "any" if probe is not None else variant.gate,
+                                 device=resolve_device(device), probe=probe)
     rows = evaluate(model, dataset_cache[data_key], batch_size=batch_size, device=resolve_device(device),
                     modes=(variant.mode,), bias=True, biased=debias.biased_audio, alpha=debias.alpha,
                     scheme=variant.scheme, strategy=variant.strategy, max_clips=max_clips,

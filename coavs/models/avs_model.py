@@ -60,9 +60,6 @@ class AVSModel(nn.Module):
         self.decoder = TransformerDecoder(dim, config.num_heads, config.ffn_dim, config.num_layers,
                                           config.num_classes, config.dropout)
         self.diffusion = DiffusionSchedule(config.diffusion_steps)
-        # built last, so adding it leaves the initialisation of every other parameter unchanged
-        self.sounding = (nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
-                         if config.sounding_head else None)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -92,22 +89,14 @@ class AVSModel(nn.Module):
         descriptor = self.prompt_encoder.descriptor(audio) if self.config.num_clusters else None
         return self.perception(embedding, descriptor, class_presence)
 
-    def audio_heads(self, audio: Tensor) -> dict:
-        """The audio-only heads for audio inputs ``[M,…]`` alone (no frames): ``audio_logits [M,C]`` (None
-        without a classifier) and ``sounding_logit [M]`` (None without a sounding head). Negative-audio training
-        trains them through this for its ``audio_only`` negatives."""
+    def audio_logits(self, audio: Tensor) -> Tensor | None:
+        """The audio classifier's logits ``[M,C]`` for audio inputs ``[M,…]`` alone (no frames); None without a
+        classifier. Negative-audio training trains the classifier through this for its ``audio_only`` kinds."""
+        if self.perception.classifier is None:
+            return None
         if hasattr(self.prompt_encoder, "check_input"):
             self.prompt_encoder.check_input(audio)
-        embedding = self.prompt_encoder(audio)
-        classifier = self.perception.classifier
-        return {"audio_logits": classifier(embedding) if classifier is not None else None,
-                "sounding_logit": self.sounding_logit(embedding)}
-
-    def sounding_logit(self, embedding: Tensor) -> Tensor | None:
-        """``[N]`` "anything sounds" logit from the audio embedding ``[N,D]`` (None without the head)."""
-        if self.sounding is None:
-            return None
-        return self.sounding(embedding.detach()).squeeze(1)
+        return self.perception.classifier(self.prompt_encoder(audio))
 
     def assign(self, scores: Tensor, embedding: Tensor):
         c = self.config
@@ -128,8 +117,8 @@ class AVSModel(nn.Module):
 
         Returns a dict: ``pred_logits [N,Q,K+1]``, ``pred_masks [N,Q,H/4,W/4]``, ``aux_outputs`` (the same two
         keys for the initial queries and every layer but the last), ``active [N,Q]``, ``gate [N,Q]``,
-        ``query_marker [Q]``, ``marker_scores [N,S]``, ``audio_logits [N,C]`` (None without a classifier), ``sounding_logit [N]`` (None
-        without a sounding head) and,
+        ``query_marker [Q]``, ``marker_scores [N,S]``, ``audio_logits [N,C]`` (None without a classifier),
+        ``audio_embedding [N,D]`` (what the gate's sounding probe reads) and,
         with ``biased``, ``"biased"``: the biased branch's ``pred_logits``, ``pred_masks``, ``aux_outputs``.
         """
         self._check_inputs(frames, audio, biased, marker_scores, class_presence)
@@ -153,8 +142,7 @@ class AVSModel(nn.Module):
         q = self.config.queries
         outputs = _branch(predictions, slice(0, q))
         outputs.update(active=assigned.active, gate=assigned.gate, query_marker=assigned.query_marker,
-                       marker_scores=marker_scores, audio_logits=audio_logits,
-                       sounding_logit=self.sounding_logit(embedding))
+                       marker_scores=marker_scores, audio_logits=audio_logits, audio_embedding=embedding)
         if biased is not None:
             outputs["biased"] = _branch(predictions, slice(q, 2 * q))
             outputs["biased"].update(active=biased_assigned.active, gate=biased_assigned.gate)

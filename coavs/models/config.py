@@ -46,10 +46,6 @@ class ModelConfig:
     # "own" (supplementary D.2): the biased branch's markers, active queries and gates come from the biased audio
     # itself; "shared": it reuses the vanilla branch's (the earlier behaviour, kept as an ablation)
     biased_queries: str = "own"
-    # "does anything sound?": a small head on the (detached) audio embedding → one logit per frame, trained on
-    # positive frames against silence and noise negatives (coavs.training.negatives) and read by the `any` gate;
-    # detached, so it never changes what the segmenter learns (beyond the paper)
-    sounding_head: bool = False
 
     def __post_init__(self):
         self.audio_channels = tuple(self.audio_channels)

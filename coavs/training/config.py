@@ -197,8 +197,7 @@ class DataSection:
 @dataclass
 class LossSection:
     """Mask2Former's set loss (class CE, mask BCE and dice on ``num_points`` sampled points; auxiliary losses
-    after every decoder layer), the audio classifier's multi-label loss (``audio_class_weight``), the sounding
-    head's loss (``sounding_weight``, when the model has one), and teacher
+    after every decoder layer), the audio classifier's multi-label loss (``audio_class_weight``), and teacher
     forcing: ground-truth classes' markers are made present during training."""
 
     class_weight: float = 2.0
@@ -208,7 +207,6 @@ class LossSection:
     num_points: int = 12544
     aux: bool = True
     audio_class_weight: float = 1.0
-    sounding_weight: float = 1.0  # the sounding head's loss (model.sounding_head; coavs.training.negatives)
     teacher_forcing: bool = True
 
 
@@ -427,12 +425,6 @@ class TrainConfig:
             raise ConfigError(f"optim.betas must be two numbers, got {o.betas!r}")
         if o.warmup_steps < 0 or o.grad_clip < 0:
             raise ConfigError("optim.warmup_steps and optim.grad_clip must be >= 0")
-        if self.model.get("sounding_head") and not set(self.negatives.kinds if self.negatives.enabled else ()) & {
-                "silence", "noise"}:
-            raise ConfigError("model.sounding_head learns 'nothing sounds' from negative audio: it needs negatives "
-                              "with silence or noise (negatives.ratio > 0)")
-        if self.loss.sounding_weight < 0:
-            raise ConfigError(f"loss.sounding_weight must be >= 0, got {self.loss.sounding_weight}")
         if not self.stages:
             raise ConfigError("stages must list at least one stage")
         for i, stage in enumerate(self.stages):

@@ -23,17 +23,13 @@ The audio classifier learns "nothing sounds" from silence and noise negatives (c
 misaligned negative's audio does sound (other classes), so those rows are left out of the classifier's loss
 (:func:`classifier_rows`).
 
-``audio_only`` names the kinds whose frames train only the audio heads: they never reach the segmentation,
-debias or matching losses (:func:`split_negatives`; the trainer runs only their audio through the prompt encoder
-and the heads, :meth:`AVSModel.audio_heads`). With ``model.sounding_head`` they train the sounding head ("nothing
-sounds"), which the ``any`` gate reads, and leave the class classifier alone; without one they train the class
-classifier with every class absent. Misaligned audio has no "nothing sounds" target (it does sound), so it can
-only train segmentation. What each choice did on the demo set (docs/analysis.md): silence and noise through the
-segmentation loss cost 5 points of mIoU (one seed); through the class classifier they cost none at the demo's
-``loss.audio_class_weight: 5`` (3 seeds), while at weight 1 they pushed noise-like classes (drum, dog) under
-the 0.4 marker threshold on one seed in three. The sounding head is detached, so no gradient of the negatives
-reaches the segmenter or the class classifier; in the demo's 870 steps it did not learn to tell white noise from
-sound (noise FPR 8 % after the gate).
+``audio_only`` names the kinds whose frames train only the audio classifier (every class absent): they never
+reach the segmentation, debias or matching losses (:func:`split_negatives`; the trainer runs only their audio
+through the prompt encoder and the classifier, :meth:`AVSModel.audio_logits`). Misaligned audio does sound, so it
+has no such target and can only train segmentation. What each choice did on the demo set (docs/analysis.md):
+silence and noise through the segmentation loss cost 5 points of mIoU (one seed); through the classifier only
+they cost none at the demo's ``loss.audio_class_weight: 5`` (3 seeds), while at weight 1 they pushed noise-like
+classes (drum, dog) under the 0.4 marker threshold on one seed in three.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ from coavs.training.config import (ConfigError, DataSection, EvalSection, LossSe
                                    StageSection, TrainConfig, apply_overrides, config_differences, resolve)
 from coavs.training.debias import DebiasObjective
 from coavs.training.evaluation import calibrate_run_gate, check_gate_split, evaluate_run
-from coavs.training.losses import IGNORE_LABEL, SetCriterion, audio_classification_loss, targets_from_labels
+from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
 from coavs.training.markers import install_markers
 from coavs.training.negatives import NegativeSampler, classifier_rows, split_negatives
 from coavs.training.plan import Plan, Stage, build_stages, param_groups
@@ -281,32 +281,20 @@ class _Trainer:
 
     def _audio_losses(self, outputs: dict, targets, presence: Tensor, batch: dict,
                       negative_audio: Tensor | None) -> dict[str, tuple[float, Tensor]]:
-        """``{term: (weight, loss)}`` of the audio heads: the classifier's multi-label loss (``audio_cls``) and
-        the sounding head's "anything sounds" loss (``sounding``). ``negative_audio``: the ``audio_only``
-        negatives (nothing sounds), which train the sounding head when the model has one, else the classifier."""
+        """``{term: (weight, loss)}`` of the audio classifier (``audio_cls``): the batch's annotated frames (minus
+        misaligned negatives, whose audio does sound) and ``negative_audio``, the ``audio_only`` negatives, with
+        every class absent."""
         cfg = self.config
-        rows = classifier_rows(targets.annotated, batch)  # misaligned negatives sound: no target for either head
-        sounding = outputs.get("sounding_logit")
-        classifier_weight = cfg.loss.audio_class_weight if outputs.get("audio_logits") is not None else 0.0
-        sounding_weight = cfg.loss.sounding_weight if sounding is not None else 0.0
-        extra = {}
-        if negative_audio is not None and (sounding_weight > 0 or classifier_weight > 0):
+        if outputs.get("audio_logits") is None or cfg.loss.audio_class_weight <= 0:
+            return {}
+        logits, wanted, keep = outputs["audio_logits"], presence, classifier_rows(targets.annotated, batch)
+        if negative_audio is not None:
             with autocast(self.device, cfg.run.precision):
-                extra = self.raw_model.audio_heads(negative_audio.to(self.device, non_blocking=True))
-        out = {}
-        if classifier_weight > 0:
-            logits, wanted, keep = outputs["audio_logits"], presence, rows
-            if extra and sounding is None:  # no sounding head: "nothing sounds" is every class absent
-                logits, wanted, keep = _nothing_sounds(logits, wanted, keep, extra["audio_logits"])
-            out["audio_cls"] = (classifier_weight, audio_classification_loss(logits, wanted, keep))
-        if sounding_weight > 0:
-            labels = batch["labels"]
-            heard = ((labels > 0) & (labels != IGNORE_LABEL)).flatten(1).any(dim=1, keepdim=True)
-            logits, wanted, keep = sounding[:, None], heard, rows
-            if extra:
-                logits, wanted, keep = _nothing_sounds(logits, wanted, keep, extra["sounding_logit"][:, None])
-            out["sounding"] = (sounding_weight, audio_classification_loss(logits, wanted, keep))
-        return out
+                extra = self.raw_model.audio_logits(negative_audio.to(self.device, non_blocking=True))
+            logits = torch.cat([logits, extra.to(logits.dtype)])
+            wanted = torch.cat([wanted, wanted.new_zeros(extra.shape)])
+            keep = torch.cat([keep, keep.new_ones(extra.shape[0])])
+        return {"audio_cls": (cfg.loss.audio_class_weight, audio_classification_loss(logits, wanted, keep))}
 
     def _training_frames(self, batch: dict) -> dict:
         """Annotated frames only; ``frames_per_clip`` of them per clip drawn at random (global torch RNG)."""
@@ -475,12 +463,6 @@ class _Trainer:
 
     def evaluate(self) -> dict:
         return evaluate_run(self)
-
-
-def _nothing_sounds(logits: Tensor, wanted: Tensor, keep: Tensor, extra: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``extra`` logit rows appended to ``logits`` with an all-absent target, kept in the loss."""
-    return (torch.cat([logits, extra.to(logits.dtype)]), torch.cat([wanted, wanted.new_zeros(extra.shape)]),
-            torch.cat([keep, keep.new_ones(extra.shape[0])]))
 
 
 def _negative_sampler(cfg: TrainConfig, model):

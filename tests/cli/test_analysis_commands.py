@@ -113,14 +113,17 @@ def test_ablate_two_variants(tiny_set, tiny_cache, tmp_path, capsys):
     config_file = tmp_path / "base.json"
     config_file.write_text(json.dumps(base))
     out = tmp_path / "ablate"
-    args = ("ablate", "--config", config_file, "--variants", "vanilla,scheme/overall", "--steps", 2, "--out", out,
-            "--quiet", "--device", "cpu")
+    args = ("ablate", "--config", config_file, "--variants", "vanilla,scheme/overall,gate/probe", "--steps", 2,
+            "--out", out, "--quiet", "--device", "cpu")
     assert run_cli(*args) == 0
     text = (out / "ablation.md").read_text()
     assert "| vanilla |" in text and "| scheme/overall |" in text and "FPR silence" in text
     Image.open(out / "ablation.png").verify()
     rows = {r["variant"]: r for r in read_csv(out / "ablation.csv")}
-    assert set(rows) == {"vanilla", "scheme/overall"}
+    assert set(rows) == {"vanilla", "scheme/overall", "gate/probe"}
+    assert rows["gate/probe"]["run"] == rows["vanilla"]["run"]  # the probe needs no training of its own
+    for key in ("fpr_silence", "fpr_noise"):
+        assert float(rows["gate/probe"][key]) <= float(rows["vanilla"][key])
     # the table's numbers are evaluate()'s for that run and inference setting
     for name, mode, scheme in (("vanilla", "vanilla", "separate"), ("scheme/overall", "debias", "overall")):
         model, config = load_model(rows[name]["run"])

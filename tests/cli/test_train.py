@@ -13,7 +13,7 @@ import yaml
 from coavs.cli import build_parser, find_benchmarks, main
 from tests.support.tiny_run import make_tiny_set, tiny_config
 
-SUBCOMMANDS = ("info", "synth", "verify", "fit-markers", "train", "eval", "predict", "bench", "demo")
+SUBCOMMANDS = ("info", "synth", "verify", "fit-markers", "train", "eval", "gate", "predict", "bench", "demo")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,6 +57,29 @@ def test_train_writes_a_run_folder_and_resume_continues(trained_run, workspace, 
     assert "continue with: coavs train --resume" in capsys.readouterr().out
     assert main(["train", "--resume", "--out", str(stopped)]) == 0  # the run's own config.json
     assert "trained 3 steps" in capsys.readouterr().out
+
+
+def test_gate_fits_a_probe_on_a_finished_run_and_eval_applies_it(trained_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)  # the module's run stays without a gate
+    assert main(["gate", str(run), "--probe", "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "sounding probe:" in out and "gate any + probe: tau" in out
+    stored = json.loads((run / "gate.json").read_text())
+    assert stored["probe"] == "gate_probe.pt" and (run / "gate_probe.pt").is_file()
+    rows = tmp_path / "rows.json"
+    assert main(["eval", str(run), "--split", "val", "--quiet", "--modes", "vanilla", "--out", str(rows)]) == 0
+    gated = json.loads(rows.read_text())["vanilla"]
+    assert main(["eval", str(run), "--split", "val", "--quiet", "--modes", "vanilla", "--no-gate", "--out",
+                 str(rows)]) == 0
+    plain = json.loads(rows.read_text())["vanilla"]
+    assert gated["fpr_silence"] <= plain["fpr_silence"] and gated["fpr_noise"] <= plain["fpr_noise"]
+    capsys.readouterr()
+    assert main(["gate", str(run), "--mode", "class", "--probe"]) == 1
+    assert "use it with --mode any" in capsys.readouterr().err
+    assert main(["gate", str(tmp_path / "nowhere")]) == 1
 
 
 def test_eval_prints_the_table_with_bias_metrics(trained_run, tmp_path, capsys):

@@ -171,23 +171,23 @@ def test_audio_only_negatives_never_reach_the_segmentation_loss(tiny, tmp_path, 
 
     data, cache = tiny
     seen_frames, classifier_calls, targets = [], [], []
-    forward, audio_heads = AVSModel.forward, AVSModel.audio_heads
+    forward, audio_logits = AVSModel.forward, AVSModel.audio_logits
     bce = losses.audio_classification_loss
 
     def spy_forward(self, frames, audio, **kwargs):
         seen_frames.append(frames.shape[0])
         return forward(self, frames, audio, **kwargs)
 
-    def spy_heads(self, audio):
+    def spy_logits(self, audio):
         classifier_calls.append(audio.shape[0])
-        return audio_heads(self, audio)
+        return audio_logits(self, audio)
 
     def spy_bce(logits, presence, rows=None):
         targets.append((presence.clone(), rows.clone()))
         return bce(logits, presence, rows)
 
     monkeypatch.setattr(AVSModel, "forward", spy_forward)
-    monkeypatch.setattr(AVSModel, "audio_heads", spy_heads)
+    monkeypatch.setattr(AVSModel, "audio_logits", spy_logits)
     monkeypatch.setattr("coavs.training.trainer.audio_classification_loss", spy_bce)
     section = {"ratio": 1.0, "kinds": ["silence", "noise"], "audio_only": ["silence", "noise"]}
     config = TrainConfig.from_dict(tiny_config(data, cache, negatives=section, run={"max_steps": 2}))
