@@ -23,7 +23,7 @@ from coavs.data.verify import report_json, verify_dataset
 from coavs.devices import resolve_device
 from coavs.errors import EXIT_USER_ERROR, UserError, one_line  # UserError re-exported: coavs.cli.UserError
 from coavs.eval import predict
-from coavs.eval.gate import calibrate_gate, fit_sounding_probe, load_gate, save_gate
+from coavs.eval.gate import build_gate, load_gate, save_gate
 from coavs.eval.runner import evaluate, format_table
 from coavs.inference.combine import INFERENCE_MODES, logit_strategy
 from coavs.training.checkpoint import load_model
@@ -188,20 +188,18 @@ def cmd_gate(args) -> int:
     calibration = open_split(config, args.split)
     if len(calibration) == 0:
         raise UserError(f"the {args.split} split of {config.data.root} has no clips to calibrate the gate on")
-    settings = dict(device=device, max_clips=args.max_clips, seed=args.seed, precision=config.run.precision)
-    probe, stats = None, {}
-    if args.probe:
-        probe, probe_stats = fit_sounding_probe(model, open_split(config, "train"), **settings)
-        print(f"sounding probe: {probe_stats['positives']} sounding frames against {probe_stats['negatives']} "
-              f"silence/noise ones of the train split, accuracy {probe_stats['accuracy']:.3f}")
     try:
-        gate, stats = calibrate_gate(model, calibration, args.mode, args.keep, probe=probe, **settings)
+        gate, stats = build_gate(model, calibration, args.mode, args.keep,
+                                 training=open_split(config, "train") if args.probe else None, device=device,
+                                 max_clips=args.max_clips, seed=args.seed, precision=config.run.precision)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if args.probe:
-        stats["probe"] = probe_stats
+    if "probe" in stats:
+        fit = stats["probe"]
+        print(f"sounding probe: {fit['positives']} sounding frames against {fit['negatives']} silence/noise ones "
+              f"of the train split, accuracy {fit['accuracy']:.3f}")
     path = save_gate(run_dir, gate, stats, args.split)
-    print(f"gate {gate.mode}{' + probe' if probe is not None else ''}: tau {gate.threshold:.4f} keeps "
+    print(f"gate {gate.mode}{' + probe' if gate.probe is not None else ''}: tau {gate.threshold:.4f} keeps "
           f"{stats['positive_kept']:.1%} of the {args.split} split's sounding cases and gates "
           f"{stats['negative_gated']:.1%} of their silence/noise versions -> {path} (coavs eval applies it)")
     return 0

@@ -13,9 +13,9 @@
    the counterfactual IoU (two sources visible, one played alone: IoU with the one playing).
 
 ``--seeds N`` repeats every training with seeds 0 … N−1 and reports mean ± std (N × 4 trainings; one seed took
-about 5 minutes on an idle 2-core machine, three seeds 14). docs/analysis.md holds the 3-seed table. The numbers are whatever training gives; ``--out``
-keeps the data, run folders, ``results.{json,md}`` (the JSON also holds every seed's row and the gated models'
-numbers without their gate) and ``results.png`` (the table as bars).
+4 minutes on an idle 2-core machine, three seeds 14; docs/analysis.md holds the 3-seed table). The numbers are
+whatever training gives; ``--out`` keeps the data, run folders, ``results.{json,md}`` (the JSON also holds every
+seed's row and the gated models' numbers without their gate) and ``results.png`` (the table as bars).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ from coavs.analysis import plots
 from coavs.analysis.common import open_eval_dataset
 from coavs.analysis.tables import fmt, markdown_table, write_csv
 from coavs.devices import resolve_device
-from coavs.eval.gate import calibrate_gate, fit_sounding_probe
+from coavs.eval.gate import build_gate
 from coavs.eval.runner import evaluate
 from coavs.inference.combine import logit_strategy
 from coavs.training.checkpoint import load_model
@@ -302,11 +302,10 @@ def evaluate_variant(run: TrainingRun, variant: Variant, split: str, device: str
         gate_key = data_key + "|val"
         if gate_key not in dataset_cache:
             dataset_cache[gate_key] = open_eval_dataset(config, "val")
-        probe = None
-        if variant.gate == "probe":  # a sounding probe fitted on the training split, τ on val
-            probe, _ = fit_sounding_probe(model, open_eval_dataset(config, "train"), device=resolve_device(device))
-        gate, _ = calibrate_gate(model, dataset_cache[gate_key], "any" if probe is not None else variant.gate,
-                                 device=resolve_device(device), probe=probe)
+        probe = variant.gate == "probe"  # the any gate on a sounding probe fitted on the training split
+        gate, _ = build_gate(model, dataset_cache[gate_key], "any" if probe else variant.gate,
+                             training=open_eval_dataset(config, "train") if probe else None,
+                             device=resolve_device(device))
     rows = evaluate(model, dataset_cache[data_key], batch_size=batch_size, device=resolve_device(device),
                     modes=(variant.mode,), bias=True, biased=debias.biased_audio, alpha=debias.alpha,
                     scheme=variant.scheme, strategy=variant.strategy, max_clips=max_clips,

@@ -111,7 +111,8 @@ def fit_sounding_probe(model, dataset, *, steps: int = 300, lr: float = 1e-2, ba
     indices = _clip_indices(dataset, max_clips, distributed=False)
     for batch, outputs in _model_batches(model, dataset, indices, batch_size=batch_size, device=device,
                                          conditions=("normal", "silence", "noise"), needs_biased=False, biased=None,
-                                         seed=seed, num_workers=0, precision=precision, progress=False):
+                                         seed=seed, num_workers=0, precision=precision, progress=False,
+                                         audio_only=True):
         sounding = _sounding_frames(batch["labels"])
         for condition, out in outputs.items():
             embedding = out["audio_embedding"].float()
@@ -159,7 +160,8 @@ def calibrate_gate(model, dataset, mode: str, keep: float = 0.98, *, batch_size:
     indices = _clip_indices(dataset, max_clips, distributed=False)
     for batch, outputs in _model_batches(model, dataset, indices, batch_size=batch_size, device=device,
                                          conditions=("normal", "silence", "noise"), needs_biased=False, biased=None,
-                                         seed=seed, num_workers=0, precision=precision, progress=False):
+                                         seed=seed, num_workers=0, precision=precision, progress=False,
+                                         audio_only=True):
         labels = batch["labels"]
         for condition, out in outputs.items():
             if probe is not None:
@@ -179,6 +181,20 @@ def calibrate_gate(model, dataset, mode: str, keep: float = 0.98, *, batch_size:
              "positive_kept": float((pos >= tau).double().mean()) if pos.numel() else math.nan,
              "negative_gated": float((neg < tau).double().mean()) if neg.numel() else math.nan}
     return Gate(mode, tau, probe), stats
+
+
+def build_gate(model, calibration, mode: str, keep: float = 0.98, *, training=None,
+               **settings) -> tuple[Gate, dict]:
+    """:func:`calibrate_gate` on ``calibration``; with ``training`` (the training split) a sounding probe is
+    fitted on it first and gated on (``stats["probe"]``: :func:`fit_sounding_probe`'s stats). ``settings``:
+    ``batch_size``, ``device``, ``max_clips``, ``seed``, ``precision``."""
+    probe, probe_stats = None, None
+    if training is not None:
+        probe, probe_stats = fit_sounding_probe(model, training, **settings)
+    gate, stats = calibrate_gate(model, calibration, mode, keep, probe=probe, **settings)
+    if probe_stats is not None:
+        stats["probe"] = probe_stats
+    return gate, stats
 
 
 def save_gate(run_dir, gate: Gate, stats: dict | None = None, split: str | None = None) -> Path:
@@ -213,5 +229,5 @@ def load_gate(run_dir) -> Gate | None:
     return Gate(data["mode"], float(data["threshold"]), probe)
 
 
-__all__ = ["GATE_MODES", "GateSection", "Gate", "SoundingProbe", "apply_gate", "calibrate_gate", "choose_threshold",
-           "fit_sounding_probe", "save_gate", "load_gate"]
+__all__ = ["GATE_MODES", "GateSection", "Gate", "SoundingProbe", "apply_gate", "build_gate", "calibrate_gate",
+           "choose_threshold", "fit_sounding_probe", "save_gate", "load_gate"]

@@ -135,8 +135,10 @@ def _check_args(audio, mode, batch_size):
 
 
 def _model_batches(model, dataset, indices, *, batch_size, device, conditions, needs_biased, biased, seed,
-                   num_workers, precision, progress) -> Iterator[tuple[dict, dict[str, dict]]]:
-    """``(frame batch on device, {condition: model outputs})`` for the annotated frames of each batch."""
+                   num_workers, precision, progress,
+                   audio_only: bool = False) -> Iterator[tuple[dict, dict[str, dict]]]:
+    """``(frame batch on device, {condition: model outputs})`` for the annotated frames of each batch;
+    ``audio_only``: only the audio side of the model runs (``AVSModel.audio_outputs``), not the segmenter."""
     device = torch.device(device)
     base = base_dataset(dataset)
     batches = _loader(dataset, indices, batch_size, num_workers) if indices else []
@@ -155,7 +157,8 @@ def _model_batches(model, dataset, indices, *, batch_size, device, conditions, n
                 for condition in conditions:
                     audio = _condition_audio(condition, model, base, batch, seed)
                     with autocast(device, precision):
-                        outputs[condition] = model(batch["frames"], audio, biased=biased if needs_biased else None)
+                        outputs[condition] = (model.audio_outputs(audio) if audio_only else
+                                              model(batch["frames"], audio, biased=biased if needs_biased else None))
                 yield batch, outputs
     finally:
         model.train(was_training)

@@ -32,8 +32,7 @@ def postprocess(outputs: dict, size: tuple[int, int], mode: str = "vanilla", bin
             raise ValueError("mode 'debias' needs outputs with a biased branch")
         if scheme == "overall" and overall_reading == "product":
             labels, fg = _product_reading(outputs, size, alpha, strategy, binary)
-            return apply_gate(labels, fg, outputs.get("audio_logits"), gate, binary,
-                      outputs.get("audio_embedding"))
+            return _gated(labels, fg, outputs, gate, binary)
         biased = (outputs["biased"]["pred_masks"], outputs["biased"]["pred_logits"])
         debias = ops.Debias(alpha=alpha, scheme=scheme, strategy=strategy)
     elif mode == "ensemble":
@@ -44,13 +43,16 @@ def postprocess(outputs: dict, size: tuple[int, int], mode: str = "vanilla", bin
                                 background=0)
     if binary:
         fg = fg.clamp(0.0, 1.0)
-        return apply_gate((fg > 0.5).long(), fg, outputs.get("audio_logits"), gate, binary,
-                      outputs.get("audio_embedding"))
+        return _gated((fg > 0.5).long(), fg, outputs, gate, binary)
     total = ops.semantic_inference(mask, cls, size, gate=gate_q, biased=biased, debias=debias, mode="binary")
     labels = ops.semantic_inference(mask, cls, size, gate=gate_q, biased=biased, debias=debias, mode="semantic")
     fg = (fg / total.clamp_min(1e-12)).clamp(0.0, 1.0)
-    return apply_gate(labels, fg, outputs.get("audio_logits"), gate, binary,
-                      outputs.get("audio_embedding"))
+    return _gated(labels, fg, outputs, gate, binary)
+
+
+def _gated(labels: Tensor, fg: Tensor, outputs: dict, gate, binary: bool) -> tuple[Tensor, Tensor]:
+    """``apply_gate`` with the model outputs it reads (the classifier's logits, the audio embedding)."""
+    return apply_gate(labels, fg, outputs.get("audio_logits"), gate, binary, outputs.get("audio_embedding"))
 
 
 def _product_reading(outputs: dict, size, alpha: float, strategy: str, binary: bool) -> tuple[Tensor, Tensor]:

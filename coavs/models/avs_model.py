@@ -89,14 +89,15 @@ class AVSModel(nn.Module):
         descriptor = self.prompt_encoder.descriptor(audio) if self.config.num_clusters else None
         return self.perception(embedding, descriptor, class_presence)
 
-    def audio_logits(self, audio: Tensor) -> Tensor | None:
-        """The audio classifier's logits ``[M,C]`` for audio inputs ``[M,…]`` alone (no frames); None without a
-        classifier. Negative-audio training trains the classifier through this for its ``audio_only`` kinds."""
-        if self.perception.classifier is None:
-            return None
+    def audio_outputs(self, audio: Tensor) -> dict:
+        """The audio side of :meth:`forward` for audio inputs ``[M,…]`` alone (no frames): ``audio_embedding
+        [M,D]`` and ``audio_logits [M,C]`` (None without a classifier). Negative-audio training trains the
+        classifier through this for its ``audio_only`` kinds; the gate's calibration reads it."""
         if hasattr(self.prompt_encoder, "check_input"):
             self.prompt_encoder.check_input(audio)
-        return self.perception.classifier(self.prompt_encoder(audio))
+        embedding = self.prompt_encoder(audio)
+        classifier = self.perception.classifier
+        return {"audio_embedding": embedding, "audio_logits": classifier(embedding) if classifier is not None else None}
 
     def assign(self, scores: Tensor, embedding: Tensor):
         c = self.config

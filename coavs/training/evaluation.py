@@ -8,7 +8,7 @@ import torch
 
 from coavs.data.splits import open_split
 from coavs.errors import ConfigError
-from coavs.eval.gate import calibrate_gate, fit_sounding_probe, save_gate
+from coavs.eval.gate import build_gate, save_gate
 from coavs.eval.runner import evaluate
 from coavs.inference.gate import Gate
 from coavs.training.config import TrainConfig
@@ -33,17 +33,11 @@ def calibrate_run_gate(trainer) -> object:
     if cached is not None and cached[0] == trainer.step:
         return cached[1]
     dataset = open_split(trainer.config, section.split)
-    settings = dict(device=trainer.device, max_clips=section.max_clips, seed=trainer.config.run.seed,
-                    precision=trainer.config.run.precision)
+    training = open_split(trainer.config, "train") if section.probe else None
     with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
-        probe, probe_stats = None, {}
-        if section.probe:
-            probe, probe_stats = fit_sounding_probe(trainer.raw_model, open_split(trainer.config, "train"),
-                                                    **settings)
-        gate, stats = calibrate_gate(trainer.raw_model, dataset, section.mode, section.keep, probe=probe,
-                                     **settings)
-        if probe_stats:
-            stats["probe"] = probe_stats
+        gate, stats = build_gate(trainer.raw_model, dataset, section.mode, section.keep, training=training,
+                                 device=trainer.device, max_clips=section.max_clips, seed=trainer.config.run.seed,
+                                 precision=trainer.config.run.precision)
     if trainer.main:
         save_gate(trainer.folder.root, gate, {**stats, "step": trainer.step}, section.split)
     trainer._gate = (trainer.step, gate)

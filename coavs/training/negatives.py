@@ -25,7 +25,7 @@ misaligned negative's audio does sound (other classes), so those rows are left o
 
 ``audio_only`` names the kinds whose frames train only the audio classifier (every class absent): they never
 reach the segmentation, debias or matching losses (:func:`split_negatives`; the trainer runs only their audio
-through the prompt encoder and the classifier, :meth:`AVSModel.audio_logits`). Misaligned audio does sound, so it
+through the prompt encoder and the classifier, :meth:`AVSModel.audio_outputs`). Misaligned audio does sound, so it
 has no such target and can only train segmentation. What each choice did on the demo set (docs/analysis.md):
 silence and noise through the segmentation loss cost 5 points of mIoU (one seed); through the classifier only
 they cost none at the demo's ``loss.audio_class_weight: 5`` (3 seeds), while at weight 1 they pushed noise-like

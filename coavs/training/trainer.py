@@ -290,7 +290,7 @@ class _Trainer:
         logits, wanted, keep = outputs["audio_logits"], presence, classifier_rows(targets.annotated, batch)
         if negative_audio is not None:
             with autocast(self.device, cfg.run.precision):
-                extra = self.raw_model.audio_logits(negative_audio.to(self.device, non_blocking=True))
+                extra = self.raw_model.audio_outputs(negative_audio.to(self.device, non_blocking=True))["audio_logits"]
             logits = torch.cat([logits, extra.to(logits.dtype)])
             wanted = torch.cat([wanted, wanted.new_zeros(extra.shape)])
             keep = torch.cat([keep, keep.new_ones(extra.shape[0])])

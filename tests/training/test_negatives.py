@@ -171,7 +171,7 @@ def test_audio_only_negatives_never_reach_the_segmentation_loss(tiny, tmp_path, 
 
     data, cache = tiny
     seen_frames, classifier_calls, targets = [], [], []
-    forward, audio_logits = AVSModel.forward, AVSModel.audio_logits
+    forward, audio_outputs = AVSModel.forward, AVSModel.audio_outputs
     bce = losses.audio_classification_loss
 
     def spy_forward(self, frames, audio, **kwargs):
@@ -180,14 +180,14 @@ def test_audio_only_negatives_never_reach_the_segmentation_loss(tiny, tmp_path, 
 
     def spy_logits(self, audio):
         classifier_calls.append(audio.shape[0])
-        return audio_logits(self, audio)
+        return audio_outputs(self, audio)
 
     def spy_bce(logits, presence, rows=None):
         targets.append((presence.clone(), rows.clone()))
         return bce(logits, presence, rows)
 
     monkeypatch.setattr(AVSModel, "forward", spy_forward)
-    monkeypatch.setattr(AVSModel, "audio_logits", spy_logits)
+    monkeypatch.setattr(AVSModel, "audio_outputs", spy_logits)
     monkeypatch.setattr("coavs.training.trainer.audio_classification_loss", spy_bce)
     section = {"ratio": 1.0, "kinds": ["silence", "noise"], "audio_only": ["silence", "noise"]}
     config = TrainConfig.from_dict(tiny_config(data, cache, negatives=section, run={"max_steps": 2}))
