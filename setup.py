@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 CONFIG = json.loads((ROOT / "csrc" / "build.json").read_text())
@@ -67,9 +68,23 @@ ext = extension_cls(
     extra_compile_args=extra_compile_args,
 )
 
+
+class BuildPyWithKernels(build_py):
+    """Installs the Triton sources of the top-level ``kernels/`` folder as modules of ``coavs.kernels``.
+
+    ``kernels/`` has no ``__init__.py`` (see ``coavs/kernels/__init__.py``), so it cannot be a package of its own.
+    """
+
+    def find_package_modules(self, package, package_dir):
+        modules = super().find_package_modules(package, package_dir)
+        if package == "coavs.kernels":
+            modules += [(package, source.stem, str(source.relative_to(ROOT)))
+                        for source in sorted((ROOT / "kernels").glob("*.py"))]
+        return modules
+
+
 setup(
-    packages=find_packages(include=["coavs", "coavs.*"]) + ["coavs.kernels"],
-    package_dir={"coavs.kernels": "kernels"},
+    packages=find_packages(include=["coavs", "coavs.*"]),
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithKernels},
 )

@@ -39,8 +39,8 @@ from pathlib import Path
 ARCHS = (80, 90)
 # Largest dynamic shared memory one block may use (opt-in), bytes: A100 163 KiB, H100/H200 227 KiB.
 SMEM_PER_BLOCK = {80: 163 * 1024, 90: 227 * 1024}
-KERNEL_MODULES = ("kernels.debias_logits", "kernels.assign_queries", "kernels.matching_cost",
-                  "kernels.semantic_inference", "kernels.masked_cross_attention")
+KERNEL_MODULES = ("coavs.kernels.debias_logits", "coavs.kernels.assign_queries", "coavs.kernels.matching_cost",
+                  "coavs.kernels.semantic_inference", "coavs.kernels.masked_cross_attention")
 FLOATS = ("float32", "bfloat16", "float16")
 
 
@@ -100,7 +100,7 @@ def _t(shape, dtype):
 
 
 def _debias_cases():
-    from kernels import debias_logits as k
+    from coavs.kernels import debias_logits as k
     # (mask shape, cls shape): tiny, odd, a wide class row (BLOCK_K 8192, BLOCK_ROWS 1), the benchmark shapes.
     shapes = {"tiny": ((1, 1, 1, 1), (1, 1, 1)), "odd": ((3, 5, 7, 9), (3, 5, 7)),
               "wide": ((2, 3, 4, 4), (2, 3, 5000)), "bench": ((20, 100, 256, 256), (20, 100, 72))}
@@ -115,7 +115,7 @@ def _debias_cases():
 
 
 def _assign_cases():
-    from kernels import assign_queries as k
+    from coavs.kernels import assign_queries as k
     # (B, S, d, Q, D)
     shapes = {"tiny": (1, 1, 1, 1, 1), "odd": (3, 3, 2, 7, 33), "quick": (4, 4, 5, 20, 64),
               "bench": (20, 20, 5, 100, 256), "bench-d1": (20, 70, 1, 100, 256)}
@@ -133,7 +133,7 @@ def _assign_cases():
 
 
 def _matching_cases():
-    from kernels import matching_cost as k
+    from coavs.kernels import matching_cost as k
     # (B, Q, G, P, K+1)
     shapes = {"tiny": (1, 1, 1, 1, 1), "odd": (3, 17, 5, 333, 7), "quick": (2, 20, 3, 256, 6),
               "many-gt": (2, 12, 70, 100, 200), "bench": (20, 100, 10, 12544, 72)}
@@ -144,7 +144,7 @@ def _matching_cases():
 
 
 def _semantic_cases():
-    from kernels import semantic_inference as k
+    from coavs.kernels import semantic_inference as k
     # What coavs.ops.semantic_inference can ask for: (reduce, mask_debias, overall).
     schemes = [(r, md, ov) for r in ("argmax", "foreground") for md, ov in ((False, False), (True, False),
                                                                             (False, True))]
@@ -168,7 +168,7 @@ def _semantic_cases():
 
 
 def _attention_cases():
-    from kernels import masked_cross_attention as k
+    from coavs.kernels import masked_cross_attention as k
     # (B, h, Q, N, dh): N=49 one key block (no split), N=4096 eight splits; dh from tiny to the 256 maximum.
     shapes = {"tiny": (1, 1, 1, 1, 1), "odd": (3, 2, 7, 100, 24), "bench-49": (20, 8, 100, 49, 32),
               "bench-4096": (20, 8, 100, 4096, 32), "dh64": (2, 2, 16, 784, 64), "dh128": (2, 2, 16, 784, 128),

@@ -218,7 +218,7 @@ def main(argv=None) -> int:
                              "shape (20-75 s a compile on 2 cores; use on a many-core machine)")
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
-    if "kernels" in sys.modules or any(m.startswith("kernels.") for m in sys.modules):
+    if any(m.startswith("coavs.kernels.") for m in sys.modules):
         print("warning: kernels/ was imported before TRITON_INTERPRET was cleared", file=sys.stderr)
     triton_rows, summary = triton_kernels(args.arch, args.jobs, args.full)
     if args.cuda_rows:
