@@ -26,6 +26,7 @@ from coavs.eval import predict
 from coavs.eval.gate import build_gate, load_gate, save_gate
 from coavs.eval.runner import evaluate, format_table
 from coavs.inference.combine import INFERENCE_MODES, logit_strategy
+from coavs.preprocess.commands import register as register_preprocess
 from coavs.training.checkpoint import load_model
 from coavs.training.config import TrainConfig
 from coavs.training.markers import fit_markers
@@ -420,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     register_analysis(sub)  # coavs analyze area|semantics|queries, coavs ablate
+    register_preprocess(sub)  # coavs features (VGGish), coavs markers (the paper's marker files)
     return parser
 
 
