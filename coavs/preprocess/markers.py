@@ -204,7 +204,7 @@ def resolve_class_map(classes: list[str], labels: list[str], mapping: dict | Non
             found = []
             for label in wanted:
                 if label not in labels:
-                    close = difflib.get_close_matches(label, labels, n=3)
+                    close = difflib.get_close_matches(label, labels, n=3, cutoff=0.4)
                     raise UserError(f"--class-map: {name!r} -> {label!r} is not a label of the classifier"
                                     f"{f' (close: {close})' if close else ''}")
                 found.append(labels.index(label))
