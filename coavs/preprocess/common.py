@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coavs.data.audio import read_wav, resample
+from coavs.audio_spec import SAMPLE_RATE
+from coavs.data.audio import read_wav
 from coavs.data.avsbench import SPLITS, ClipRecord, read_records
 from coavs.errors import UserError
 
@@ -33,11 +34,28 @@ def dataset_clips(root, split: str | None = None, kind: str = "auto") -> tuple[s
     return layout, list(seen.values())
 
 
+# resampy's ``kaiser_best`` filter (what the original VGGish pipeline resamples with): 64 zero crossings, roll-off
+# at 0.9476 of the lower Nyquist, Kaiser window beta 14.77; torchaudio computes the same windowed sinc exactly
+# (resampy interpolates a table). docs/features_and_markers.md gives the measured difference.
+KAISER_BEST = dict(lowpass_filter_width=64, rolloff=0.9475937167399596, resampling_method="sinc_interp_kaiser",
+                   beta=14.769656459379492)
+
+
+def resample_like_resampy(samples, rate: int, target: int = SAMPLE_RATE) -> torch.Tensor:
+    """``[N]`` at ``rate`` → float32 at ``target`` Hz with :data:`KAISER_BEST` (float64 inside)."""
+    wave = torch.as_tensor(samples, dtype=torch.float64)
+    if rate == target:
+        return wave.float()
+    import torchaudio.functional as AF
+
+    return AF.resample(wave, int(rate), int(target), **KAISER_BEST).float()
+
+
 def clip_audio(record: ClipRecord) -> torch.Tensor:
     """The clip's whole wav as mono float32 samples at 16 kHz ``[N]`` (channels averaged; other rates resampled
-    with torchaudio's band-limited sinc interpolation)."""
+    with resampy's ``kaiser_best`` filter, :func:`resample_like_resampy`)."""
     samples, rate = read_wav(record.audio_path)
-    return resample(samples, rate)
+    return resample_like_resampy(samples, rate)
 
 
 def fit_rows(rows: torch.Tensor, count: int) -> torch.Tensor:
@@ -109,5 +127,5 @@ def save_torch(path: Path, data) -> None:
     write_atomic(path, lambda tmp: torch.save(data, tmp))
 
 
-__all__ = ["clip_audio", "dataset_clips", "file_identity", "fit_rows", "folder_identity", "open_output", "save_npy",
+__all__ = ["KAISER_BEST", "clip_audio", "resample_like_resampy", "dataset_clips", "file_identity", "fit_rows", "folder_identity", "open_output", "save_npy",
            "save_torch", "write_atomic"]
