@@ -171,3 +171,14 @@ def test_features_command_names_a_damaged_wav(synth_copy, vggish_files, capsys):
     wav.write_bytes(b"RIFF")
     code, _, err = run_cli(["features", synth_copy, "--vggish", weights, "--quiet"], capsys)
     assert_one_line_error(code, err, str(wav))
+
+
+def test_other_rates_are_resampled_with_a_kaiser_sinc(tmp_path):
+    from coavs.preprocess.common import resample_like_resampy
+
+    rate = 44100
+    t = np.arange(int(rate * 2)) / rate
+    wave = resample_like_resampy(0.5 * np.sin(2 * np.pi * 1000 * t), rate)
+    exact = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(32000) / 16000)
+    assert wave.shape == (32000,)
+    assert np.abs(wave.numpy() - exact)[2000:-2000].max() < 1e-4  # away from the edges: the band-limited sine
