@@ -13,11 +13,11 @@ Front end (the original TensorFlow ``vggish_input`` / ``mel_features``, which th
 - non-overlapping examples of 96 frames (0.96 s): ``1 + (F − 96) // 96`` examples ``[T,1,96,64]``. Example ``t``
   starts at 0.96·t s, so it drifts 40 ms per second from video frame ``t``, exactly as AVSBench's features do.
 
-Network: VGG-style ``features`` (conv3x3 64 → pool → 128 → pool → 256, 256 → pool → 512, 512 → pool, ReLU after
-every conv) and ``embeddings`` (12288 → 4096 → 4096 → 128, ReLU after each, the last one included); the feature map
-is flattened channels-last, as TensorFlow did. Postprocessing (AudioSet's released embeddings): PCA with whitening
-``E·(x − μ)``, clip to [−2, 2], map to [0, 255] and round (half to even, as ``torch.round`` in the PyTorch port
-AVSBench uses; TensorFlow's original truncates with ``astype(uint8)``).
+Network: VGG-style ``features`` (conv3x3 64 → pool → 128 → pool → 256, 256 → pool → 512, 512 → pool, ReLU
+after every conv) and ``embeddings`` (12288 → 4096 → 4096 → 128, ReLU after each, the last one included); the
+feature map is flattened channels-last, as TensorFlow did. Postprocessing (AudioSet's released embeddings): PCA
+with whitening ``E·(x − μ)``, clip to [−2, 2], map to [0, 255] and round (half to even, as ``torch.round`` in the
+PyTorch port AVSBench uses; TensorFlow's original truncates with ``astype(uint8)``).
 """
 
 from __future__ import annotations
@@ -228,5 +228,5 @@ def load_vggish(weights: str | os.PathLike, pca: str | os.PathLike | None = None
     return model.to(device).eval()
 
 
-__all__ = ["EMBEDDING_DIM", "EXAMPLE_SAMPLES", "PCAQuantizer", "VGGish", "examples", "htk_mel", "load_vggish", "log_mel",
-           "mel_matrix", "read_parameters"]
+__all__ = ["EMBEDDING_DIM", "EXAMPLE_SAMPLES", "PCAQuantizer", "VGGish", "examples", "htk_mel", "load_vggish",
+           "log_mel", "mel_matrix", "read_parameters"]

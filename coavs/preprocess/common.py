@@ -127,5 +127,5 @@ def save_torch(path: Path, data) -> None:
     write_atomic(path, lambda tmp: torch.save(data, tmp))
 
 
-__all__ = ["KAISER_BEST", "clip_audio", "resample_like_resampy", "dataset_clips", "file_identity", "fit_rows", "folder_identity", "open_output", "save_npy",
-           "save_torch", "write_atomic"]
+__all__ = ["KAISER_BEST", "clip_audio", "dataset_clips", "file_identity", "fit_rows", "folder_identity", "open_output",
+           "resample_like_resampy", "save_npy", "save_torch", "write_atomic"]
