@@ -229,3 +229,24 @@ def test_windows_centre_on_each_second():
     assert [w[0] for w in one] == [0, 16000, 32000] and all(len(w) == 16000 for w in one)
     two = windows_of(wave, 3, 2.0)
     assert two[0][:8000].sum() == 0 and two[0][8000] == 0 and two[1][0] == 8000 and np.all(two[2][-8000:] == 0)
+
+
+def test_markers_on_the_s4_layout_map_the_sounding_class(space, tmp_path, capsys):
+    from tests.support.datasets import make_s4
+
+    root, _ = space
+    data = make_s4(tmp_path / "s4")
+    out = tmp_path / "m"
+    args = ["markers", data, "--classifier", root / "ast", "--hubert", root / "hubert", "--clusters", "2", "--out",
+            out, "--quiet", "--device", "cpu"]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "['sounding']", "{\"sounding\": \"*\"}")
+    (tmp_path / "any.json").write_text(json.dumps({"sounding": "*"}))
+    code, _, err = run_cli(args + ["--class-map", tmp_path / "any.json"], capsys)
+    assert code == 0, err
+    info = json.loads((out / "markers.json").read_text())
+    assert (info["num_classes"], info["num_clusters"], info["class_map"]) == (1, 2, {"sounding": "*"})
+    assert info["layout"] == "s4"
+    for name in ("clip0", "clip1", "clip2"):
+        rows = torch.load(out / f"{name}.pth", weights_only=True)
+        assert len(rows) == 5 and all(int(r[-1]) in (1, 2) for r in rows)  # its cluster marker: C + k

@@ -182,3 +182,18 @@ def test_other_rates_are_resampled_with_a_kaiser_sinc(tmp_path):
     exact = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(32000) / 16000)
     assert wave.shape == (32000,)
     assert np.abs(wave.numpy() - exact)[2000:-2000].max() < 1e-4  # away from the edges: the band-limited sine
+
+
+def test_features_on_the_ms3_layout_resample_its_22khz_audio(vggish_files, tmp_path, capsys):
+    from coavs.preprocess.common import resample_like_resampy
+    from tests.support.datasets import make_ms3
+
+    data = make_ms3(tmp_path / "ms3")
+    weights, _ = vggish_files
+    code, _, err = run_cli(["features", data, "--vggish", weights, "--quiet", "--device", "cpu"], capsys)
+    assert code == 0, err
+    dataset = open_dataset(data, "train", audio="vggish", vggish_dir=data / "vggish")
+    samples, rate = read_wav(dataset.records[0].audio_path)
+    assert rate == 22050
+    expected = load_vggish(weights).embed(resample_like_resampy(samples, rate))
+    torch.testing.assert_close(dataset[0]["audio"], expected[:5])
