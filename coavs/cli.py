@@ -26,6 +26,7 @@ from coavs.eval import predict
 from coavs.eval.gate import build_gate, load_gate, save_gate
 from coavs.eval.runner import evaluate, format_table
 from coavs.inference.combine import INFERENCE_MODES, logit_strategy
+from coavs.preprocess.commands import register as register_preprocess
 from coavs.training.checkpoint import load_model
 from coavs.training.config import TrainConfig
 from coavs.training.markers import fit_markers
@@ -218,10 +219,11 @@ def cmd_predict(args) -> int:
             frames, names, track = predict.read_video(args.video)
         audio = predict.audio_features(config.data.audio, len(frames), wav=args.audio,
                                        waveform=None if args.audio else track, vggish=args.vggish)
+        markers = predict.clip_markers(config, args.markers, len(frames), model.config.num_markers)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     mode = args.mode or ("debias" if config.debias_enabled else "vanilla")
-    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device)
+    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device, markers=markers)
     class_names = config.resolved.get("class_names") or [str(i) for i in range(model.config.num_classes)]
     summary = predict.write_predictions(args.out, frames, names, labels, scores, class_names,
                                         bool(config.resolved.get("binary", False)))
@@ -396,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", help="video file (needs PyAV: pip install av); its own audio unless --audio")
     p.add_argument("--audio", help="wav file")
     p.add_argument("--vggish", help="VGGish features [T,128] .npy, for models trained on VGGish")
+    p.add_argument("--markers", help="the clip's marker file (.pth), for models trained with data.marker_files")
     p.add_argument("--mode", choices=INFERENCE_MODES,
                    help="default: debias for a debias-trained model, else vanilla")
     p.add_argument("--out", required=True, help="output folder (masks/, overlays/, predictions.json)")
@@ -420,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     register_analysis(sub)  # coavs analyze area|semantics|queries, coavs ablate
+    register_preprocess(sub)  # coavs features (VGGish), coavs markers (the paper's marker files)
     return parser
 
 

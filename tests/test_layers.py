@@ -10,6 +10,7 @@ Layers, lowest first (README "Build layout" and docs/design.md describe them)::
     2 ops:       custom ops and their backends (the only layer that knows about backends)
     3 data:      readers, datasets, splits            4 models: the network (never data)
     5 inference: branch combination, post-processing, precision, frame batches, gate
+      preprocess: per-clip VGGish features and marker files (data + models)
     6 eval       7 training       8 analysis       9 front ends: cli, demo, __main__, info
 """
 
@@ -29,7 +30,7 @@ RANKS = {
     "coavs.ops": 2,
     "coavs.data": 3,
     "coavs.models": 4, "coavs.integrations": 4,
-    "coavs.inference": 5,
+    "coavs.inference": 5, "coavs.preprocess": 5,
     "coavs.eval": 6,
     "coavs.training": 7,
     "coavs.analysis": 8,

@@ -7,14 +7,12 @@ from coavs.models.backbone import SmallCNN, build_backbone
 from coavs.models.biased import BIASED_AUDIO, DiffusionSchedule, biased_embedding
 from coavs.models.config import ModelConfig
 from coavs.models.decoder import TransformerDecoder
-from coavs.models.perception import (KMeansFit, Perception, ReferenceMarkers, fit_kmeans, load_kmeans,
-                                     load_reference_markers, markers_from_reference, save_kmeans)
+from coavs.models.perception import KMeansFit, Perception, fit_kmeans, load_kmeans, save_kmeans
 from coavs.models.pixel_decoder import PixelDecoder
 from coavs.models.text import BagOfWordsEncoder
 
 __all__ = [
     "AVSModel", "AudioEncoder", "BIASED_AUDIO", "BagOfWordsEncoder", "DiffusionSchedule", "KMeansFit", "LogMel",
-    "LogMelCNN", "ModelConfig", "Perception", "PixelDecoder", "ReferenceMarkers", "SmallCNN", "TransformerDecoder",
-    "VGGishMLP", "biased_embedding", "build_backbone", "fit_kmeans", "load_kmeans", "load_reference_markers",
-    "markers_from_reference", "save_kmeans",
+    "LogMelCNN", "ModelConfig", "Perception", "PixelDecoder", "SmallCNN", "TransformerDecoder", "VGGishMLP",
+    "biased_embedding", "build_backbone", "fit_kmeans", "load_kmeans", "save_kmeans",
 ]

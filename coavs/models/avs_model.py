@@ -113,7 +113,7 @@ class AVSModel(nn.Module):
             biased: also run the biased branch with this bias-only audio (``mute``, ``noise``, ``ddpm``,
                 ``random_semantic``); its outputs are under ``"biased"``.
             marker_scores: ``[N,S]`` markers to use instead of the perception module's (e.g. the paper's
-                marker files, :class:`coavs.models.perception.ReferenceMarkers`).
+                marker files, :class:`coavs.data.markers.ReferenceMarkers`).
             class_presence: ``[N,C]`` ground-truth class presence for teacher forcing (training).
 
         Returns a dict: ``pred_logits [N,Q,K+1]``, ``pred_masks [N,Q,H/4,W/4]``, ``aux_outputs`` (the same two

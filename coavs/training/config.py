@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import torch
 import yaml
 
-from coavs.data.splits import is_binary
+from coavs.data.splits import base_dataset, is_binary
 from coavs.errors import ConfigError
 from coavs.eval.gate import GateSection
 from coavs.inference.combine import INFERENCE_MODES
@@ -177,6 +177,14 @@ class DataSection:
     memory-mapped afterwards (``auto``: ``~/.cache/coavs/clips``; None: no cache).
     markers: the k-means markers of models with ``num_clusters`` > 0: ``fit`` (fit on the training split at
     the start, saved as ``<run>/markers.pt``) or the path of a ``coavs fit-markers`` file.
+    marker_files: a folder of precomputed per-clip marker files (``<uid>.pth``, the paper's way; ``coavs
+    markers`` writes them, :mod:`coavs.data.markers` reads them). The model then takes every frame's markers
+    from them, in training and evaluation, instead of its learned classifier and k-means (``markers`` is unused;
+    the classifier gets no loss). Its ``markers.json`` sets the defaults of ``model.num_audio_classes`` and
+    ``model.num_clusters`` (without one, set both: their sum is the files' width); the biased branch shares
+    the vanilla branch's markers (``model.biased_queries: shared``, as the reference code does); teacher
+    forcing (``loss.teacher_forcing``) still makes the ground-truth classes' markers present in training.
+    The ``gate`` and ``negatives`` sections, which read the model's own classifier, cannot be combined with it.
     """
 
     root: str = ""
@@ -192,6 +200,7 @@ class DataSection:
     pin_memory: bool | None = None
     cache_dir: str | None = "auto"
     markers: str = "fit"
+    marker_files: str | None = None
 
 
 @dataclass
@@ -330,14 +339,22 @@ class TrainConfig:
         return to_dict(self)
 
     # ------------------------------------------------------------------------------------- derived
-    def model_config(self, num_classes: int | None = None):
+    def model_config(self, num_classes: int | None = None, marker_layout: tuple[int, int] | None = None):
         """The :class:`ModelConfig`: ``model.preset`` (``small``/``paper``) or the defaults, updated with the
         other ``model`` keys; ``audio_input`` defaults to ``data.audio``; ``num_classes`` (the dataset's) fills
         ``num_classes`` and ``num_audio_classes`` = K − 1 (a class marker per class) when the config does not
-        set them."""
+        set them. ``marker_layout`` ``(C, M)`` (of ``data.marker_files``) fills ``num_audio_classes`` and
+        ``num_clusters`` first; with marker files the biased branch shares the vanilla markers."""
         fields = dict(self.model)
         preset = fields.pop("preset", None)
         fields.setdefault("audio_input", self.data.audio)
+        if self.data.marker_files:
+            if fields.setdefault("biased_queries", "shared") != "shared":
+                raise ConfigError("model.biased_queries own perceives the biased branch's markers with the model's "
+                                  "classifier; with data.marker_files it must be shared (the reference code's way)")
+            if marker_layout is not None:
+                fields.setdefault("num_audio_classes", marker_layout[0])
+                fields.setdefault("num_clusters", marker_layout[1])
         if fields["audio_input"] != self.data.audio:
             raise ConfigError(f"model.audio_input ({fields['audio_input']!r}) must match data.audio "
                               f"({self.data.audio!r})")
@@ -402,6 +419,14 @@ class TrainConfig:
             raise ConfigError(f"data.image_size must be >= 1 or null (as stored), got {d.image_size}")
         if d.num_frames is not None and d.num_frames < 1:
             raise ConfigError(f"data.num_frames must be >= 1 or null (as stored), got {d.num_frames}")
+        if d.marker_files is not None and not d.marker_files:
+            raise ConfigError("data.marker_files must be a folder of per-clip marker files (`coavs markers`) or null")
+        if d.marker_files and self.gate.mode != "none":
+            raise ConfigError("gate.mode needs the model's own audio classifier; data.marker_files replaces it "
+                              "(set gate.mode: none)")
+        if d.marker_files and self.negatives.ratio > 0:
+            raise ConfigError("negatives train the model's own audio classifier; data.marker_files replaces it "
+                              "(set negatives.ratio: 0)")
         if d.audio == "vggish" and not d.vggish_dir:
             raise ConfigError("data.audio=vggish needs data.vggish_dir (the folder of <uid>.npy VGGish features)")
         if len(o.betas) == 2 and not all(0.0 <= b < 1.0 for b in o.betas):
@@ -530,7 +555,12 @@ def config_differences(a: TrainConfig, b: TrainConfig, ignore=_RESUMABLE_CHANGES
 def resolve(config: TrainConfig, dataset, world_size: int) -> TrainConfig:
     """The config with the model fully spelled out (no preset; classes from the dataset) and facts about the
     dataset and the run under ``resolved``."""
-    model = config.model_config(num_classes=dataset.num_classes)
+    layout = getattr(base_dataset(dataset), "marker_layout", None)
+    model = config.model_config(num_classes=dataset.num_classes, marker_layout=layout)
+    if layout is not None and (model.num_audio_classes, model.num_clusters) != tuple(layout):
+        raise ConfigError(f"data.marker_files holds {layout[0]} class + {layout[1]} cluster markers (its "
+                          f"markers.json); the model has num_audio_classes={model.num_audio_classes}, num_clusters="
+                          f"{model.num_clusters}: leave them unset or make them match")
     kind = getattr(dataset, "kind", "avss")
     resolved = {"dataset_kind": kind, "binary": is_binary(dataset), "class_names": list(dataset.class_names),
                 "world_size": world_size, "torch": torch.__version__}

@@ -52,7 +52,7 @@ from coavs.training.config import (ConfigError, DataSection, EvalSection, LossSe
 from coavs.training.debias import DebiasObjective
 from coavs.training.evaluation import calibrate_run_gate, check_gate_split, evaluate_run
 from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
-from coavs.training.markers import install_markers
+from coavs.training.markers import file_markers, install_markers
 from coavs.training.negatives import NegativeSampler, classifier_rows, split_negatives
 from coavs.training.plan import Plan, Stage, build_stages, param_groups
 from coavs.training.run_lock import RunLock
@@ -126,7 +126,7 @@ class _Trainer:
         self.plan = Plan(stages, cfg.run.max_steps)
         self.model_config = cfg.model_config()
         model = AVSModel(self.model_config)
-        if self.model_config.num_clusters and not resume:
+        if self.model_config.num_clusters and not resume and not cfg.data.marker_files:
             install_markers(model, self.config, self.model_config, self.folder.root, self.main)
         self.raw_model = model.to(self.device)
         threads = resolve_threads(cfg.run.threads, self.device, sum(p.numel() for p in model.parameters()),
@@ -169,7 +169,7 @@ class _Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             find_unused = cfg.run.ddp_find_unused
             if find_unused is None:
-                find_unused = cfg.loss.audio_class_weight == 0
+                find_unused = cfg.loss.audio_class_weight == 0 or bool(cfg.data.marker_files)  # classifier idle
             self.model = DistributedDataParallel(self.raw_model, device_ids=ids, find_unused_parameters=find_unused)
         if cfg.run.compile:
             backend = cfg.run.compile if isinstance(cfg.run.compile, str) else "inductor"
@@ -255,9 +255,10 @@ class _Trainer:
                                       background_is_class=not self.binary)
         classes = self.model_config.num_audio_classes
         presence = targets.presence[:, 1:1 + classes]
+        forced = presence if cfg.loss.teacher_forcing and classes else None
         with autocast(self.device, cfg.run.precision):
             outputs = self.model(batch["frames"], batch["audio"], biased=self.objective.biased_audio,
-                                 class_presence=presence if cfg.loss.teacher_forcing and classes else None)
+                                 class_presence=forced, marker_scores=file_markers(batch, forced))
         if bool(targets.annotated.any()):
             result = self.objective(outputs, targets.targets, targets.annotated)
             loss, terms = result.total, dict(result.terms)
