@@ -74,7 +74,7 @@ class TimmBackbone(nn.Module):
             options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
         try:
             self.model = timm.create_model(name, features_only=True, **options)
-        except RuntimeError as exc:  # timm's strict load: missing / unexpected keys, shape mismatches
+        except (RuntimeError, KeyError, ValueError) as exc:  # timm's strict load or its checkpoint filter
             if not weights:
                 raise
             raise UserError(f"backbone weights {weights} do not fit timm:{name}: {_first_line(exc)}") from None
