@@ -81,7 +81,8 @@ def test_wrong_or_missing_weight_files_are_one_line(tmp_path):
 def test_own_model_with_a_pretrained_timm_backbone(tmp_path):
     name, kwargs, _ = TIMM_FAMILIES["pvt_v2_b5"]
     path = write_timm_weights(tmp_path / "pvt.pth", name, **kwargs)
-    config = ModelConfig.small(backbone=f"timm:{name}", backbone_weights=str(path), backbone_kwargs=kwargs)
+    config = ModelConfig.small(backbone=f"timm:{name}", backbone_weights=str(path), backbone_kwargs=kwargs,
+                               num_clusters=0)
     model = build_model(config)
     out = model(torch.rand(2, 3, 64, 64), torch.randn(2, 1, 96, 64) if config.audio_input == "logmel"
                 else torch.randn(2, 128))
