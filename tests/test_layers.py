@@ -37,8 +37,10 @@ RANKS = {
     "coavs.cli": 9, "coavs.demo": 9, "coavs.__main__": 9, "coavs.info": 9,
 }
 # Layers that share a rank but must not import each other.
+# coavs.models may use coavs.integrations (the hf_mask2former segmenter accelerates transformers' Mask2Former),
+# never the reverse: an integration adapts a third-party model and knows nothing of coavs's.
 SEPARATE = {("coavs.models", "coavs.data"), ("coavs.data", "coavs.models"),
-            ("coavs.integrations", "coavs.models"), ("coavs.models", "coavs.integrations"),
+            ("coavs.integrations", "coavs.models"),
             ("coavs.integrations", "coavs.data"), ("coavs.data", "coavs.integrations")}
 # Imports that may sit inside a function: heavy or optional dependencies (and the kernels and native extension,
 # which load Triton / a compiled library and are chosen per call by coavs.ops), and platform-only modules.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from coavs.data.avsbench import detect_layout
+from coavs.data.avsbench import METADATA_FILES, detect_layout
 from coavs.data.dataset import open_dataset
 from coavs.data.markers import MARKER_INFO
 from coavs.errors import ConfigError
@@ -49,10 +49,17 @@ def open_split(config, split: str, subsets=None):
     if subsets:
         kwargs["subsets"] = tuple(subsets)
     kind = d.kind
-    if subsets and kind == "auto":
-        kind = detect_layout(d.root)
+    if kind != "auto" or subsets:
+        found = detect_layout(d.root)
+        if kind not in ("auto", found):
+            raise ConfigError(f"data.kind is {kind}, but {d.root} holds the {found.upper()} layout "
+                              f"({METADATA_FILES[found]}): use a {found.upper()} config (configs/paper/{found}.yaml) "
+                              "or data.kind=auto")
+        kind = found
     if subsets and kind != "avss":
-        raise ConfigError(f"stages[].subsets only apply to AVSS-layout datasets, {d.root} is {kind}")
+        raise ConfigError(f"this config trains on the AVSS subsets {list(subsets)} (stages[].subsets: the v1s → v2 → "
+                          f"v1m curriculum), which needs the AVSS layout (metadata.csv); {d.root} holds the "
+                          f"{kind.upper()} layout ({METADATA_FILES[kind]}): use configs/paper/{kind}.yaml")
     return open_dataset(d.root, split, kind, **kwargs)
 
 

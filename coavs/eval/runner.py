@@ -215,10 +215,15 @@ def predict_batches(model, dataset, *, batch_size: int = 8, device="cpu", audio:
 
 
 # ---------------------------------------------------------------------------------------------- metrics
+PROTOCOLS = ("per_dataset", "per_batch")
+
+
 class _ModeMeters:
-    def __init__(self, binary: bool, num_classes: int, conditions, counterfactual: bool = False):
+    def __init__(self, binary: bool, num_classes: int, conditions, counterfactual: bool = False,
+                 protocol: str = "per_dataset"):
         self.binary = binary
-        self.segmentation = BinaryAVSMetrics(scores="probabilities") if binary else SemanticAVSMetrics(num_classes)
+        self.segmentation = (BinaryAVSMetrics(scores="probabilities", per_batch=protocol == "per_batch") if binary
+                             else SemanticAVSMetrics(num_classes))
         self.bias = BiasMeters(tuple(c for c in conditions if c != "normal"))
         self.counterfactual = counterfactual
 
@@ -319,7 +324,7 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
              biased: str = "mute", alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed",
              max_clips: int | None = None, seed: int = 0, num_workers: int = 0, precision: str = "fp32",
              distributed: bool | None = None, progress: bool = False, overall_reading: str = "score",
-             gate=None, counterfactual: bool | None = None) -> dict:
+             gate=None, counterfactual: bool | None = None, protocol: str = "per_dataset") -> dict:
     """The metrics table of ``model`` on ``dataset``: ``{mode: row}`` with ``miou``, ``fscore``, ``frames``
     (semantic sets also ``miou_present_classes``/``fscore_present_classes``) and, with ``bias``,
     ``fpr_silence``, ``fpr_noise``, ``fpr_misaligned``. One model pass per audio condition serves every mode.
@@ -331,7 +336,12 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
     :class:`coavs.eval.bias.BiasEvaluator`'s counterfactual score; ``counterfactual_frames`` = frames × 2 (the
     two scores are left out when it is 0).
     ``overall_reading``: the ``overall`` scheme's reading (``score`` or ``product``); ``gate``: a
-    :class:`coavs.eval.gate.Gate` applied to every prediction."""
+    :class:`coavs.eval.gate.Gate` applied to every prediction. ``protocol`` (binary datasets): ``per_dataset``
+    (every frame weighs the same) or ``per_batch`` (AVSBench's ``test.py``: the mean of per-batch numbers, one
+    batch = ``batch_size`` clips; see :class:`coavs.eval.metrics.BinaryAVSMetrics`); AVSS sums over the dataset
+    either way."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     modes = tuple(modes)
     if not modes:
         raise ValueError(f"modes must name at least one of {', '.join(INFERENCE_MODES)}")
