@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from coavs.kernels._launch import launcher
+
 MAX_MARKERS = 1 << 14
 
 
@@ -189,7 +191,7 @@ def assign_queries_forward(scores, audio, query_feat, dilation: int, threshold: 
     block_q = 16
     block_d = min(256, max(16, triton.next_power_of_2(width)))
     grid = (triton.cdiv(num_queries, block_q), batch)
-    _assign_queries_kernel[grid](
+    launcher(_assign_queries_kernel, query_feat)[grid](
         scores, audio, query_feat, queries, gate, active.view(torch.uint8),
         num_markers, num_queries, width, dilation, float(threshold), _representable(dormant_gate, scores.dtype),
         SOFT=bool(soft), ACC=_acc(query_feat.dtype), SCORE_ACC=_acc(scores.dtype),
@@ -215,7 +217,7 @@ def assign_queries_backward(grad_queries, grad_gate, audio, gate, active, num_ma
     programs = feat_programs + audio_programs + triton.cdiv(batch * num_markers, block_r)
     if programs == 0:
         return d_scores, d_audio, d_query_feat
-    _assign_queries_backward_kernel[(programs,)](
+    launcher(_assign_queries_backward_kernel, grad_queries)[(programs,)](
         grad_queries, grad_gate, audio, gate, active.view(torch.uint8), d_query_feat, d_audio, d_scores,
         batch, num_queries, width, num_markers, dilation, feat_programs, audio_programs,
         SOFT=bool(soft), ACC=_acc(grad_queries.dtype), SCORE_ACC=_acc(gate.dtype),

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from coavs.kernels._launch import launcher
+
 MASK_BLOCK = 1024
 CLASS_TILE = 2048
 MAX_CLASS_WIDTH = 1 << 13  # one class row per program: 32 warps x 8 elements
@@ -127,7 +129,7 @@ def _launch(mask, mask_b, mask_out, mask_out_b, cls, cls_b, cls_out, cls_out_b, 
     # Unused pointer slots get a valid tensor of the right dtype.
     mask_out_b = mask_out if mask_out_b is None else mask_out_b
     cls_out_b = cls_out if cls_out_b is None else cls_out_b
-    _debias_logits_kernel[(params["programs"],)](
+    launcher(_debias_logits_kernel, mask, cls)[(params["programs"],)](
         mask, mask_b, mask_out, mask_out_b, mask_numel, params["mask_programs"],
         cls, cls_b, cls_out, cls_out_b, rows, width, 1.0 / math.log(width) if width > 1 else 0.0,
         float(alpha),

@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from coavs.kernels._launch import launcher
+
 # Points per step. The two pair sums are IEEE fp32 dots, i.e. FMAs whose [BLOCK_Q, BLOCK_P] and [BLOCK_P, BLOCK_G]
 # operands each thread holds whole along BLOCK_P: at 64 they took 255 registers and spilled (up to ~2 KB on sm_90);
 # 16 (tl.dot's smallest K) does the same FMAs in 4x the steps.
@@ -215,7 +217,7 @@ def _matching_finish_kernel(
 
 
 def _multiprocessors(device: torch.device) -> int:
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():  # fake CUDA tensors (tracing tests) have no device
         return torch.cuda.get_device_properties(device).multi_processor_count  # cached by PyTorch: no sync
     return DEFAULT_SMS
 
@@ -261,13 +263,13 @@ def matching_cost(mask_logits, target_masks, class_logits, target_labels, allowe
                         device=mask_logits.device) if split else cost)
     common = dict(BLOCK_Q=BLOCK_Q, BLOCK_G=params["BLOCK_G"], BLOCK_K=params["BLOCK_K"], num_warps=NUM_WARPS)
     weights = (float(cost_class), float(cost_mask), float(cost_dice))
-    _matching_cost_kernel[(params["tiles"], params["splits"])](
+    launcher(_matching_cost_kernel, cost)[(params["tiles"], params["splits"])](
         mask_logits, target_masks, class_logits, target_labels, allowed.view(torch.uint8), num_targets, cost, work,
         num_queries, num_points, num_gt, num_classes, params["q_tiles"], params["g_tiles"],
         params["points_per_split"], *weights, SPLIT=split, BLOCK_P=BLOCK_P, **common,
     )
     if split:
-        _matching_finish_kernel[(params["tiles"],)](
+        launcher(_matching_finish_kernel, cost)[(params["tiles"],)](
             class_logits, target_labels, allowed.view(torch.uint8), num_targets, cost, work,
             num_queries, num_points, num_gt, num_classes, params["q_tiles"], params["g_tiles"], params["splits"],
             *weights, **common,

@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from coavs.kernels._launch import launcher
+
 BLOCK_Q = 16
 REDUCE_CODES = {"argmax": 0, "foreground": 1, "max_query": 2}
 MAX_ACC_PER_THREAD = 48  # float32 accumulators a thread holds (spill-free on sm_80/sm_90)
@@ -354,7 +356,7 @@ def semantic_inference(mask, mask_biased, probs, probs_biased, gate, foreground,
     classes = probs.shape[-1] if code != 2 else 1
     params = launch_params(classes, reduce, overall)
     grid = (triton.cdiv(height * width, params["BLOCK_P"]), batch)
-    _semantic_inference_kernel[grid](
+    launcher(_semantic_inference_kernel, out)[grid](
         mask, mask_biased, probs, probs_biased, gate, foreground, out, lo, hi, lo_b, hi_b,
         queries, classes, in_h, in_w, height, width,
         _float32_ratio(in_h, height), _float32_ratio(in_w, width), float(alpha),

@@ -82,8 +82,7 @@ def _fake_backward(grad_queries, grad_gate, audio, gate, active, num_markers, di
             grad_queries.new_empty(num_queries, width))
 
 
-@torch.library.custom_op("coavs::assign_queries", mutates_args=())
-def assign_queries_op(
+def _assign_queries(
     scores: Tensor, audio: Tensor, query_feat: Tensor, dilation: int, threshold: float, dormant_gate: float,
     soft: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -92,17 +91,22 @@ def assign_queries_op(
                          dormant_gate, soft)
 
 
+assign_queries_op = _dispatch.define_op("coavs::assign_queries", _assign_queries)
+
+
 assign_queries_op.register_fake(_fake_forward)
 
 
-@torch.library.custom_op("coavs::assign_queries_backward", mutates_args=())
-def assign_queries_backward_op(
+def _assign_queries_backward(
     grad_queries: Tensor, grad_gate: Tensor, audio: Tensor, gate: Tensor, active: Tensor, num_markers: int,
     dilation: int, soft: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(d_scores, d_audio, d_query_feat); see :func:`coavs.ops.reference.assign_queries_backward`."""
     return _dispatch.run("assign_queries_backward", grad_queries.device, grad_queries, grad_gate, audio, gate,
                          active, num_markers, dilation, soft)
+
+
+assign_queries_backward_op = _dispatch.define_op("coavs::assign_queries_backward", _assign_queries_backward)
 
 
 assign_queries_backward_op.register_fake(_fake_backward)

@@ -66,12 +66,14 @@ _BACKWARD = _dispatch.register(
 
 
 # ------------------------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("coavs::debias_logits", mutates_args=())
-def debias_logits_op(
+def _debias_logits(
     mask: Tensor, cls: Tensor, mask_biased: Tensor, cls_biased: Tensor, alpha: float, uncertainty: bool
 ) -> tuple[Tensor, Tensor]:
     """Both pairs in one launch; either pair may be empty. See :func:`coavs.ops.reference.debias_logits`."""
     return _dispatch.run("debias_logits", mask.device, mask, cls, mask_biased, cls_biased, alpha, uncertainty)
+
+
+debias_logits_op = _dispatch.define_op("coavs::debias_logits", _debias_logits)
 
 
 @debias_logits_op.register_fake
@@ -82,14 +84,16 @@ def _(mask, cls, mask_biased, cls_biased, alpha, uncertainty):
         cls, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("coavs::debias_logits_backward", mutates_args=())
-def debias_logits_backward_op(
+def _debias_logits_backward(
     grad_mask: Tensor, grad_cls: Tensor, mask_biased: Tensor, cls_biased: Tensor, alpha: float, uncertainty: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(d_mask, d_mask_biased, d_cls, d_cls_biased)."""
     return _dispatch.run(
         "debias_logits_backward", grad_mask.device, grad_mask, grad_cls, mask_biased, cls_biased, alpha, uncertainty
     )
+
+
+debias_logits_backward_op = _dispatch.define_op("coavs::debias_logits_backward", _debias_logits_backward)
 
 
 @debias_logits_backward_op.register_fake

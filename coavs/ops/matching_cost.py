@@ -44,14 +44,16 @@ def _fake_cost(mask_logits, target_masks, class_logits, target_labels, allowed, 
     return mask_logits.new_empty(mask_logits.shape[0], mask_logits.shape[1], target_masks.shape[1], dtype=dtype)
 
 
-@torch.library.custom_op("coavs::matching_cost", mutates_args=())
-def matching_cost_op(
+def _matching_cost(
     mask_logits: Tensor, target_masks: Tensor, class_logits: Tensor, target_labels: Tensor, allowed: Tensor,
     num_targets: Tensor, cost_class: float, cost_mask: float, cost_dice: float
 ) -> Tensor:
     """Cost ``[B,Q,G]``; see :func:`coavs.ops.reference.matching_cost`."""
     return _dispatch.run("matching_cost", mask_logits.device, mask_logits, target_masks, class_logits,
                          target_labels, allowed, num_targets, cost_class, cost_mask, cost_dice)
+
+
+matching_cost_op = _dispatch.define_op("coavs::matching_cost", _matching_cost)
 
 
 matching_cost_op.register_fake(_fake_cost)

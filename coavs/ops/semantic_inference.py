@@ -66,14 +66,16 @@ _dispatch.register(
 
 
 # ------------------------------------------------------------------------------------------- custom op
-@torch.library.custom_op("coavs::semantic_inference", mutates_args=())
-def semantic_inference_op(
+def _semantic_inference(
     mask: Tensor, mask_biased: Tensor, probs: Tensor, probs_biased: Tensor, gate: Tensor, foreground: Tensor,
     height: int, width: int, alpha: float, uncertainty: bool, mask_debias: bool, overall: bool, reduce: str,
 ) -> Tensor:
     """The fused kernel; see :func:`coavs.ops.reference.semantic_inference_kernel` for the contract."""
     return _dispatch.run("semantic_inference", mask.device, mask, mask_biased, probs, probs_biased, gate, foreground,
                          height, width, alpha, uncertainty, mask_debias, overall, reduce)
+
+
+semantic_inference_op = _dispatch.define_op("coavs::semantic_inference", _semantic_inference)
 
 
 def _fake_output(mask: Tensor, height: int, width: int, reduce: str) -> Tensor:

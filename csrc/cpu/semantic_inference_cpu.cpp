@@ -309,6 +309,10 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
                        plane, a, uncertainty);
       }
       if (whole) fill_across(source, across.mutable_data_ptr<float>(), q_count, in_h, in_w, width, ty, tx);
+      // [K, Q] class probabilities of this item, row-major: the BLAS reads them once per tile (a transposed view
+      // cost about 4% more GEMM time).
+      const auto probs_t = p.defined() ? p[b].t().contiguous() : at::Tensor();
+      const auto probs_b_t = pb.defined() ? pb[b].t().contiguous() : at::Tensor();
       for (int64_t r0 = 0; r0 < height; r0 += tile_rows) {
         const int64_t r1 = std::min(height, r0 + tile_rows);
         const int64_t p0 = r0 * width, n = (r1 - r0) * width;
@@ -326,11 +330,11 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
           continue;
         }
         auto scores_n = scores.narrow(1, 0, n);
-        at::mm_out(scores_n, p[b].t(), sig.narrow(1, 0, n));
+        at::mm_out(scores_n, probs_t, sig.narrow(1, 0, n));
         if (overall) {
           gated_sigmoids(src_b.const_data_ptr<float>(), sig_b, b, r0, r1);
           auto scores_b_n = scores_b.narrow(1, 0, n);
-          at::mm_out(scores_b_n, pb[b].t(), sig_b.narrow(1, 0, n));
+          at::mm_out(scores_b_n, probs_b_t, sig_b.narrow(1, 0, n));
         }
         const float* sc = scores.const_data_ptr<float>();
         auto* argmax = &argmax_pixels;
