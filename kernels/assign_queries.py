@@ -221,7 +221,11 @@ def assign_queries_backward(grad_queries, grad_gate, audio, gate, active, num_ma
         grad_queries, grad_gate, audio, gate, active.view(torch.uint8), d_query_feat, d_audio, d_scores,
         batch, num_queries, width, num_markers, dilation, feat_programs, audio_programs,
         SOFT=bool(soft), ACC=_acc(grad_queries.dtype), SCORE_ACC=_acc(gate.dtype),
-        BLOCK=block, BLOCK_CHUNK=16, BLOCK_R=block_r, BLOCK_E=min(128, max(16, triton.next_power_of_2(width))),
-        num_warps=4,  # 16x64 chunk tiles: 8 elements a thread (16 spilled float64 registers on sm_90)
+        # 16x64 chunk tiles: 8 elements a thread. d_scores' [16, BLOCK_E] products: float64 spilled 8 bytes on
+        # sm_90 at BLOCK_E = 64 (and 8 warps spilled on sm_80), so float64 takes 32 columns a step.
+        BLOCK=block, BLOCK_CHUNK=16, BLOCK_R=block_r,
+        BLOCK_E=min(32 if torch.float64 in (grad_queries.dtype, gate.dtype) else 128,
+                    max(16, triton.next_power_of_2(width))),
+        num_warps=4,
     )
     return d_scores, d_audio, d_query_feat
