@@ -305,7 +305,7 @@ def launch_params(classes: int, reduce: str, overall: bool) -> dict:
     tile ``BLOCK_K2`` (the rest rounded up to a power of two ≥ 16, at most ``BLOCK_K1``, and only while the two
     hold at most 160): 71 → 64 + 16, 5 → 16, 150 → 128 + 32, 200 → 128 twice (the sigmoids are recomputed).
     Four warps (one warpgroup: ptxas may give each thread up to 255 registers; at eight it capped them at 128 and
-    spilled) and as many pixels as keep a thread at ``MAX_ACC_PER_THREAD`` float32 accumulators (two sets under
+    spilled), eight for the overall scheme's two branches (64 pixels), and as many pixels as keep a thread at ``MAX_ACC_PER_THREAD`` float32 accumulators (two sets under
     the overall scheme); the paths without class tiles take 64 pixels (8 elements of each corner a thread)."""
     k1 = max(16, min(128, 1 << (max(classes, 1).bit_length() - 1)))
     rest = classes - k1
@@ -318,7 +318,9 @@ def launch_params(classes: int, reduce: str, overall: bool) -> dict:
         return {"BLOCK_P": 64, "BLOCK_K1": k1, "BLOCK_K2": k2, "num_warps": warps, "num_stages": 1,
                 "tensor_cores": False}
     width = (k1 + k2) * (2 if overall else 1)
-    block_p = 64 if overall else 128  # two branches' sigmoid tiles too: 128 pixels spilled on sm_80 (K = 5)
+    block_p = 128
+    if overall:  # two branches' sigmoid tiles too: 128 pixels, or 64 on 4 warps, spilled a few bytes on sm_80
+        block_p, warps = 64, 8
     while block_p * width > MAX_ACC_PER_THREAD * 32 * warps and block_p > 16:
         block_p //= 2
     return {"BLOCK_P": block_p, "BLOCK_K1": k1, "BLOCK_K2": k2, "num_warps": warps, "num_stages": 1,

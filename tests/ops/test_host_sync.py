@@ -27,6 +27,12 @@ from tests.support.op_cases import CASES, upstream_gradients
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "performance.md"
 CASE_BACKENDS = [(case, backend) for case in CASES for backend in backends_for(case.op, "cpu")]
+# Host reads still there, each with its owner; the test is a strict xfail, so it fails (XPASS) the day the read
+# goes and the entry must be removed.
+KNOWN_HOST_READS = {
+    ("masked_cross_attention[float64]", "triton"): "the Triton backend's float64 key-chunked PyTorch path "
+                                                   "(nonzero + tolist per sample; issue 22, helper attn)",
+}
 
 
 # ------------------------------------------------------------------------------------------ the detector
@@ -115,7 +121,13 @@ def measure(case, backend) -> tuple[HostSyncCheck, HostSyncCheck | None]:
         return fwd, bwd
 
 
-@pytest.mark.parametrize("case,backend", CASE_BACKENDS, ids=[f"{c.name}-{b}" for c, b in CASE_BACKENDS])
+def _known(case, backend):
+    reason = KNOWN_HOST_READS.get((case.name, backend))
+    return pytest.param(case, backend, id=f"{case.name}-{backend}",
+                        marks=[pytest.mark.xfail(strict=True, reason=reason)] if reason else [])
+
+
+@pytest.mark.parametrize("case,backend", [_known(c, b) for c, b in CASE_BACKENDS])
 def test_no_host_reads(case, backend):
     fwd, bwd = measure(case, backend)
     assert not fwd.host_reads, f"{case.name} [{backend}] forward:\n{fwd.report()}"

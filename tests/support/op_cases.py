@@ -109,19 +109,20 @@ def _attention_mask():
     return forward, []
 
 
-def _attention():
-    g = _gen()
-    batch, heads, queries, keys, dim = 2, 2, 5, 30, 8
-    q = _randn(batch, heads, queries, dim, grad=True, gen=g)
-    k = _randn(batch, heads, keys, dim, grad=True, gen=g)
-    v = _randn(batch, heads, keys, dim, grad=True, gen=g)
-    with torch.no_grad():
-        mask = ops.build_attention_mask(_randn(batch, queries, 3, 3, scale=2, gen=g), (6, 5))
-    active = torch.rand(batch, queries, generator=g) > 0.3
+def _attention(dtype=torch.float32):
+    def build():
+        g = _gen()
+        batch, heads, queries, keys, dim = 2, 2, 5, 30, 8
+        q, k, v = (_randn(batch, heads, n, dim, gen=g).to(dtype).requires_grad_()
+                   for n in (queries, keys, keys))
+        with torch.no_grad():
+            mask = ops.build_attention_mask(_randn(batch, queries, 3, 3, scale=2, gen=g), (6, 5))
+        active = torch.rand(batch, queries, generator=g) > 0.3
 
-    def forward():
-        return (ops.masked_cross_attention(q, k, v, mask, active),)
-    return forward, [q, k, v]
+        def forward():
+            return (ops.masked_cross_attention(q, k, v, mask, active),)
+        return forward, [q, k, v]
+    return build
 
 
 CASES = [
@@ -140,7 +141,9 @@ CASES = [
     Case("semantic_inference[binary,mask-only]", "semantic_inference", _semantic("binary", with_cls=False),
          backward=False),
     Case("build_attention_mask", "masked_cross_attention", _attention_mask, backward=False),
-    Case("masked_cross_attention", "masked_cross_attention", _attention),
+    Case("masked_cross_attention", "masked_cross_attention", _attention()),
+    Case("masked_cross_attention[float16]", "masked_cross_attention", _attention(torch.float16)),
+    Case("masked_cross_attention[float64]", "masked_cross_attention", _attention(torch.float64)),
 ]
 
 
