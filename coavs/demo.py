@@ -46,7 +46,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 MODELS = ("vanilla", "debias", "negatives", "combined")
 ROW_NAMES = {"vanilla": "vanilla", "debias": "paper debias", "negatives": "negative-audio training + gate",
              "combined": "paper debias + negative audio + gate"}
-METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou")
+METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped", "counterfactual_iou")
 
 
 def synth_config(quick: bool):
@@ -162,7 +162,7 @@ def summarize(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
 
 def format_summary(summary: dict[str, dict], title: str) -> str:
     """A Markdown table of :func:`summarize`'s rows (mean ± std when more than one seed)."""
-    labels = ("mIoU", "F", "FPR silence", "FPR noise", "FPR misaligned", "CF IoU")
+    labels = ("mIoU", "F", "FPR silence", "FPR noise", "FPR misaligned", "FP swapped", "CF IoU")
     width = max(len(n) for n in summary)
     cells = {}
     for name, row in summary.items():
@@ -179,8 +179,8 @@ def format_summary(summary: dict[str, dict], title: str) -> str:
 def plot_summary(summary: dict[str, dict], path) -> Path:
     """Grouped bars of :func:`summarize`'s rows: mIoU, counterfactual IoU and the three false-positive rates, in
     %, the error bar one standard deviation over seeds. Written as PNG to ``path``."""
-    keys = ("miou", "counterfactual_iou", "fpr_silence", "fpr_noise", "fpr_misaligned")
-    labels = ("mIoU ↑", "CF IoU ↑", "FPR silence ↓", "FPR noise ↓", "FPR misaligned ↓")
+    keys = ("miou", "counterfactual_iou", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped")
+    labels = ("mIoU ↑", "CF IoU ↑", "FPR silence ↓", "FPR noise ↓", "FPR misaligned ↓", "FP swapped ↓")
     fig, axes = figure(8.0, 3.4)
     ax = axes[0, 0]
     width = 0.8 / max(len(summary), 1)

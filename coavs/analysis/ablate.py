@@ -81,7 +81,7 @@ GATES = ("any", "class")
 NEGATIVES = {"ratio": 0.15, "kinds": ["silence", "noise", "misaligned"], "audio_only": ["silence", "noise"],
              "mode": "add"}
 SEGMENTATION_NEGATIVES = {"ratio": 0.25, "kinds": ["silence", "noise", "misaligned"], "mode": "add"}
-METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou")
+METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped", "counterfactual_iou")
 WARMUP_STEPS = 3  # steps left out of the step time (first-call overheads), when the run is long enough
 
 BASE_DEBIAS = {"strategy": "fixed", "biased_audio": "mute", "scheme": "separate"}
@@ -376,7 +376,8 @@ def aggregate_seeds(rows: list[dict]) -> dict:
 
 # ------------------------------------------------------------------------------------------------- output
 COLUMNS = [("miou", "mIoU ↑"), ("fscore", "F ↑"), ("fpr_silence", "FPR silence ↓"),
-           ("fpr_noise", "FPR noise ↓"), ("fpr_misaligned", "FPR misaligned ↓"), ("counterfactual_iou", "CF IoU ↑")]
+           ("fpr_noise", "FPR noise ↓"), ("fpr_misaligned", "FPR misaligned ↓"), ("fp_swapped", "FP swapped ↓"),
+           ("counterfactual_iou", "CF IoU ↑")]
 
 
 def ablation_markdown(result: AblationResult, base: dict) -> str:
@@ -413,8 +414,13 @@ def write_ablation_outputs(result: AblationResult, out_dir, base: dict) -> dict[
             "figure": plot_ablation(result, out_dir / "ablation.png")}
 
 
+def _number(value) -> float:
+    """A metric for a bar: 0 where it is missing or NaN (the table says "-")."""
+    return 0.0 if value is None or value != value else float(value)
+
+
 def plot_ablation(result: AblationResult, path) -> Path:
-    """Horizontal bars per variant: mIoU (left) and the three FPRs (right)."""
+    """Horizontal bars per variant: mIoU (left), the three FPRs and the swapped false positives (right)."""
     rows = result.rows
     y = np.arange(len(rows))
     fig, axes = plots.figure(9.0, 0.32 * len(rows) + 1.4, 1, 2, sharey=True, layout="constrained")
@@ -430,13 +436,15 @@ def plot_ablation(result: AblationResult, path) -> Path:
         if rows[i]["group"] != rows[i - 1]["group"]:
             for ax in (left, right):
                 ax.axhline(i - 0.5, color="black", linewidth=0.6, alpha=0.5)
-    width = 0.27
+    width = 0.2
     for k, (key, name, colour) in enumerate((("fpr_silence", "silence", "tab:gray"),
                                               ("fpr_noise", "noise", "tab:orange"),
-                                              ("fpr_misaligned", "misaligned", "tab:red"))):
-        right.barh(y + (k - 1) * width, [100 * (r[key] or 0) for r in rows], height=width, color=colour, label=name)
-    right.set_xlabel("false-positive rate (% of pixels) — lower is better")
-    right.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+                                              ("fpr_misaligned", "misaligned", "tab:red"),
+                                              ("fp_swapped", "swapped (silent object)", "tab:purple"))):
+        right.barh(y + (k - 1.5) * width, [100 * _number(r.get(key)) for r in rows], height=width, color=colour,
+                   label=name)
+    right.set_xlabel("false positives (% of pixels; swapped: of the silent object) — lower is better")
+    right.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     right.grid(axis="x", alpha=0.3)
     fig.suptitle(f"ablation: {result.steps} steps per run, {result.split} split")
     return plots.save(fig, path)

@@ -225,7 +225,7 @@ class _ModeMeters:
             row["counterfactual_frames"] = bias["counterfactual_frames"]
             if bias["counterfactual_frames"]:
                 row.update(counterfactual_iou=bias["counterfactual_iou"],
-                           counterfactual_leak_iou=bias["counterfactual_leak_iou"])
+                           counterfactual_leak_iou=bias["counterfactual_leak_iou"], fp_swapped=bias["fp_swapped"])
         return row
 
 
@@ -353,7 +353,7 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
 
 # ------------------------------------------------------------------------------------------------ table
 COLUMNS = (("miou", "mIoU"), ("fscore", "F"), ("fpr_silence", "FPR silence"), ("fpr_noise", "FPR noise"),
-           ("fpr_misaligned", "FPR misaligned"), ("counterfactual_iou", "CF IoU"))
+           ("fpr_misaligned", "FPR misaligned"), ("fp_swapped", "FP swapped"), ("counterfactual_iou", "CF IoU"))
 
 
 def format_table(rows: dict[str, dict], title: str | None = None) -> str:

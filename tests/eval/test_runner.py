@@ -123,7 +123,7 @@ def test_counterfactual_score_in_evaluate_and_in_the_trainers_evaluation(tmp_pat
     row = evaluate(model, dataset, batch_size=3, modes=("vanilla",))["vanilla"]
     assert row["counterfactual_iou"] == pytest.approx(summary["eval"]["vanilla"]["counterfactual_iou"], abs=1e-12)
     lone = _lone_sounders(dataset)
-    follow, leak, frames = [], [], 0
+    follow, leak, silent_fp, frames = [], [], [], 0
     for start in range(0, len(dataset), 3):
         batch = collate_frames([dataset[i] for i in range(start, min(start + 3, len(dataset)))])
         batch = select_frames(batch, batch["annotated"])
@@ -143,10 +143,13 @@ def test_counterfactual_score_in_evaluate_and_in_the_trainers_evaluation(tmp_pat
                 labels, _ = postprocess(model(batch["frames"][rows], audio[side]), (32, 32))
             follow.append(frame_iou(labels != 0, masks[side]))
             leak.append(frame_iou(labels != 0, masks[1 - side]))
+            silent = masks[1 - side]
+            silent_fp.append(((labels != 0) & silent).flatten(1).sum(1) / silent.flatten(1).sum(1))
             frames += rows.numel()
     assert frames > 0 and row["counterfactual_frames"] == frames
     assert row["counterfactual_iou"] == pytest.approx(float(torch.cat(follow).mean()), abs=1e-6)
     assert row["counterfactual_leak_iou"] == pytest.approx(float(torch.cat(leak).mean()), abs=1e-6)
-    assert "CF IoU" in format_table({"m": row})
+    assert row["fp_swapped"] == pytest.approx(float(torch.cat(silent_fp).double().mean()), abs=1e-6)
+    assert "CF IoU" in format_table({"m": row}) and "FP swapped" in format_table({"m": row})
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "counterfactual_iou" in logged[-1]["eval"]["vanilla"]
