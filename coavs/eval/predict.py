@@ -167,7 +167,8 @@ def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *
             images = images.to(device)
             sound = audio[start:start + batch_size].to(device)
             with autocast(torch.device(device), config.run.precision):
-                outputs = model(images, sound, biased=debias.biased_audio if mode != "vanilla" else None)
+                outputs = model(images, sound, biased=debias.biased_audio if mode != "vanilla" else None,
+                                clip_index=torch.zeros(images.shape[0], dtype=torch.long))  # one clip
             scheme = debias.scheme
             strategy = logit_strategy(debias.strategy)
             lab, fg = postprocess(outputs, (height, width), mode, binary, debias.alpha, scheme, strategy)

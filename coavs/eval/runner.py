@@ -158,7 +158,8 @@ def _model_batches(model, dataset, indices, *, batch_size, device, conditions, n
                     audio = _condition_audio(condition, model, base, batch, seed)
                     with autocast(device, precision):
                         outputs[condition] = (model.audio_outputs(audio) if audio_only else
-                                              model(batch["frames"], audio, biased=biased if needs_biased else None))
+                                              model(batch["frames"], audio, biased=biased if needs_biased else None,
+                                                    clip_index=batch["clip_index"]))
                 yield batch, outputs
     finally:
         model.train(was_training)
@@ -283,12 +284,14 @@ def _update_counterfactual(model, meters, batch: dict, case, mode: str, binary: 
     """Feeds ``meters`` (:class:`coavs.eval.bias.BiasMeters`) through :class:`coavs.eval.bias.BiasEvaluator`'s
     counterfactual update, with the model + postprocess of ``mode`` as the predict callable."""
 
+    rows, audio, masks = case
+    clips = batch["clip_index"][rows]
+
     def predict(frames, audio):
         with autocast(torch.device(device), precision):
-            out = model(frames, audio, biased=biased if mode != "vanilla" else None)
+            out = model(frames, audio, biased=biased if mode != "vanilla" else None, clip_index=clips)
         return postprocess(out, tuple(frames.shape[-2:]), mode, binary, **settings)[0]
 
-    rows, audio, masks = case
     evaluator = BiasEvaluator(predict, output="labels", meters=meters)
     evaluator.update_counterfactual(batch["frames"][rows], audio, masks)
 

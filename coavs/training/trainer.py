@@ -257,7 +257,8 @@ class _Trainer:
         presence = targets.presence[:, 1:1 + classes]
         with autocast(self.device, cfg.run.precision):
             outputs = self.model(batch["frames"], batch["audio"], biased=self.objective.biased_audio,
-                                 class_presence=presence if cfg.loss.teacher_forcing and classes else None)
+                                 class_presence=presence if cfg.loss.teacher_forcing and classes else None,
+                                 clip_index=batch["clip_index"])
         if bool(targets.annotated.any()):
             result = self.objective(outputs, targets.targets, targets.annotated)
             loss, terms = result.total, dict(result.terms)
