@@ -114,6 +114,10 @@ def cmd_train(args) -> int:
     overrides = list(args.set or [])
     if args.no_progress:
         overrides.append("run.progress=false")
+    if args.init_from is not None:
+        if args.resume:
+            raise UserError("--init-from starts a new run from another run's weights; a resumed run has its own")
+        overrides.append(f"run.init_from={json.dumps(str(Path(args.init_from).absolute()))}")
     if args.config is None:
         if not args.resume:
             raise UserError("give a CONFIG file (YAML or JSON), or --resume to continue the run in --out")
@@ -343,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.root=data/coavs --set run.seed=1 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from the model weights of this run folder or checkpoint (fresh optimizer and "
+                        "schedule), e.g. a debias fine-tuning of a vanilla run")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this step (checkpoint saved; resumable; the schedule is unchanged)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
