@@ -53,7 +53,7 @@ from coavs.training.debias import DebiasObjective
 from coavs.training.evaluation import calibrate_run_gate, check_gate_split, evaluate_run
 from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
 from coavs.training.markers import install_markers
-from coavs.training.negatives import NegativeSampler, classifier_rows, split_negatives
+from coavs.training.negatives import NegativeSampler, check_dataset, classifier_rows, split_negatives
 from coavs.training.plan import Plan, Stage, build_stages, param_groups
 from coavs.training.run_lock import RunLock
 from coavs.training.runtime import ResumableSampler, RunFolder, StopSignal, Throughput, resolve_threads
@@ -152,6 +152,8 @@ class _Trainer:
         self.objectives = [DebiasObjective(criterion, dataclasses.replace(debias, enabled=True) if stage.debias
                                            else vanilla, binary=self.binary) for stage in stages]
         self.negatives = _negative_sampler(cfg, model)
+        for stage in stages:
+            check_dataset(cfg.negatives, stage.dataset)
         check_gate_split(cfg)
 
         self.step = 0
@@ -280,6 +282,8 @@ class _Trainer:
                 loss = loss + weight * term
         else:  # nothing annotated: a zero step that keeps every process in step
             loss, terms = outputs["pred_logits"].float().sum() * 0.0, {}
+        if self.negatives is not None and "misaligned" in self.negatives.section.kinds:
+            terms["negatives_fallback"] = torch.tensor(float(self.negatives.fallbacks))  # this step's
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.optim.grad_clip > 0:
