@@ -25,7 +25,7 @@ from coavs.errors import EXIT_USER_ERROR, UserError, one_line  # UserError re-ex
 from coavs.eval import predict
 from coavs.eval.gate import build_gate, load_gate, save_gate
 from coavs.eval.runner import evaluate, format_table
-from coavs.inference.combine import INFERENCE_MODES, logit_strategy
+from coavs.inference.combine import INFERENCE_MODES, check_mode, logit_strategy
 from coavs.training.checkpoint import load_model
 from coavs.training.config import TrainConfig
 from coavs.training.markers import fit_markers
@@ -146,8 +146,10 @@ def _eval_settings(args, config):
     debias = config.debias_config()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else config.eval_modes()
     for mode in modes:
-        if mode not in INFERENCE_MODES:
-            raise UserError(f"--modes: {mode!r} is not {', '.join(INFERENCE_MODES[:-1])} or {INFERENCE_MODES[-1]}")
+        try:
+            check_mode(mode)
+        except ValueError as exc:
+            raise UserError(f"--modes: {exc}") from None
     strategy = args.strategy or logit_strategy(debias.strategy)
     gate = None if getattr(args, "no_gate", False) else load_gate(args.run)  # the run's calibrated gate.json
     return dict(modes=modes, biased=args.biased or debias.biased_audio,
@@ -224,8 +226,9 @@ def cmd_predict(args) -> int:
                                        waveform=None if args.audio else track, vggish=args.vggish)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    mode = args.mode or ("debias" if config.debias_enabled else "vanilla")
-    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device)
+    mode = args.mode or config.inference_mode()
+    gate = None if args.no_gate else load_gate(args.run)  # the run's calibrated gate.json, as coavs eval
+    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device, gate=gate)
     class_names = config.resolved.get("class_names") or [str(i) for i in range(model.config.num_classes)]
     summary = predict.write_predictions(args.out, frames, names, labels, scores, class_names,
                                         bool(config.resolved.get("binary", False)))
@@ -359,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--modes", help=f"inference modes, comma-separated: {', '.join(INFERENCE_MODES)} "
                                        "(default: vanilla, plus debias for a debias-trained model)")
         p.add_argument("--biased", choices=("mute", "noise", "ddpm", "random_semantic"),
-                       help="audio of the biased branch for debias/ensemble (default: the training config's)")
+                       help="audio of the biased branch for debias (default: the training config's)")
         p.add_argument("--alpha", type=float, help="debias strength (default: the training config's)")
         p.add_argument("--scheme", choices=("separate", "mask", "class", "overall"), help="debias scheme")
         p.add_argument("--strategy", choices=("fixed", "uncertainty"), help="debias strength strategy")
@@ -406,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=INFERENCE_MODES,
                    help="default: debias for a debias-trained model, else vanilla")
     p.add_argument("--out", required=True, help="output folder (masks/, overlays/, predictions.json)")
+    p.add_argument("--no-gate", action="store_true", help="ignore the run's calibrated gate (gate.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_predict)
 

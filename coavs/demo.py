@@ -140,7 +140,7 @@ def evaluate_run(run_dir: Path, gated: bool = True) -> dict:
     its calibrated gate when it has one; ``gated`` False: without the gate)."""
     model, config = load_model(run_dir)
     debias = config.debias_config()
-    mode = "debias" if debias.enabled else "vanilla"
+    mode = config.inference_mode()
     gate = load_gate(run_dir) if gated else None
     result = evaluate(model, open_split(config, "test"), batch_size=8, modes=(mode,), bias=True,
                       gate=gate, **debias.inference_settings())

@@ -1,8 +1,9 @@
 """The supplementary's ablations (D.1–D.3, plus the dilation of B.1) as one command: train the same base
 configuration under each variant, evaluate each the same way, write one Markdown table.
 
-Every variant changes one thing of the base run (debias ``fixed``, biased branch ``mute``, scheme ``separate``, the
-base config's dilation — 2 in the ``small`` preset):
+Every variant changes one thing of the base run (debias ``fixed``, biased branch ``mute``, scheme ``auto`` — the
+dataset's: ``mask`` for binary S4/MS3 (supplementary B.2), ``separate`` otherwise —, the base config's dilation, 2
+in the ``small`` preset):
 
 ======================  =====================================================  ===================================
 variant                 training                                               inference
@@ -18,7 +19,8 @@ biased/mute, /noise,    biased-branch audio (D.2; random_semantic: the audio   d
 strategy/fixed,         debias strategy (D.1)                                  debias with α fixed / α scaled by
 /uncertainty,                                                                  the biased branch's confidence
 /bias_only
-strategy/ensemble       as strategy/fixed                                      mean of vanilla and debiased logits
+strategy/ensemble       D.1's logits ensemble: L(b) + λ·L(v + sg(b)), a        vanilla (the branch trained in
+                        product of experts with the biased branch              ensemble with the prior)
 dilation/1, /2, /5      queries per marker d (B.1)                             debias
 biased_queries/shared   the biased branch reuses the vanilla markers (the      debias
                         pre-D.2 behaviour; the base perceives its own)
@@ -36,8 +38,9 @@ gate/any, gate/class    as negatives/none                                      v
 ``--seeds N`` (``seeds=``) trains every run with seeds 0 … N−1 and reports the mean ± std over seeds of every
 metric (the counterfactual IoU included).
 
-Variants whose training configs are identical share one training run (``scheme/separate``, ``biased/mute``,
-``strategy/fixed``, ``strategy/ensemble``, ``scheme/overall`` and the base dilation are one run). Runs live in
+Variants whose training configs are identical share one training run (the base scheme — ``scheme/separate`` on
+semantic data, ``scheme/mask`` on binary data —, ``biased/mute``, ``strategy/fixed`` and the base dilation are one
+run). Runs live in
 ``<out>/runs/<name>/`` and are reused when their config matches and they finished (``--fresh`` retrains).
 
 Columns: mIoU and F (the dataset's community metric: AVSS-style for Co-AVS/AVSS, S4/MS3-style for binary sets),
@@ -63,10 +66,13 @@ import numpy as np
 from coavs.analysis import plots
 from coavs.analysis.common import open_eval_dataset
 from coavs.analysis.tables import fmt, markdown_table, write_csv
+from coavs.data.avsbench import detect_layout
+from coavs.data.errors import DataError
+from coavs.data.splits import BINARY_KINDS
 from coavs.devices import resolve_device
 from coavs.eval.gate import build_gate
 from coavs.eval.runner import evaluate
-from coavs.inference.combine import logit_strategy
+from coavs.inference.combine import logit_strategy, resolve_scheme
 from coavs.training.checkpoint import load_model
 from coavs.training.config import ConfigError, TrainConfig
 from coavs.training.trainer import train
@@ -84,7 +90,7 @@ SEGMENTATION_NEGATIVES = {"ratio": 0.25, "kinds": ["silence", "noise", "misalign
 METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped", "counterfactual_iou")
 WARMUP_STEPS = 3  # steps left out of the step time (first-call overheads), when the run is long enough
 
-BASE_DEBIAS = {"strategy": "fixed", "biased_audio": "mute", "scheme": "separate"}
+BASE_DEBIAS = {"strategy": "fixed", "biased_audio": "mute", "scheme": "auto"}  # auto: B.2 from the dataset
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ class Variant:
     debias: dict
     model: dict = field(default_factory=dict)
     mode: str = "debias"
-    scheme: str = "separate"
+    scheme: str = "auto"  # auto: the run's resolved scheme (mask for binary datasets, separate otherwise)
     strategy: str = "fixed"
     note: str = ""
     negatives: dict = field(default_factory=dict)  # the training config's negatives section ({}: off)
@@ -118,11 +124,9 @@ def all_variants() -> list[Variant]:
     for kind in BIASED:
         out.append(Variant(f"biased/{kind}", "biased-branch audio (D.2)", {**BASE_DEBIAS, "biased_audio": kind}))
     for strategy in STRATEGIES:
-        mode = "ensemble" if strategy == "ensemble" else "debias"
-        train_mode = "fixed" if strategy == "ensemble" else strategy
-        out.append(Variant(f"strategy/{strategy}", "strategy (D.1)", {**BASE_DEBIAS, "strategy": train_mode},
-                           mode=mode, strategy=logit_strategy(strategy),
-                           note="trained as fixed" if strategy == "ensemble" else ""))
+        out.append(Variant(f"strategy/{strategy}", "strategy (D.1)", {**BASE_DEBIAS, "strategy": strategy},
+                           mode="vanilla" if strategy == "ensemble" else "debias", strategy=logit_strategy(strategy),
+                           note="product of experts; vanilla branch at inference" if strategy == "ensemble" else ""))
     for d in DILATIONS:
         out.append(Variant(f"dilation/{d}", "dilation (B.1)", dict(BASE_DEBIAS), model={"dilation": d}))
     out.append(Variant("biased_queries/shared", "biased-branch queries (D.2)", dict(BASE_DEBIAS),
@@ -225,12 +229,15 @@ def plan_trainings(base: dict, variants: list[Variant], steps: int, out_dir: Pat
     """Group ``variants`` by identical training config (per seed of ``seeds``; None: the base's seed, as
     before); one :class:`TrainingRun` each, in first-use order."""
     resolved = TrainConfig.from_dict(base).model_config().to_dict()
+    binary = _binary_data(base)
     runs: dict[str, TrainingRun] = {}
     for seed in (list(seeds) if seeds is not None else [None]):
         for variant in variants:
             # a model override equal to the base's resolved value (e.g. the preset's dilation) is no change
             same = {k: v for k, v in variant.model.items() if resolved.get(k) != v}
             config = training_config(base, dataclasses.replace(variant, model=same), steps, progress, seed)
+            if config["debias"].get("scheme") == "auto":  # B.2: the dataset's scheme, so equal trainings are shared
+                config["debias"]["scheme"] = resolve_scheme("auto", binary)
             key = _key(config)
             if key not in runs:
                 name = variant.name.replace("/", "-")
@@ -238,6 +245,18 @@ def plan_trainings(base: dict, variants: list[Variant], steps: int, out_dir: Pat
                                         seed=int(config["run"].get("seed", 0)))
             runs[key].variants.append(variant)
     return list(runs.values())
+
+
+def _binary_data(base: dict) -> bool:
+    """Whether the base config's dataset is binary (S4/MS3); False when its folder cannot be read yet."""
+    data = base.get("data", {})
+    kind = data.get("kind", "auto")
+    if kind in ("auto", None):
+        try:
+            kind = detect_layout(data.get("root", ""))
+        except (DataError, OSError, ValueError):
+            return False
+    return kind in BINARY_KINDS
 
 
 def _finished(run: TrainingRun) -> dict | None:
@@ -306,9 +325,10 @@ def evaluate_variant(run: TrainingRun, variant: Variant, split: str, device: str
         gate, _ = build_gate(model, dataset_cache[gate_key], "any" if probe else variant.gate,
                              training=open_eval_dataset(config, "train") if probe else None,
                              device=resolve_device(device))
+    scheme = resolve_scheme(variant.scheme, bool(config.resolved.get("binary", False)))
     rows = evaluate(model, dataset_cache[data_key], batch_size=batch_size, device=resolve_device(device),
                     modes=(variant.mode,), bias=True, biased=debias.biased_audio, alpha=debias.alpha,
-                    scheme=variant.scheme, strategy=variant.strategy, max_clips=max_clips,
+                    scheme=scheme, strategy=variant.strategy, max_clips=max_clips,
                     overall_reading=variant.overall_reading, gate=gate)
     return rows[variant.mode]
 

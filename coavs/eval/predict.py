@@ -148,8 +148,10 @@ def overlay(frame: np.ndarray, labels: np.ndarray, colours: np.ndarray, opacity:
 
 
 def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *, mode: str = "vanilla",
-                 device="cpu", batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Labels ``[T,H,W] int64`` and sounding scores ``[T,H,W] float32`` at the frames' own size."""
+                 device="cpu", batch_size: int = 8, gate=None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels ``[T,H,W] int64`` and sounding scores ``[T,H,W] float32`` at the frames' own size, predicted as the
+    run's config says (debias settings, ``overall_reading``) and, with ``gate`` (the run's calibrated
+    :class:`coavs.inference.gate.Gate`), gated as ``coavs eval`` gates."""
     debias = config.debias_config()
     binary = bool(config.resolved.get("binary", False))
     height, width = frames[0].shape[:2]
@@ -169,9 +171,8 @@ def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *
             with autocast(torch.device(device), config.run.precision):
                 outputs = model(images, sound, biased=debias.biased_audio if mode != "vanilla" else None,
                                 clip_index=torch.zeros(images.shape[0], dtype=torch.long))  # one clip
-            scheme = debias.scheme
-            strategy = logit_strategy(debias.strategy)
-            lab, fg = postprocess(outputs, (height, width), mode, binary, debias.alpha, scheme, strategy)
+            lab, fg = postprocess(outputs, (height, width), mode, binary, debias.alpha, debias.scheme,
+                                  logit_strategy(debias.strategy), debias.overall_reading, gate)
             labels.append(lab.cpu())
             scores.append(fg.float().cpu())
     return torch.cat(labels).numpy(), torch.cat(scores).numpy()

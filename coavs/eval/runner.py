@@ -15,7 +15,7 @@ clip that has no such partner, the clip half a dataset away, which is only *like
 
 Inference modes (``mode=``): ``vanilla``; ``debias``: the vanilla and biased branch combined by
 ``coavs.ops.semantic_inference``'s debias (``alpha``, ``scheme``, ``strategy``; the biased branch's audio is
-``biased``, ``mute`` by default); ``ensemble``: the average of the vanilla and debiased logits.
+``biased``, ``mute`` by default). (A model trained with the ``ensemble`` strategy predicts with ``vanilla``.)
 
 Only annotated frames are evaluated. Semantic datasets (AVSS, Co-AVS) are scored with
 :class:`coavs.eval.metrics.SemanticAVSMetrics` on the argmax labels, binary ones (S4, MS3) with
@@ -176,7 +176,7 @@ def predict_batches(model, dataset, *, batch_size: int = 8, device="cpu", audio:
     unannotated, ``annotated [N]``, ``uid`` list, ``clip_index [N]``, ``frame_index [N]``, and dataset extras
     such as Co-AVS's ``sounding``/``visible``/``silent [N,K]``), plus ``pred_labels [N,H,W]`` long (semantic
     labels; binary datasets 0/1), ``fg_score [N,H,W]`` in [0,1] (the "sounding" score), ``outputs`` (the raw model
-    outputs under this audio condition, with ``"biased"`` for ``debias``/``ensemble``), ``audio_condition`` and
+    outputs under this audio condition, with ``"biased"`` for ``debias``), ``audio_condition`` and
     ``mode``. ``indices``: evaluate only these clips (default: all, or the first ``max_clips``).
     """
     _check_args(audio, mode, batch_size)

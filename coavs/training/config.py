@@ -13,7 +13,7 @@ Config sections (YAML or JSON; every key optional; unknown keys are errors that 
   forcing of the class markers;
 - ``optim``: AdamW, learning-rate schedule (warm-up, then poly / cosine / constant), gradient clipping, and
   ``debias_lr_scale``: the learning-rate factor of debias training (see :class:`OptimSection`);
-- ``debias``: ``strategy: none`` (vanilla training) or ``strategy: fixed | uncertainty | bias_only`` (the training
+- ``debias``: ``strategy: none`` (vanilla training) or ``strategy: fixed | uncertainty | bias_only | ensemble`` (the
   strategy; the old key ``mode`` is accepted with a FutureWarning) with the other
   :class:`coavs.inference.settings.DebiasConfig` fields (``biased_audio``, ``weight``, ``alpha``, …);
 - ``stages``: training stages run in order, each with its epochs, AVSS ``subsets``, learning-rate factor, whether it
@@ -43,7 +43,7 @@ import yaml
 from coavs.data.splits import is_binary
 from coavs.errors import ConfigError
 from coavs.eval.gate import GateSection
-from coavs.inference.combine import INFERENCE_MODES
+from coavs.inference.combine import check_mode
 from coavs.inference.precision import PRECISIONS
 from coavs.inference.settings import STRATEGIES, DebiasConfig
 from coavs.models.config import ModelConfig
@@ -408,10 +408,18 @@ class TrainConfig:
         (such a model has a biased branch, and is evaluated debiased)."""
         return self.debias.get("strategy", "none") != "none" and any(self.stage_trains_debias(s) for s in self.stages)
 
+    def inference_mode(self) -> str:
+        """How the trained model predicts: ``debias`` (the two branches combined) for a debias-trained model,
+        ``vanilla`` otherwise — and for the ``ensemble`` strategy, whose vanilla branch alone is the debiased model
+        (trained in a product of experts with the biased branch)."""
+        if self.debias_enabled and self.debias.get("strategy") != "ensemble":
+            return "debias"
+        return "vanilla"
+
     def eval_modes(self) -> list[str]:
         if self.eval.modes is not None:
             return list(self.eval.modes)
-        return ["vanilla", "debias"] if self.debias_enabled else ["vanilla"]
+        return ["vanilla", "debias"] if self.inference_mode() == "debias" else ["vanilla"]
 
     # ----------------------------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -479,8 +487,10 @@ class TrainConfig:
         if e.every < 0 or e.batch_size < 1:
             raise ConfigError("eval.every must be >= 0 and eval.batch_size >= 1")
         for mode in self.eval_modes():
-            if mode not in INFERENCE_MODES:
-                raise ConfigError(f"eval.modes: {mode!r} is not one of {', '.join(INFERENCE_MODES)}")
+            try:
+                check_mode(mode)
+            except ValueError as exc:
+                raise ConfigError(f"eval.modes: {exc}") from None
         self.debias_config()
         self.model_config(num_classes=self.model.get("num_classes"))
 

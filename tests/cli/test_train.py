@@ -89,9 +89,11 @@ def test_eval_prints_the_table_with_bias_metrics(trained_run, tmp_path, capsys):
     assert "| vanilla" in text and "| debias" in text and "FPR misaligned" in text
     rows = json.loads(out.read_text())
     assert set(rows) == {"vanilla", "debias"} and 0.0 <= rows["debias"]["fpr_silence"] <= 1.0
-    assert main(["eval", str(trained_run / "checkpoints" / "last.pt"), "--split", "val", "--modes", "ensemble",
+    assert main(["eval", str(trained_run / "checkpoints" / "last.pt"), "--split", "val", "--modes", "debias",
                  "--no-bias", "--json", "--max-clips", "1"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"ensemble"}
+    assert set(json.loads(capsys.readouterr().out)) == {"debias"}
+    assert main(["eval", str(trained_run), "--modes", "ensemble", "--no-bias", "--max-clips", "1"]) == 1
+    assert "debias.strategy: ensemble" in capsys.readouterr().err
 
 
 def test_predict_on_a_folder_of_frames_and_a_wav(trained_run, workspace, tmp_path, capsys):
@@ -111,6 +113,21 @@ def test_predict_on_a_folder_of_frames_and_a_wav(trained_run, workspace, tmp_pat
     summary = json.loads((out / "predictions.json").read_text())
     assert len(summary["frames"]) == len(names) and summary["class_names"][0] == "background"
     assert "debias" in capsys.readouterr().out  # a debias-trained model predicts with debias by default
+    # the run's calibrated gate applies, as in coavs eval: a gate that hears nothing empties every frame
+    from coavs.eval.gate import save_gate
+    from coavs.inference.gate import Gate
+
+    gated_run = tmp_path / "gated_run"
+    shutil.copytree(trained_run, gated_run)
+    save_gate(gated_run, Gate("any", 1.0), {}, "val")
+    for extra, empty in (([], True), (["--no-gate"], False)):
+        target = tmp_path / f"gated{len(extra)}"
+        assert main(["predict", str(gated_run), "--frames", str(frames), "--audio", str(clip / "audio.wav"),
+                     "--out", str(target), "--device", "cpu", *extra]) == 0
+        shares = [f["sounding_fraction"] for f in json.loads((target / "predictions.json").read_text())["frames"]]
+        assert (max(shares) == 0.0) == empty
+        if not empty:
+            assert shares == [f["sounding_fraction"] for f in summary["frames"]]
 
 
 @pytest.mark.parametrize("argv, message", [
