@@ -24,7 +24,7 @@ from coavs.devices import resolve_device
 from coavs.errors import EXIT_USER_ERROR, UserError, one_line  # UserError re-exported: coavs.cli.UserError
 from coavs.eval import predict
 from coavs.eval.gate import build_gate, load_gate, save_gate
-from coavs.eval.runner import evaluate, format_table
+from coavs.eval.runner import evaluate, evaluation_notes, format_table
 from coavs.inference.combine import INFERENCE_MODES, check_mode, logit_strategy
 from coavs.training.checkpoint import load_model
 from coavs.training.config import TrainConfig
@@ -174,12 +174,18 @@ def cmd_eval(args) -> int:
                     progress=not args.quiet and not args.json, **settings)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
+    notes = evaluation_notes(dataset, rows[settings["modes"][0]])  # what this dataset could not measure
     if args.json:
         print(json.dumps(rows, indent=2))
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     else:
         title = (f"{args.split} split of {config.data.root}: {rows[settings['modes'][0]]['frames']} frames; "
-                 "mIoU/F higher is better, FPR (sounding pixels under negative audio) lower is better")
+                 "mIoU/F higher is better, FPR (sounding pixels under negative audio) and FP swapped (the silent "
+                 "object's pixels called sounding while another visible object sounds) lower is better")
         print(format_table(rows, title=title))
+        for note in notes:
+            print(f"note: {note}")
     return 0
 
 

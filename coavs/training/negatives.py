@@ -285,10 +285,11 @@ def _heard_by_clip(dataset) -> list[set[int]] | None:
 def check_dataset(section: NegativesSection, dataset) -> None:
     """The kinds that need to know which classes each clip sounds, refused (one line) on a dataset that cannot say
     (S4, MS3), instead of silently training on something else."""
-    needs = [k for k in ("misaligned", "swapped") if k in section.kinds]
-    if section.enabled and needs and not hasattr(dataset, "sounding_classes"):
-        raise ConfigError(f"negatives.kinds: {', '.join(needs)} needs a dataset that says which classes each clip "
-                          f"sounds (AVSS, Co-AVS); {type(dataset).__name__} does not (keep silence and noise)")
+    needs = {"misaligned": ("misaligned_index", "AVSS, Co-AVS, S4"), "swapped": ("sounding_classes", "AVSS, Co-AVS")}
+    for kind, (method, datasets) in needs.items():
+        if section.enabled and kind in section.kinds and not hasattr(dataset, method):
+            raise ConfigError(f"negatives.kinds: {kind} needs a dataset that says which classes each clip sounds "
+                              f"({datasets}); {type(dataset).__name__} does not")
 
 
 def _concat(batch: dict, extra: dict) -> dict:

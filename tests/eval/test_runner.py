@@ -55,8 +55,9 @@ def test_negative_audio_conditions(trained):
     batch = next(iter(predict_batches(model, dataset, batch_size=4)))
     silent = silence_audio(batch["audio"], "logmel")
     assert torch.all(silent == silent.flatten()[0]) and silent.shape == batch["audio"].shape
-    donors = misaligned_audio(dataset, batch["clip_index"], batch["frame_index"])
+    donors, checked = misaligned_audio(dataset, batch["clip_index"], batch["frame_index"])
     assert donors.shape == batch["audio"].shape and not torch.equal(donors, batch["audio"])
+    assert checked.dtype == torch.bool and checked.shape == batch["clip_index"].shape
     for clip in batch["clip_index"].unique().tolist():
         try:
             donor = dataset.misaligned_index(clip)
@@ -81,8 +82,9 @@ def test_evaluate_matches_the_metrics_of_the_prediction_batches(trained):
         metric.update(b["pred_labels"], b["labels"])
     assert rows["vanilla"]["miou"] == pytest.approx(metric.compute()["miou"], abs=1e-12)
     for condition in ("silence", "noise", "misaligned"):
-        fractions = torch.cat([(b["pred_labels"] != 0).flatten(1).double().mean(1) for b in
-                               predict_batches(model, dataset, batch_size=4, mode="debias", audio=condition)])
+        batches = list(predict_batches(model, dataset, batch_size=4, mode="debias", audio=condition))
+        fractions = torch.cat([(b["pred_labels"] != 0).flatten(1).double().mean(1)[b.get("misaligned_checked", ...)]
+                               for b in batches])  # misaligned: the frames with a class-checked partner
         assert rows["debias"][f"fpr_{condition}"] == pytest.approx(float(fractions.mean()), abs=1e-12), condition
     # the batch size changes nothing (noise is drawn per clip), up to float64 summation order
     again = evaluate(model, dataset, batch_size=4, modes=("debias",))["debias"]

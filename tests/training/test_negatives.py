@@ -226,15 +226,17 @@ def test_swapped_negatives_play_some_of_the_frames_sources_and_keep_only_their_p
     assert (sampler.augment(single, step=0, dataset=dataset)["negative_kind"] == -1).all()
 
 
-def test_negatives_that_need_class_labels_are_refused_on_binary_sets(tmp_path):
+def test_negatives_that_need_class_labels_are_refused_on_sets_that_cannot_name_them(tmp_path):
     from coavs.training.negatives import check_dataset
-    from tests.support.datasets import make_s4
+    from tests.support.datasets import make_ms3, make_s4
 
-    root = make_s4(tmp_path / "s4")
-    config = TrainConfig.from_dict(tiny_config(root, tmp_path / "cache"))
-    s4 = open_split(config, "train")
+    ms3 = open_split(TrainConfig.from_dict(tiny_config(make_ms3(tmp_path / "ms3"), tmp_path / "cache")), "train")
     with pytest.raises(ConfigError, match="misaligned needs a dataset that says which classes"):
-        check_dataset(NegativesSection(ratio=0.2), s4)
-    check_dataset(NegativesSection(ratio=0.2, kinds=["silence", "noise"]), s4)  # these need no labels
+        check_dataset(NegativesSection(ratio=0.2), ms3)
+    check_dataset(NegativesSection(ratio=0.2, kinds=["silence", "noise"]), ms3)  # these need no labels
+    s4 = open_split(TrainConfig.from_dict(tiny_config(make_s4(tmp_path / "s4"), tmp_path / "cache")), "train")
+    check_dataset(NegativesSection(ratio=0.2), s4)  # S4 names each clip's sound category
+    with pytest.raises(ConfigError, match="swapped needs"):
+        check_dataset(NegativesSection(ratio=0.2, kinds=["swapped"]), s4)  # one source per clip: nothing to swap
     with pytest.raises(ConfigError, match="cannot hold swapped"):
         NegativesSection(ratio=0.2, kinds=["swapped"], audio_only=["swapped"])
