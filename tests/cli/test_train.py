@@ -161,21 +161,25 @@ def test_bench_finds_the_repository_benchmarks(capsys):
 def test_demo_quick_trains_the_four_models_and_prints_the_table(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for row in ("| vanilla ", "| paper debias ", "| negative-audio training + gate ",
-                "| paper debias + negative audio + gate "):
+    for row in ("| vanilla ", "| paper debias (fine-tuned from vanilla) ", "| negative-audio training + gate ",
+                "| negative audio + gate, then paper debias "):
         assert row in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["rows"]) == 4
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for row in results["rows"].values():
-        assert {"miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou"} <= set(row)
+        assert {"miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped",
+                "counterfactual_iou"} <= set(row)
     names = ("vanilla", "debias", "negatives", "combined")
     configs = [json.loads((tmp_path / "runs" / f"{n}-s0" / "config.json").read_text()) for n in names]
     assert [c["debias"]["strategy"] for c in configs] == ["none", "fixed", "none", "fixed"]
     assert [c["negatives"]["ratio"] > 0 for c in configs] == [False, False, True, True]
+    # the paper's recipe: the debias rows fine-tune the vanilla / negatives runs (--init-from)
+    assert [c["run"]["init_from"] for c in configs] == [None, str(tmp_path / "runs" / "vanilla-s0"), None,
+                                                        str(tmp_path / "runs" / "negatives-s0")]
     assert all((tmp_path / "runs" / f"{n}-s0" / "gate.json").is_file() for n in ("negatives", "combined"))
     assert set(results["without_gate"]) == {"negative-audio training + gate (no gate)",
-                                            "paper debias + negative audio + gate (no gate)"}
+                                            "negative audio + gate, then paper debias (no gate)"}
 
 
 def test_sigterm_to_the_process_group_saves_and_exits_cleanly(workspace, tmp_path, capsys):

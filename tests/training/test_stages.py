@@ -108,3 +108,22 @@ def test_init_from_starts_a_debias_fine_tuning_from_a_vanilla_run(tiny_set, cach
     assert len(err) == 1 and "model.hidden_dim 32 there, 16 here" in err[0]
     assert main(["train", str(other), "--out", str(tmp_path / "bad2"), "--init-from", str(tmp_path / "none")]) == 1
     assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_the_demos_two_stage_config_is_its_vanilla_run_then_its_debias_fine_tuning():
+    """configs/demo_debias_stages.yaml (one config) and demo_vanilla.yaml + demo_debias.yaml --init-from (two runs)
+    are the same recipe: they must not drift apart."""
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    stages = TrainConfig.from_file(configs / "demo_debias_stages.yaml").to_dict()
+    vanilla = TrainConfig.from_file(configs / "demo_vanilla.yaml").to_dict()
+    debias = TrainConfig.from_file(configs / "demo_debias.yaml").to_dict()
+    for section in ("data", "model", "loss", "negatives", "gate"):
+        assert stages[section] == vanilla[section] == debias[section], section
+    assert stages["debias"] == debias["debias"]
+    first, second = stages["stages"]
+    assert (first["epochs"], first["debias"]) == (vanilla["stages"][0]["epochs"], False)
+    assert (second["epochs"], second["debias"], second["restart_schedule"]) == (debias["stages"][0]["epochs"], True,
+                                                                                True)
+    optim = {k: v for k, v in stages["optim"].items()}
+    assert optim == debias["optim"] and {k: v for k, v in optim.items() if k != "debias_lr_scale"} == {
+        k: v for k, v in vanilla["optim"].items() if k != "debias_lr_scale"}
