@@ -51,8 +51,8 @@ from coavs.training.checkpoint import load_model
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 MODELS = ("vanilla", "debias", "negatives", "combined")
 ROW_NAMES = {"vanilla": "vanilla", "debias": "paper debias (fine-tuned from vanilla)",
-             "negatives": "negative-audio training + gate",
-             "combined": "negative audio + gate, then paper debias"}
+             "negatives": "negative + swapped audio + gate",
+             "combined": "negative + swapped audio + gate, then paper debias"}
 INIT_FROM = {"debias": "vanilla", "combined": "negatives"}  # fine-tunings start from these rows' runs
 METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped", "counterfactual_iou")
 

@@ -25,9 +25,11 @@ dilation/1, /2, /5      queries per marker d (B.1)                             d
 biased_queries/shared   the biased branch reuses the vanilla markers (the      debias
                         pre-D.2 behaviour; the base perceives its own)
 negatives/none, /fixed, negative-audio training (the demo's recipe: ratio      vanilla (none) / debias
-/uncertainty,           0.15; silence and noise train only the audio
+/uncertainty,           0.2; silence and noise train only the audio
 /bias_only              classifier, misaligned audio with an empty target
+                        and swapped audio with the playing source's pixels
                         the segmentation) with no debias or each strategy
+negatives/unswapped     the recipe without swapped audio (ratio 0.15)          vanilla
 negatives/segmentation  every kind through the segmentation loss (ratio 0.25)  vanilla
 gate/probe              as vanilla (no retraining)                             vanilla + the ``any`` gate on a
                                                                                sounding probe fitted on train
@@ -83,9 +85,12 @@ STRATEGIES = ("fixed", "uncertainty", "bias_only", "ensemble")
 DILATIONS = (1, 2, 5)
 NEGATIVE_STRATEGIES = ("none", "fixed", "uncertainty", "bias_only")
 GATES = ("any", "class")
-# the demo's recipe: silence and noise train only the audio classifier, misaligned audio the segmentation
-NEGATIVES = {"ratio": 0.15, "kinds": ["silence", "noise", "misaligned"], "audio_only": ["silence", "noise"],
+# the demo's recipe: silence and noise train only the audio classifier, misaligned and swapped audio the segmentation
+NEGATIVES = {"ratio": 0.2, "kinds": ["silence", "noise", "misaligned", "swapped"], "audio_only": ["silence", "noise"],
              "mode": "add"}
+# the recipe before swapped (counterfactual) audio
+UNSWAPPED_NEGATIVES = {"ratio": 0.15, "kinds": ["silence", "noise", "misaligned"], "audio_only": ["silence", "noise"],
+                       "mode": "add"}
 SEGMENTATION_NEGATIVES = {"ratio": 0.25, "kinds": ["silence", "noise", "misaligned"], "mode": "add"}
 METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped", "counterfactual_iou")
 WARMUP_STEPS = 3  # steps left out of the step time (first-call overheads), when the run is long enough
@@ -136,6 +141,8 @@ def all_variants() -> list[Variant]:
         out.append(Variant(f"negatives/{strategy}", "negative audio", debias, negatives=dict(NEGATIVES),
                            mode="vanilla" if strategy == "none" else "debias",
                            strategy=logit_strategy(strategy)))
+    out.append(Variant("negatives/unswapped", "negative audio", {"strategy": "none"},
+                       negatives=dict(UNSWAPPED_NEGATIVES), mode="vanilla", note="without swapped audio"))
     out.append(Variant("negatives/segmentation", "negative audio", {"strategy": "none"},
                        negatives=dict(SEGMENTATION_NEGATIVES), mode="vanilla",
                        note="every kind through the segmentation loss"))
@@ -167,10 +174,11 @@ def select_variants(spec: str | None) -> list[Variant]:
 
 
 def default_base_config(data_root: str, device: str = "auto") -> dict:
-    """The base run of the ablation, the demo's CPU recipe (``configs/demo_debias.yaml``): the ``small`` preset
-    with 3 k-means clusters on log-mel audio, 64×64 frames, 4 clips × 2 annotated frames per step, AdamW at
-    1e-3 with 10 warm-up steps, poly decay and gradient clipping; debias ``fixed`` with muted audio, λ = 10; one
-    thread on a CPU (small models train faster so)."""
+    """The base run of the ablation, the demo's CPU model and data (``configs/demo_vanilla.yaml``) trained with
+    debias from the first step (not the demo's vanilla-then-fine-tune recipe): the ``small`` preset with 3 k-means
+    clusters on log-mel audio, 64×64 frames, 4 clips × 2 annotated frames per step, AdamW at 1e-3 with 10 warm-up
+    steps, poly decay and gradient clipping; debias ``fixed`` with muted audio, λ = 10; one thread on a CPU (small
+    models train faster so)."""
     return {
         "data": {"root": str(data_root), "image_size": 64, "audio": "logmel", "batch_size": 4,
                  "frames_per_clip": 2, "cache_dir": "auto"},

@@ -19,7 +19,7 @@ def test_every_seed_trains_its_own_run_and_shared_trainings_stay_shared(tmp_path
         assert run.config["run"]["seed"] == run.seed
         names = {v.name for v in run.variants}
         if "gate/class" in names:
-            assert names == {"negatives/none", "gate/class"} and run.config["negatives"]["ratio"] == 0.15
+            assert names == {"negatives/none", "gate/class"} and run.config["negatives"]["ratio"] == 0.2
     assert len(plan_trainings(base, variants, 5, tmp_path)) == 4  # no seeds: the base's seed once, as before
 
 

@@ -161,8 +161,8 @@ def test_bench_finds_the_repository_benchmarks(capsys):
 def test_demo_quick_trains_the_four_models_and_prints_the_table(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for row in ("| vanilla ", "| paper debias (fine-tuned from vanilla) ", "| negative-audio training + gate ",
-                "| negative audio + gate, then paper debias "):
+    for row in ("| vanilla ", "| paper debias (fine-tuned from vanilla) ", "| negative + swapped audio + gate ",
+                "| negative + swapped audio + gate, then paper debias "):
         assert row in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["rows"]) == 4
@@ -178,8 +178,8 @@ def test_demo_quick_trains_the_four_models_and_prints_the_table(tmp_path, capsys
     assert [c["run"]["init_from"] for c in configs] == [None, str(tmp_path / "runs" / "vanilla-s0"), None,
                                                         str(tmp_path / "runs" / "negatives-s0")]
     assert all((tmp_path / "runs" / f"{n}-s0" / "gate.json").is_file() for n in ("negatives", "combined"))
-    assert set(results["without_gate"]) == {"negative-audio training + gate (no gate)",
-                                            "negative audio + gate, then paper debias (no gate)"}
+    assert set(results["without_gate"]) == {"negative + swapped audio + gate (no gate)",
+                                            "negative + swapped audio + gate, then paper debias (no gate)"}
 
 
 def test_sigterm_to_the_process_group_saves_and_exits_cleanly(workspace, tmp_path, capsys):
