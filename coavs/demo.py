@@ -196,7 +196,7 @@ def plot_summary(summary: dict[str, dict], path) -> Path:
     """Grouped bars of :func:`summarize`'s rows: mIoU, counterfactual IoU and the three false-positive rates, in
     %, the error bar one standard deviation over seeds. Written as PNG to ``path``."""
     keys = ("miou", "counterfactual_iou", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped")
-    labels = ("mIoU ↑", "CF IoU ↑", "FPR silence ↓", "FPR noise ↓", "FPR misaligned ↓", "FP swapped ↓")
+    labels = ("mIoU ↑", "CF IoU ↑", "FPR\nsilence ↓", "FPR\nnoise ↓", "FPR\nmisaligned ↓", "FP\nswapped ↓")
     fig, axes = figure(8.0, 3.4)
     ax = axes[0, 0]
     width = 0.8 / max(len(summary), 1)
@@ -210,7 +210,7 @@ def plot_summary(summary: dict[str, dict], path) -> Path:
     ax.set_ylabel("% (test split)")
     ax.set_ylim(0, 100)
     ax.set_title(f"Co-AVS demo, mean of {seeds} seed(s)" + (" ± std" if seeds > 1 else ""))
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, frameon=False)
     return save(fig, path)
 
 
@@ -270,7 +270,8 @@ def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True
                  f"{stats['test']['silent_rate']:.0%} of the featured objects are visible but silent (train: "
                  f"{stats['train']['silent_rate']:.0%}). mIoU, F, CF IoU (counterfactual: one of two sources "
                  "played alone): higher is better. FPR: share of pixels called sounding under silence / white "
-                 "noise / another clip's audio: lower is better.")
+                 "noise / another clip's audio; FP swapped: share of a visible but silent object's pixels called "
+                 "sounding while another visible object sounds alone: lower is better.")
         table = format_summary(rows, title)
         timings["total"] = time.perf_counter() - started
         (work / "results.json").write_text(json.dumps(
