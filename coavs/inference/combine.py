@@ -105,7 +105,8 @@ def debiased_outputs(outputs: dict, alpha: float = 1.0, scheme: str = "separate"
 def ensemble_outputs(outputs: dict, aux: bool = False) -> dict:
     """The product of experts of the two branches (the ``ensemble`` strategy's training prediction): the sum of
     their logits, with the biased branch detached — ``σ(m + sg(m_b))`` per mask pixel and ``softmax(c + sg(c_b))``
-    ∝ ``softmax(c)·softmax(sg(c_b))`` per query — with the vanilla branch's ``active``/``gate``/``query_marker``."""
+    ∝ ``softmax(c)·softmax(sg(c_b))`` per query — with the vanilla branch's ``active``, ``gate`` and
+    ``query_marker``."""
     if "biased" not in outputs:
         raise ValueError("outputs hold no biased branch: call the model with biased='mute' (or another kind)")
 
