@@ -24,8 +24,8 @@ from coavs.devices import resolve_device
 from coavs.errors import EXIT_USER_ERROR, UserError, one_line  # UserError re-exported: coavs.cli.UserError
 from coavs.eval import predict
 from coavs.eval.gate import build_gate, load_gate, save_gate
-from coavs.eval.runner import evaluate, format_table
-from coavs.inference.combine import INFERENCE_MODES, logit_strategy
+from coavs.eval.runner import evaluate, evaluation_notes, format_table
+from coavs.inference.combine import INFERENCE_MODES, check_mode, logit_strategy
 from coavs.preprocess.commands import register as register_preprocess
 from coavs.training.checkpoint import load_model
 from coavs.training.config import TrainConfig
@@ -115,6 +115,10 @@ def cmd_train(args) -> int:
     overrides = list(args.set or [])
     if args.no_progress:
         overrides.append("run.progress=false")
+    if args.init_from is not None:
+        if args.resume:
+            raise UserError("--init-from starts a new run from another run's weights; a resumed run has its own")
+        overrides.append(f"run.init_from={json.dumps(str(Path(args.init_from).absolute()))}")
     if args.config is None:
         if not args.resume:
             raise UserError("give a CONFIG file (YAML or JSON), or --resume to continue the run in --out")
@@ -143,8 +147,10 @@ def _eval_settings(args, config):
     debias = config.debias_config()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else config.eval_modes()
     for mode in modes:
-        if mode not in INFERENCE_MODES:
-            raise UserError(f"--modes: {mode!r} is not {', '.join(INFERENCE_MODES[:-1])} or {INFERENCE_MODES[-1]}")
+        try:
+            check_mode(mode)
+        except ValueError as exc:
+            raise UserError(f"--modes: {exc}") from None
     strategy = args.strategy or logit_strategy(debias.strategy)
     gate = None if getattr(args, "no_gate", False) else load_gate(args.run)  # the run's calibrated gate.json
     return dict(modes=modes, biased=args.biased or debias.biased_audio,
@@ -171,12 +177,18 @@ def cmd_eval(args) -> int:
                     progress=not args.quiet and not args.json, protocol=protocol, **settings)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
+    notes = evaluation_notes(dataset, rows[settings["modes"][0]])  # what this dataset could not measure
     if args.json:
         print(json.dumps(rows, indent=2))
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     else:
         title = (f"{args.split} split of {config.data.root}: {rows[settings['modes'][0]]['frames']} frames; "
-                 "mIoU/F higher is better, FPR (sounding pixels under negative audio) lower is better")
+                 "mIoU/F higher is better, FPR (sounding pixels under negative audio) and FP swapped (the silent "
+                 "object's pixels called sounding while another visible object sounds) lower is better")
         print(format_table(rows, title=title))
+        for note in notes:
+            print(f"note: {note}")
     return 0
 
 
@@ -224,8 +236,10 @@ def cmd_predict(args) -> int:
         markers = predict.clip_markers(config, args.markers, len(frames), model.config.num_markers)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    mode = args.mode or ("debias" if config.debias_enabled else "vanilla")
-    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device, markers=markers)
+    mode = args.mode or config.inference_mode()
+    gate = None if args.no_gate else load_gate(args.run)  # the run's calibrated gate.json, as coavs eval
+    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device, gate=gate,
+                                          markers=markers)
     class_names = config.resolved.get("class_names") or [str(i) for i in range(model.config.num_classes)]
     summary = predict.write_predictions(args.out, frames, names, labels, scores, class_names,
                                         bool(config.resolved.get("binary", False)))
@@ -347,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.root=data/coavs --set run.seed=1 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from the model weights of this run folder or checkpoint (fresh optimizer and "
+                        "schedule), e.g. a debias fine-tuning of a vanilla run")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this step (checkpoint saved; resumable; the schedule is unchanged)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -356,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--modes", help=f"inference modes, comma-separated: {', '.join(INFERENCE_MODES)} "
                                        "(default: vanilla, plus debias for a debias-trained model)")
         p.add_argument("--biased", choices=("mute", "noise", "ddpm", "random_semantic"),
-                       help="audio of the biased branch for debias/ensemble (default: the training config's)")
+                       help="audio of the biased branch for debias (default: the training config's)")
         p.add_argument("--alpha", type=float, help="debias strength (default: the training config's)")
         p.add_argument("--scheme", choices=("separate", "mask", "class", "overall"), help="debias scheme")
         p.add_argument("--strategy", choices=("fixed", "uncertainty"), help="debias strength strategy")
@@ -408,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=INFERENCE_MODES,
                    help="default: debias for a debias-trained model, else vanilla")
     p.add_argument("--out", required=True, help="output folder (masks/, overlays/, predictions.json)")
+    p.add_argument("--no-gate", action="store_true", help="ignore the run's calibrated gate (gate.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_predict)
 

@@ -7,6 +7,9 @@
 - **Counterfactual score** on frames with two visible sources: play the audio of one source only and measure the
   IoU of the prediction with *that* source's mask (and, as a leak measure, with the other source's mask). A model
   with audio priming bias segments both, or the wrong one.
+- **Swapped audio** (the visual-prior condition): the same plays, read from the silent source's side — a visible
+  object of a class that usually sounds is silent while another visible object sounds; ``fp_swapped`` is the
+  share of the silent object's pixels still called sounding, averaged over cases (0 = the prior is ignored).
 
 Everything is built on predictions: ``FalsePositiveRate`` and ``CounterfactualScore`` take predicted masks and
 ``BiasMeters`` holds one of each per negative kind (the one state that both ``BiasEvaluator`` and the evaluation
@@ -217,8 +220,9 @@ class FalsePositiveRate:
 class CounterfactualScore:
     """Multi-source frames with the audio swapped to one visible source: how much of the prediction follows it.
 
-    Per frame ``IoU(pred, mask of the source that plays)`` (``follow``) and ``IoU(pred, mask of the silent
-    source)`` (``leak``), with AVSBench's per-frame IoU (1e-7 epsilon); means over frames.
+    Per frame ``IoU(pred, mask of the source that plays)`` (``follow``), ``IoU(pred, mask of the silent
+    source)`` (``leak``), with AVSBench's per-frame IoU (1e-7 epsilon), and the share of the silent source's pixels
+    called sounding (``silent_fp``, the swapped-audio false positives); means over frames.
     """
 
     def __init__(self):
@@ -228,6 +232,7 @@ class CounterfactualScore:
         self.frames = 0
         self._follow_sum = 0.0
         self._leak_sum = 0.0
+        self._silent_fp_sum = 0.0
 
     def update(self, sounding: Tensor, playing_mask: Tensor, silent_mask: Tensor) -> None:
         """``sounding [B,H,W]`` bool prediction; ``playing_mask``/``silent_mask [B,H,W]`` binary source masks."""
@@ -239,6 +244,9 @@ class CounterfactualScore:
             return
         self._follow_sum += float(frame_iou(sounding, playing).sum())
         self._leak_sum += float(frame_iou(sounding, silent).sum())
+        silent_pixels = silent.flatten(1).sum(1).double()
+        called = (sounding & silent).flatten(1).sum(1).double()
+        self._silent_fp_sum += float((called / silent_pixels.clamp_min(1)).sum())
         self.frames += sounding.shape[0]
 
     def merge(self, other: "CounterfactualScore") -> None:
@@ -246,11 +254,13 @@ class CounterfactualScore:
         self.frames += other.frames
         self._follow_sum += other._follow_sum
         self._leak_sum += other._leak_sum
+        self._silent_fp_sum += other._silent_fp_sum
 
     def compute(self) -> dict:
         n = self.frames
         return {"follow_iou": self._follow_sum / n if n else math.nan,
-                "leak_iou": self._leak_sum / n if n else math.nan, "frames": n}
+                "leak_iou": self._leak_sum / n if n else math.nan,
+                "silent_fp": self._silent_fp_sum / n if n else math.nan, "frames": n}
 
 
 class BiasEvaluator:
@@ -357,12 +367,13 @@ class BiasMeters:
 
     def compute(self) -> dict:
         """``fpr_<kind>`` and ``fpr_<kind>_frames`` per kind; ``counterfactual_iou`` (follow),
-        ``counterfactual_leak_iou`` and ``counterfactual_frames`` (frames × 2 swaps)."""
+        ``counterfactual_leak_iou``, ``fp_swapped`` (the silent source's pixels called sounding) and
+        ``counterfactual_frames`` (frames × 2 swaps)."""
         result = {}
         for kind, meter in self.fpr.items():
             result[f"fpr_{kind}"] = meter.compute()
             result[f"fpr_{kind}_frames"] = meter.frames
         cf = self.counterfactual.compute()
         result.update(counterfactual_iou=cf["follow_iou"], counterfactual_leak_iou=cf["leak_iou"],
-                      counterfactual_frames=cf["frames"])
+                      fp_swapped=cf["silent_fp"], counterfactual_frames=cf["frames"])
         return result

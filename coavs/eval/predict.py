@@ -164,10 +164,12 @@ def clip_markers(config, path, num_frames: int, num_markers: int) -> torch.Tenso
 
 
 def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *, mode: str = "vanilla",
-                 device="cpu", batch_size: int = 8, markers: torch.Tensor | None = None) -> tuple[np.ndarray,
-                                                                                                    np.ndarray]:
-    """Labels ``[T,H,W] int64`` and sounding scores ``[T,H,W] float32`` at the frames' own size; ``markers``
-    ``[T,S]``: marker scores to use instead of the model's perception (:func:`clip_markers`)."""
+                 device="cpu", batch_size: int = 8, gate=None, markers: torch.Tensor | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels ``[T,H,W] int64`` and sounding scores ``[T,H,W] float32`` at the frames' own size, predicted as the
+    run's config says (debias settings, ``overall_reading``) and, with ``gate`` (the run's calibrated
+    :class:`coavs.inference.gate.Gate`), gated as ``coavs eval`` gates; ``markers`` ``[T,S]``: marker scores to use
+    instead of the model's perception (:func:`clip_markers`)."""
     debias = config.debias_config()
     binary = bool(config.resolved.get("binary", False))
     height, width = frames[0].shape[:2]
@@ -186,10 +188,10 @@ def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *
             sound = audio[start:start + batch_size].to(device)
             with autocast(torch.device(device), config.run.precision):
                 outputs = model(images, sound, biased=debias.biased_audio if mode != "vanilla" else None,
-                                marker_scores=None if markers is None else markers[start:start + batch_size].to(device))
-            scheme = debias.scheme
-            strategy = logit_strategy(debias.strategy)
-            lab, fg = postprocess(outputs, (height, width), mode, binary, debias.alpha, scheme, strategy)
+                                marker_scores=None if markers is None else markers[start:start + batch_size].to(device),
+                                clip_index=torch.zeros(images.shape[0], dtype=torch.long))  # one clip
+            lab, fg = postprocess(outputs, (height, width), mode, binary, debias.alpha, debias.scheme,
+                                  logit_strategy(debias.strategy), debias.overall_reading, gate)
             labels.append(lab.cpu())
             scores.append(fg.float().cpu())
     return torch.cat(labels).numpy(), torch.cat(scores).numpy()

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coavs.errors import UserError, one_line
-from coavs.models import build_model
+from coavs.errors import ConfigError, UserError, one_line
+from coavs.models import AVSModel, build_model
 from coavs.training.config import TrainConfig
 from coavs.training.runtime import RunFolder
 
@@ -146,3 +146,33 @@ def load_model(run_dir_or_checkpoint, device="cpu"):
     model = build_model(config.model_config(), pretrained=False)  # the checkpoint holds every weight
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config
+
+
+# ModelConfig keys that change no weight: a run may start from another run's weights with other values of these
+_FREE_MODEL_KEYS = ("biased_queries", "marker_threshold", "dormant_gate", "soft_gate", "diffusion_steps", "dropout")
+
+
+def initialise_from(model: AVSModel, config: TrainConfig, source) -> Path:
+    """Loads the model weights (markers included) of the run folder or checkpoint ``source`` into ``model``, the
+    model of the resolved ``config`` (``run.init_from``). The two models must agree on every weight-bearing
+    setting and on the dataset's classes; a ConfigError names what differs. Returns the checkpoint path."""
+    try:
+        path = checkpoint_path(source)
+    except FileNotFoundError:
+        raise ConfigError(f"run.init_from: {source} holds no checkpoint (give a run folder of coavs train or its "
+                          "checkpoints/last.pt)") from None
+    state = load(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"run.init_from: {path} is not a coavs training checkpoint")
+    stored = TrainConfig.from_dict(json.loads(state["config"]))
+    mine, theirs = config.model_config().to_dict(), stored.model_config().to_dict()
+    differ = [k for k in mine if k not in _FREE_MODEL_KEYS and mine[k] != theirs.get(k)]
+    if differ:
+        shown = ", ".join(f"model.{k} {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ[:4])
+        raise ConfigError(f"run.init_from: {source} was trained with another model ({shown})")
+    names, their_names = config.resolved.get("class_names"), stored.resolved.get("class_names")
+    if names is not None and their_names is not None and list(names) != list(their_names):
+        raise ConfigError(f"run.init_from: {source} was trained on other classes ({', '.join(their_names[:6])}) "
+                          f"than this dataset's ({', '.join(names[:6])})")
+    model.load_state_dict(state["model"])
+    return path

@@ -13,11 +13,13 @@ Config sections (YAML or JSON; every key optional; unknown keys are errors that 
   forcing of the class markers;
 - ``optim``: AdamW, learning-rate schedule (warm-up, then poly / cosine / constant), gradient clipping, and
   ``debias_lr_scale``: the learning-rate factor of debias training (see :class:`OptimSection`);
-- ``debias``: ``strategy: none`` (vanilla training) or ``strategy: fixed | uncertainty | bias_only`` (the training
+- ``debias``: ``strategy: none`` (vanilla training) or ``strategy: fixed | uncertainty | bias_only | ensemble`` (the
   strategy; the old key ``mode`` is accepted with a FutureWarning) with the other
   :class:`coavs.inference.settings.DebiasConfig` fields (``biased_audio``, ``weight``, ``alpha``, …);
-- ``stages``: training stages run in order, each with its epochs, AVSS ``subsets`` and learning-rate factor
-  (the AVSS curriculum v1s → v2 → v1m is three stages);
+- ``stages``: training stages run in order, each with its epochs, AVSS ``subsets``, learning-rate factor, whether it
+  trains with the debias section (``debias: false`` for a vanilla stage) and whether it restarts the schedule (the
+  AVSS curriculum v1s → v2 → v1m is three stages; the paper's recipe, a vanilla stage then a debias fine-tuning
+  stage at a smaller rate, is two — see :class:`StageSection`);
 - ``eval``: the split evaluated after epochs, how often, which inference modes, bias metrics or not;
 - ``run``: seed, device, precision (fp32 / bf16 / fp16 autocast), ``torch.compile``, logging and checkpoints.
 """
@@ -41,7 +43,7 @@ import yaml
 from coavs.data.splits import base_dataset, is_binary
 from coavs.errors import ConfigError
 from coavs.eval.gate import GateSection
-from coavs.inference.combine import INFERENCE_MODES
+from coavs.inference.combine import check_mode
 from coavs.inference.precision import PRECISIONS
 from coavs.inference.settings import STRATEGIES, DebiasConfig
 from coavs.models.config import ModelConfig
@@ -225,7 +227,7 @@ class LossSection:
 class OptimSection:
     """AdamW and the learning-rate schedule.
 
-    The learning rate is ``lr`` times ``debias_lr_scale`` when debias training is on: the debiased logits
+    The learning rate is ``lr`` times ``debias_lr_scale`` in the stages that train with debias: the debiased logits
     ``(1+α)·x − α·x_b`` move (1+α) times as fast as the vanilla logits for the same weight update, and the
     debiased loss is weighted λ = 10, so the step that suits vanilla training overshoots (the reference code
     also lowers it). Weight decay applies to weight matrices only (not to norms, biases and the query
@@ -248,12 +250,27 @@ class OptimSection:
 @dataclass
 class StageSection:
     """One training stage: ``epochs`` passes over the training split (restricted to the AVSS ``subsets`` when
-    given, e.g. ``[v1s]``), with the learning rate multiplied by ``lr_scale``."""
+    given, e.g. ``[v1s]``), with the learning rate multiplied by ``lr_scale``.
+
+    ``debias``: train this stage with the ``debias`` section (true) or as the vanilla model (false); None (the
+    default): as the ``debias`` section says. ``restart_schedule``: warm-up and decay start again at this stage and
+    run over the steps up to the next restart, as a separate run would (``coavs train --init-from``). The paper's
+    recipe — train the vanilla model to adequate performance, then fine-tune it with the debias strategy at a
+    smaller learning rate — is::
+
+        debias: {strategy: fixed, biased_audio: mute}
+        optim: {debias_lr_scale: 0.1}
+        stages:
+          - {name: vanilla, epochs: 30, debias: false}
+          - {name: debias, epochs: 10, debias: true, restart_schedule: true}
+    """
 
     name: str = "main"
     epochs: int = 1
     subsets: list[str] | None = None
     lr_scale: float = 1.0
+    debias: bool | None = None
+    restart_schedule: bool = False
 
 
 @dataclass
@@ -290,6 +307,9 @@ class RunSection:
     models and batches, where one thread was measured faster — see ``runtime.resolve_threads``). Small models on
     a busy CPU train faster on one thread than on several (the intra-op barriers cost more than the work): run
     one process per core instead.
+    init_from: a run folder (its last checkpoint) or checkpoint file of an earlier run whose model weights —
+    markers included — this run starts from, with a fresh optimizer and schedule (``coavs train --init-from RUN``;
+    e.g. a debias fine-tuning of a vanilla run). Its model must match this config's and its dataset's classes.
     """
 
     seed: int = 0
@@ -302,6 +322,7 @@ class RunSection:
     progress: bool = True
     ddp_find_unused: bool | None = None
     threads: int | str | None = "auto"
+    init_from: str | None = None  # a run folder or checkpoint whose model weights start this run (--init-from)
 
 
 # Keys that may differ between a run and its resumption (they do not change what is computed).
@@ -402,18 +423,32 @@ class TrainConfig:
             binary = bool(self.resolved.get("binary", False))  # scheme auto: mask for binary AVS (B.2)
             if strategy == "none":
                 return DebiasConfig(enabled=False, **fields).resolved(binary)
-            return DebiasConfig(enabled=True, strategy=strategy, **fields).resolved(binary)
+            return DebiasConfig(enabled=self.debias_enabled, strategy=strategy, **fields).resolved(binary)
         except ValueError as exc:
             raise ConfigError(f"debias: {exc}") from None
 
+    def stage_trains_debias(self, stage: StageSection) -> bool:
+        """Whether ``stage`` trains with the debias section (its ``debias`` flag, else the section's strategy)."""
+        return self.debias.get("strategy", "none") != "none" if stage.debias is None else bool(stage.debias)
+
     @property
     def debias_enabled(self) -> bool:
-        return self.debias.get("strategy", "none") != "none"
+        """Whether the model is debias-trained: a debias strategy and at least one stage that trains with it
+        (such a model has a biased branch, and is evaluated debiased)."""
+        return self.debias.get("strategy", "none") != "none" and any(self.stage_trains_debias(s) for s in self.stages)
+
+    def inference_mode(self) -> str:
+        """How the trained model predicts: ``debias`` (the two branches combined) for a debias-trained model,
+        ``vanilla`` otherwise — and for the ``ensemble`` strategy, whose vanilla branch alone is the debiased model
+        (trained in a product of experts with the biased branch)."""
+        if self.debias_enabled and self.debias.get("strategy") != "ensemble":
+            return "debias"
+        return "vanilla"
 
     def eval_modes(self) -> list[str]:
         if self.eval.modes is not None:
             return list(self.eval.modes)
-        return ["vanilla", "debias"] if self.debias_enabled else ["vanilla"]
+        return ["vanilla", "debias"] if self.inference_mode() == "debias" else ["vanilla"]
 
     # ----------------------------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -469,6 +504,9 @@ class TrainConfig:
                 raise ConfigError(f"stages[{i}].epochs must be >= 1, got {stage.epochs}")
             if stage.lr_scale < 0:
                 raise ConfigError(f"stages[{i}].lr_scale must be >= 0, got {stage.lr_scale}")
+            if stage.debias and self.debias.get("strategy", "none") == "none":
+                raise ConfigError(f"stages[{i}].debias is true but debias.strategy is none: name the strategy "
+                                  "(fixed, uncertainty, bias_only or ensemble) in the debias section")
         if r.precision not in PRECISIONS:
             raise ConfigError(f"run.precision must be one of {', '.join(PRECISIONS)}, got {r.precision!r}")
         if r.device not in ("auto", "cpu", "cuda"):
@@ -488,8 +526,10 @@ class TrainConfig:
         if e.protocol not in EVAL_PROTOCOLS:
             raise ConfigError(f"eval.protocol must be {' or '.join(EVAL_PROTOCOLS)}, got {e.protocol!r}")
         for mode in self.eval_modes():
-            if mode not in INFERENCE_MODES:
-                raise ConfigError(f"eval.modes: {mode!r} is not one of {', '.join(INFERENCE_MODES)}")
+            try:
+                check_mode(mode)
+            except ValueError as exc:
+                raise ConfigError(f"eval.modes: {exc}") from None
         self.debias_config()
         self.model_config(num_classes=self.model.get("num_classes"))
 

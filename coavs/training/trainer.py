@@ -54,7 +54,7 @@ from coavs.training.debias import DebiasObjective
 from coavs.training.evaluation import calibrate_run_gate, check_gate_split, evaluate_run
 from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
 from coavs.training.markers import file_markers, install_markers
-from coavs.training.negatives import NegativeSampler, classifier_rows, split_negatives
+from coavs.training.negatives import NegativeSampler, check_dataset, classifier_rows, split_negatives
 from coavs.training.plan import Plan, Stage, build_stages, param_groups
 from coavs.training.run_lock import RunLock
 from coavs.training.runtime import ResumableSampler, RunFolder, StopSignal, Throughput, resolve_threads
@@ -128,8 +128,11 @@ class _Trainer:
         self.binary = cfg.resolved["binary"]
         self.plan = Plan(stages, cfg.run.max_steps)
         self.model_config = cfg.model_config()
-        model = build_model(self.model_config, pretrained=not resume)
-        if self.model_config.num_clusters and not resume and not cfg.data.marker_files:
+        # the weights of an earlier run (markers included) replace the pretrained ones: nothing to load twice
+        model = build_model(self.model_config, pretrained=not resume and not cfg.run.init_from)
+        if not resume and cfg.run.init_from:
+            ckpt.initialise_from(model, cfg, cfg.run.init_from)
+        elif self.model_config.num_clusters and not resume and not cfg.data.marker_files:
             install_markers(model, self.config, self.model_config, self.folder.root, self.main)
         self.raw_model = model.to(self.device)
         threads = resolve_threads(cfg.run.threads, self.device, sum(p.numel() for p in model.parameters()),
@@ -139,7 +142,7 @@ class _Trainer:
         self.class_to_marker = model.class_to_marker().to(self.device)
 
         debias = cfg.debias_config()
-        lr = cfg.optim.lr * (cfg.optim.debias_lr_scale if debias.enabled else 1.0)
+        lr = cfg.optim.lr  # each stage's factor (debias_lr_scale in debias stages) is in the schedule
         self.optimizer = torch.optim.AdamW(param_groups(model, lr, cfg.optim), lr=lr, betas=tuple(cfg.optim.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda step: self.plan.lr_factor(step, cfg.optim))
@@ -148,8 +151,13 @@ class _Trainer:
                                  mask_weight=cfg.loss.mask_weight, dice_weight=cfg.loss.dice_weight,
                                  no_object_weight=cfg.loss.no_object_weight, num_points=cfg.loss.num_points,
                                  aux_loss=cfg.loss.aux)
-        self.objective = DebiasObjective(criterion, debias, binary=self.binary)
+        # one objective per stage: a vanilla stage trains without the biased branch (stages[i].debias: false)
+        vanilla = dataclasses.replace(debias, enabled=False)
+        self.objectives = [DebiasObjective(criterion, dataclasses.replace(debias, enabled=True) if stage.debias
+                                           else vanilla, binary=self.binary) for stage in stages]
         self.negatives = _negative_sampler(cfg, model)
+        for stage in stages:
+            check_dataset(cfg.negatives, stage.dataset)
         check_gate_split(cfg)
 
         self.step = 0
@@ -204,7 +212,13 @@ class _Trainer:
             raise UserError(f"{self.folder.last_checkpoint} is not a coavs training checkpoint")
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        base_lrs = list(self.scheduler.base_lrs)
         self.scheduler.load_state_dict(state["scheduler"])
+        # the config (checked equal) sets the base rates: checkpoints of runs that folded debias_lr_scale into
+        # them (before per-stage debias) resume at the same rate through the schedule's stage factor
+        self.scheduler.base_lrs = base_lrs
+        for group, base in zip(self.optimizer.param_groups, base_lrs):
+            group["initial_lr"] = base
         self.scaler.load_state_dict(state["scaler"])
         self.step = self.checkpoint_step = int(state["step"])
         self.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
@@ -254,16 +268,18 @@ class _Trainer:
             batch = self.negatives.augment(batch, self.step, stage.dataset)
             batch, negative_audio = split_negatives(batch, self.negatives.section.audio_only)
         batch = to_device(batch, self.device, non_blocking=True)
+        objective = self.objectives[self.plan.position(self.step)[0]]
         targets = targets_from_labels(batch["labels"], self.model_config.num_classes, self.class_to_marker,
                                       background_is_class=not self.binary)
         classes = self.model_config.num_audio_classes
         presence = targets.presence[:, 1:1 + classes]
         forced = presence if cfg.loss.teacher_forcing and classes else None
         with autocast(self.device, cfg.run.precision):
-            outputs = self.model(batch["frames"], batch["audio"], biased=self.objective.biased_audio,
-                                 class_presence=forced, marker_scores=file_markers(batch, forced))
+            outputs = self.model(batch["frames"], batch["audio"], biased=objective.biased_audio,
+                                 class_presence=forced, marker_scores=file_markers(batch, forced),
+                                 clip_index=batch["clip_index"])
         if bool(targets.annotated.any()):
-            result = self.objective(outputs, targets.targets, targets.annotated)
+            result = objective(outputs, targets.targets, targets.annotated)
             loss, terms = result.total, dict(result.terms)
             for name, (weight, term) in self._audio_losses(outputs, targets, presence, batch,
                                                            negative_audio).items():
@@ -271,6 +287,8 @@ class _Trainer:
                 loss = loss + weight * term
         else:  # nothing annotated: a zero step that keeps every process in step
             loss, terms = outputs["pred_logits"].float().sum() * 0.0, {}
+        if self.negatives is not None and "misaligned" in self.negatives.section.kinds:
+            terms["negatives_fallback"] = torch.tensor(float(self.negatives.fallbacks))  # this step's
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.optim.grad_clip > 0:
