@@ -498,6 +498,7 @@ def train(config, run_dir, resume: bool = False, max_steps: int | None = None,
     threads = torch.get_num_threads()
     info = dist_utils.setup(config.run.device)
     lock = RunLock(run_dir) if info.is_main else None  # one run per folder, for the run's whole life
+    trainer = None
     try:
         if lock is not None:
             lock.acquire()
@@ -511,6 +512,7 @@ def train(config, run_dir, resume: bool = False, max_steps: int | None = None,
             lock.release()
         torch.set_num_threads(threads)  # run.threads applies to the run only
         if not was_initialised:
+            del trainer  # its DDP model holds the process group, which must end before the interpreter does
             dist_utils.teardown()
 
 
