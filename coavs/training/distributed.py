@@ -8,19 +8,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-
-def _import_before_the_group() -> None:
-    """Imports ``torch.distributed.nn.functional`` while no process group exists.
-
-    That module's functions take ``group=group.WORLD`` as a default argument, evaluated when it is first imported.
-    DistributedDataParallel imports it (through ``torch._dynamo``) when the first DDP model is built, after the
-    group exists, so ten default arguments keep the default group alive after ``destroy_process_group``: its gloo
-    threads then outlive the training and are destroyed during interpreter shutdown, where one process in a few
-    dies with ``terminate called without an active exception`` (SIGABRT) after a finished run. Imported first,
-    the defaults are None (the default group at call time) and ``destroy_process_group`` really ends the group.
-    """
-    import torch.distributed.nn.functional  # noqa: F401
+# Imported here, while no process group exists, on purpose: this module's functions take ``group=group.WORLD`` as a
+# default argument, evaluated at its first import. DistributedDataParallel imports it (through torch._dynamo) when
+# the first DDP model is built, after the group exists, and then ten default arguments hold the default group for
+# good: ``destroy_process_group`` cannot end it, its gloo threads outlive the training and are destroyed during
+# interpreter shutdown, where one process in a few died with "terminate called without an active exception"
+# (SIGABRT) after a finished run (issue 25). Imported first, the defaults are None (the default group at call time).
+import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -56,7 +50,6 @@ def setup(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        _import_before_the_group()
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
@@ -65,8 +58,8 @@ def teardown() -> None:
     """Ends the process group, so that its backend's threads end here rather than during interpreter shutdown.
 
     The caller drops its DDP models first: a DDP model (its reducer) holds the group, and a model caught in a
-    reference cycle lives until a garbage collection, hence the collection here. See also
-    :func:`_import_before_the_group`."""
+    reference cycle lives until a garbage collection, hence the collection here. See also the import of
+    ``torch.distributed.nn.functional`` above."""
     if dist.is_available() and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
