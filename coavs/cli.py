@@ -2,12 +2,13 @@
 
 User mistakes (bad paths, bad values, unreadable files) end with one clear line on stderr and exit code 1, not a
 traceback: every layer raises :class:`coavs.errors.UserError` (or a subclass) and :func:`main` alone prints it.
+Mistakes in the arguments themselves follow the same rule (:mod:`coavs.arguments`: one parser class, and checks by
+option name that every command inherits).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 
 from coavs import demo, info
+from coavs import jsonio
+from coavs.arguments import ArgumentParser, check_arguments
 from coavs.analysis.commands import register as register_analysis
 from coavs.data.errors import DataError
 from coavs.data.splits import open_split
@@ -34,7 +37,7 @@ from coavs.training.trainer import train
 
 def cmd_info(args) -> int:
     data = info.collect()
-    print(json.dumps(data, indent=2, default=str) if args.json else info.format_report(data))
+    print(jsonio.dumps(data, indent=2, default=str) if args.json else info.format_report(data))
     return 0
 
 
@@ -167,9 +170,9 @@ def cmd_eval(args) -> int:
                     max_clips=args.max_clips, seed=args.seed, precision=config.run.precision,
                     progress=not args.quiet and not args.json, **settings)
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+        jsonio.write_json(args.out, rows)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(jsonio.dumps(rows, indent=2))
     else:
         title = (f"{args.split} split of {config.data.root}: {rows[settings['modes'][0]]['frames']} frames; "
                  "mIoU/F higher is better, FPR (sounding pixels under negative audio) lower is better")
@@ -273,11 +276,11 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    return demo.run(out=args.out, quick=args.quick, keep=args.keep, progress=sys.stderr.isatty())
+    return demo.run_from_arguments(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="coavs",
         description="Audio-visual segmentation that resists audio priming bias and visual prior: data, training, "
                     "evaluation, analyses and kernel benchmarks.")
@@ -414,9 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="make a Co-AVS set with a strong visual prior, train vanilla and debias models "
                                     "on CPU, and print their metrics table (a few minutes)")
-    p.add_argument("--out", default=None, help="work folder (default: a temporary folder, removed afterwards)")
-    p.add_argument("--quick", action="store_true", help="a much smaller run (seconds; numbers mean nothing)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    demo.add_arguments(p)  # the same options as python -m coavs.demo
     p.set_defaults(func=cmd_demo)
 
     register_analysis(sub)  # coavs analyze area|semantics|queries, coavs ablate
@@ -425,8 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) exits; argparse's mistakes were printed as one line (coavs.arguments)
+        if exc.code in (0, None):
+            raise
+        return EXIT_USER_ERROR
+    try:
+        check_arguments(args)
         return int(args.func(args) or 0)
     except UserError as exc:  # DataError and ConfigError included
         message = one_line(exc)

@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coavs import jsonio
 from coavs.analysis import plots
 from coavs.analysis.common import open_eval_dataset
 from coavs.analysis.tables import fmt, markdown_table, write_csv
@@ -251,12 +252,17 @@ def _finished(run: TrainingRun) -> dict | None:
     return stored
 
 
+def _nan_if_none(value) -> float:
+    """A number read back from JSON, where an undefined one (NaN) is written as null."""
+    return math.nan if value is None else float(value)
+
+
 def train_one(run: TrainingRun, fresh: bool = False) -> None:
     """Train ``run``, recording the step time. A finished identical run is reused, an interrupted one resumed
     (unless ``fresh``). Ctrl-C or SIGTERM saves the run's checkpoint and raises KeyboardInterrupt."""
     stored = None if fresh else _finished(run)
     if stored is not None:
-        run.step_ms, run.seconds, run.reused = stored["step_ms"], stored["seconds"], True
+        run.step_ms, run.seconds, run.reused = _nan_if_none(stored["step_ms"]), _nan_if_none(stored["seconds"]), True
         return
     info = run.run_dir / "ablation_run.json"
     resume = (not fresh and (run.run_dir / "checkpoints" / "last.pt").is_file() and info.is_file()
@@ -281,9 +287,8 @@ def train_one(run: TrainingRun, fresh: bool = False) -> None:
     if len(gaps) > 2 * WARMUP_STEPS:
         gaps = gaps[WARMUP_STEPS - 1:]
     run.step_ms = 1e3 * statistics.median(gaps) if gaps else math.nan
-    info.write_text(json.dumps(
-        {"key": run.key, "finished": bool(summary.get("finished")), "steps": summary.get("step"),
-         "step_ms": run.step_ms, "seconds": run.seconds, "variants": [v.name for v in run.variants]}, indent=2))
+    jsonio.write_json(info, {"key": run.key, "finished": bool(summary.get("finished")), "steps": summary.get("step"),
+                             "step_ms": run.step_ms, "seconds": run.seconds, "variants": [v.name for v in run.variants]})
     if summary.get("stopped") in ("SIGINT", "SIGTERM"):
         raise KeyboardInterrupt(f"stopped during {run.run_dir.name}; run the same command again to resume")
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from coavs import jsonio
 from coavs.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -153,7 +154,7 @@ class LabelMap:
             raise DataError(path, str(exc)) from None
 
     def to_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps({name: i + 1 for i, name in enumerate(self.names)}, indent=1) + "\n")
+        Path(path).write_text(jsonio.dumps({name: i + 1 for i, name in enumerate(self.names)}, indent=1) + "\n")
 
 
 BINARY_LABELS = LabelMap(("background", "sounding"))

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from coavs import jsonio
+
 CACHE_VERSION = 1
 _STALE_TMP_SECONDS = 3600
 
@@ -66,8 +68,8 @@ class ClipCache:
         self.root.mkdir(parents=True, exist_ok=True)
         info = self.root / "cache.json"
         if not info.exists():
-            self._atomic_write_bytes(info, (json.dumps({"cache_version": CACHE_VERSION, **identity}, indent=1,
-                                                       default=str) + "\n").encode())
+            self._atomic_write_bytes(info, (jsonio.dumps({"cache_version": CACHE_VERSION, **identity}, indent=1,
+                                                         default=str) + "\n").encode())
         self.hits = 0
         self.misses = 0
         self._remove_stale_tmp()

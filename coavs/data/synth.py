@@ -41,6 +41,7 @@ from PIL import Image
 from scipy.io import wavfile
 from tqdm import tqdm
 
+from coavs import jsonio
 from coavs.data.avsbench import SPLITS, SYNTH_INFO_FILE, LabelMap, palette
 
 SYNTH_VERSION = 1
@@ -612,7 +613,7 @@ def _write_index(root: Path, config: SynthConfig, clips: list[dict]) -> None:
         "stats": _stats(config, clips),
         "clips": {c["uid"]: {k: v for k, v in c.items() if k != "uid"} for c in clips},
     }
-    (root / SYNTH_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    (root / SYNTH_INFO_FILE).write_text(jsonio.dumps(info, indent=1) + "\n")
 
 
 def _stats(config: SynthConfig, clips: list[dict]) -> dict:

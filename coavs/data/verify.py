@@ -5,12 +5,12 @@ mask and frame sizes, and audio length. Problems are collected (not raised) and 
 from __future__ import annotations
 
 import collections
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from coavs import jsonio
 from coavs.data import audio as audio_io
 from coavs.data.avsbench import (AVSS_NUM_CLASSES, OFFICIAL_COUNTS, SPLITS, SYNTH_INFO_FILE, ClipRecord, detect_layout,
                                  label_map_for, read_frame, read_mask, read_records, read_synth_info, resolve_frame)
@@ -230,4 +230,4 @@ def verify_dataset(root: str | os.PathLike, kind: str = "auto", *, deep: bool = 
 
 
 def report_json(report: VerifyReport) -> str:
-    return json.dumps(report.to_dict(), indent=2)
+    return jsonio.dumps(report.to_dict(), indent=2)

@@ -13,7 +13,6 @@ share, and the sounding share).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from coavs import jsonio
 from coavs.data import audio as audio_io
 from coavs.data.audio import SAMPLE_RATE
 from coavs.data.avsbench import palette
@@ -197,5 +197,5 @@ def write_predictions(out, frames, names, labels, scores, class_names, binary: b
                         "classes": {class_names[c] if c < len(class_names) else str(c): round(share, 4)
                                     for c, share in sorted(present.items())}})
     summary = {"frames": records, "class_names": list(class_names)}
-    (out / "predictions.json").write_text(json.dumps(summary, indent=2))
+    jsonio.write_json(out / "predictions.json", summary)
     return summary

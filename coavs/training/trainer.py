@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from coavs.data.loader import make_loader
+from coavs import jsonio
 from coavs.data.splits import is_binary, open_split
 from coavs.errors import UserError
 from coavs.inference.batches import collate_frames, select_frames, to_device
@@ -181,7 +182,7 @@ class _Trainer:
         if self.main:
             state = {
                 "format": ckpt.CHECKPOINT_FORMAT, "version": 1,
-                "config": json.dumps(self.config.to_dict()),
+                "config": jsonio.dumps(self.config.to_dict()),
                 "model": self.raw_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -215,7 +216,7 @@ class _Trainer:
                 records = self.folder.read(name)
                 kept = [r for r in records if r.get("step", 0) <= self.step]
                 if len(kept) != len(records):
-                    (self.folder.root / name).write_text("".join(json.dumps(r) + "\n" for r in kept))
+                    (self.folder.root / name).write_text("".join(jsonio.dumps(r) + "\n" for r in kept))
 
     # -------------------------------------------------------------------------------------- logging
     def say(self, message: str) -> None:
@@ -394,7 +395,7 @@ class _Trainer:
         if self.main:
             self.folder.log({"event": "done" if finished else "stopped", "step": self.step, "reason": reason,
                              "time": time.time()})
-            (self.folder.root / "summary.json").write_text(json.dumps(summary, indent=2))
+            jsonio.write_json(self.folder.root / "summary.json", summary)
         if finished:
             self.say(f"done: {self.step} steps in {seconds:.1f} s -> {self.folder.root}")
         else:
