@@ -28,6 +28,7 @@ import json
 import random
 import signal
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -119,10 +120,15 @@ class _Trainer:
                     stored.data, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory,
                     cache_dir=cfg.data.cache_dir))
             cfg = self.config = stored
+        # Which run this folder holds: config.json and every checkpoint carry it, so a checkpoint copied in from
+        # another run folder is refused on resume instead of mixing the two runs.
+        self.run_id = cfg.resolved.get("run_id") if resume else uuid.uuid4().hex[:16]
 
         _seed_everything(cfg.run.seed)
         stages = build_stages(cfg, self.info.world_size)
         cfg = self.config = resolve(cfg, stages[0].dataset, self.info.world_size)
+        if self.run_id is not None:
+            cfg.resolved["run_id"] = self.run_id
         self.binary = cfg.resolved["binary"]
         self.plan = Plan(stages, cfg.run.max_steps)
         self.model_config = cfg.model_config()
@@ -181,7 +187,7 @@ class _Trainer:
         rng = ckpt.all_ranks_rng(self.info)
         if self.main:
             state = {
-                "format": ckpt.CHECKPOINT_FORMAT, "version": 1,
+                "format": ckpt.CHECKPOINT_FORMAT, "version": 1, "run_id": self.run_id,
                 "config": jsonio.dumps(self.config.to_dict()),
                 "model": self.raw_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -200,6 +206,7 @@ class _Trainer:
         state = ckpt.load(self.folder.last_checkpoint, map_location=self.device)
         if not isinstance(state, dict) or state.get("format") != ckpt.CHECKPOINT_FORMAT:
             raise UserError(f"{self.folder.last_checkpoint} is not a coavs training checkpoint")
+        ckpt.check_same_run(state, self.run_id, self.config, self.folder.last_checkpoint)
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
