@@ -12,6 +12,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from coavs import jsonio
 from coavs.arguments import ArgumentParser, check_arguments
 from coavs.analysis.commands import register as register_analysis
 from coavs.data.errors import DataError
-from coavs.data.splits import open_split
+from coavs.data.splits import check_same_classes, open_split
 from coavs.data.synth import CLASS_NAMES, SynthConfig, generate
 from coavs.data.verify import report_json, verify_dataset
 from coavs.devices import resolve_device
@@ -106,7 +107,7 @@ def cmd_verify(args) -> int:
     try:
         report = verify_dataset(args.root, args.kind, deep=not args.quick, workers=args.workers, limit=args.limit,
                                 progress=not args.quiet and not args.json)
-    except DataError as exc:
+    except (DataError, ValueError) as exc:
         raise UserError(str(exc)) from None
     print(report_json(report) if args.json else report.format(max_problems=args.max_problems))
     return 0 if report.ok else 1
@@ -161,11 +162,12 @@ def cmd_eval(args) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, config = load_model(args.run, device)
     if args.data:
-        config.data.root = args.data
+        config.data.root, config.data.kind = args.data, "auto"
     settings = _eval_settings(args, config)
     dataset = open_split(config, args.split)
     if len(dataset) == 0:
         raise UserError(f"the {args.split} split of {config.data.root} has no clips")
+    check_same_classes(dataset, config.resolved.get("class_names"), model.config.num_classes, config.data.root)
     rows = evaluate(model, dataset, batch_size=args.batch_size, device=device, bias=not args.no_bias,
                     max_clips=args.max_clips, seed=args.seed, precision=config.run.precision,
                     progress=not args.quiet and not args.json, **settings)
@@ -244,6 +246,21 @@ def find_benchmarks(repo: str | None = None):
     return None
 
 
+def writable_folder(path, option: str) -> Path:
+    """``path`` resolved, created if missing, and proven writable (a file is created and removed in it); a
+    :class:`UserError` naming ``option`` otherwise."""
+    folder = Path(path).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{option} {path} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".coavs-write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+    return folder
+
+
 def cmd_bench(args) -> int:
     root = find_benchmarks(args.repo)
     if root is None:
@@ -258,6 +275,7 @@ def cmd_bench(args) -> int:
     unknown = [n for n in chosen if n not in available]
     if unknown:
         raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    out = writable_folder(args.out, "--out")  # before minutes of benchmarking, not after
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     failed = []
@@ -265,7 +283,7 @@ def cmd_bench(args) -> int:
         command = [sys.executable, "-m", f"benchmarks.bench_{name}"] + (["--quick"] if args.quick else [])
         if args.device:
             command += ["--device", args.device]
-        command += ["--out", str(Path(args.out).resolve())]  # never into the source checkout by default
+        command += ["--out", str(out)]  # never into the source checkout by default
         print(f"== {' '.join(command[1:])}", flush=True)
         if subprocess.run(command, cwd=root, env=env).returncode != 0:
             failed.append(name)

@@ -13,6 +13,7 @@ from coavs.analysis.queries import analyze_queries, default_frames, parse_frame_
 from coavs.analysis.rescale import check_target
 from coavs.analysis.semantics import run_semantics
 from coavs.analysis.stats import parse_edges
+from coavs.data.splits import check_same_classes
 from coavs.devices import resolve_device
 from coavs.errors import UserError
 from coavs.eval.runner import AUDIO_CONDITIONS
@@ -36,10 +37,8 @@ def _load(args):
     dataset = open_eval_dataset(config, args.split, args.data)
     if len(dataset) == 0:
         raise _user_error(f"the {args.split} split of {args.data or config.data.root} has no clips")
-    if dataset.num_classes != model.config.num_classes:
-        raise _user_error(f"{args.data or config.data.root} has {dataset.num_classes} classes (with background), "
-                          f"the model was trained on {model.config.num_classes}: analyse it on data with the "
-                          "same label map")
+    check_same_classes(dataset, config.resolved.get("class_names"), model.config.num_classes,
+                       args.data or config.data.root)
     settings = inference_settings(config, args.mode)
     run = Path(args.run)
     out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "analysis"
