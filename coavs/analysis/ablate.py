@@ -235,10 +235,28 @@ def plan_trainings(base: dict, variants: list[Variant], steps: int, out_dir: Pat
             key = _key(config)
             if key not in runs:
                 name = variant.name.replace("/", "-")
-                runs[key] = TrainingRun(key, config, [], out_dir / "runs" / f"{name}-{key}",
-                                        seed=int(config["run"].get("seed", 0)))
+                run_dir = _existing_run_dir(out_dir, key) or out_dir / "runs" / f"{name}-{key}"
+                runs[key] = TrainingRun(key, config, [], run_dir, seed=int(config["run"].get("seed", 0)))
             runs[key].variants.append(variant)
     return list(runs.values())
+
+
+def _existing_run_dir(out_dir: Path, key: str) -> Path | None:
+    """The folder under ``<out>/runs`` that already holds the training of ``key`` (named after whichever variant
+    first needed it, perhaps in an earlier call with other variants), finished ones first; None when there is none."""
+    found = [path for path in sorted((Path(out_dir) / "runs").glob(f"*-{key}"))
+             if (path / "ablation_run.json").is_file()]
+    finished = [path for path in found if _stored_info(path).get("finished")]
+    return (finished or found or [None])[0]
+
+
+def _stored_info(run_dir: Path) -> dict:
+    """A run folder's ``ablation_run.json`` ({} when it is missing or unreadable)."""
+    try:
+        info = json.loads((run_dir / "ablation_run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _finished(run: TrainingRun) -> dict | None:
