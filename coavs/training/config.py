@@ -491,7 +491,6 @@ class TrainConfig:
         if bad:
             raise ConfigError("config values must be finite numbers: "
                               + ", ".join(f"{key}={value}" for key, value in bad[:4]))
-        check_number_ranges(to_dict(self))
         if d.split not in SPLITS:
             raise ConfigError(f"data.split must be one of {', '.join(SPLITS)}, got {d.split!r}")
         if e.split not in ("",) + SPLITS:
@@ -552,6 +551,7 @@ class TrainConfig:
             raise ConfigError(f"loss.num_points must be >= 1, got {self.loss.num_points}")
         if e.every < 0 or e.batch_size < 1:
             raise ConfigError("eval.every must be >= 0 and eval.batch_size >= 1")
+        check_number_ranges(to_dict(self))  # every other number (the checks above have the more specific messages)
         for mode in self.eval_modes():
             if mode not in INFERENCE_MODES:
                 raise ConfigError(f"eval.modes: {mode!r} is not one of {', '.join(INFERENCE_MODES)}")
