@@ -41,9 +41,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from coavs import jsonio
+from coavs.arguments import ArgumentParser, check_arguments
 from coavs.analysis.plots import figure, save
 from coavs.data.splits import open_split
 from coavs.data.synth import SynthConfig, generate
+from coavs.errors import EXIT_USER_ERROR, UserError, one_line
 from coavs.eval.gate import load_gate
 from coavs.eval.runner import evaluate
 from coavs.training.checkpoint import load_model
@@ -274,9 +277,9 @@ def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True
                  "sounding while another visible object sounds alone: lower is better.")
         table = format_summary(rows, title)
         timings["total"] = time.perf_counter() - started
-        (work / "results.json").write_text(json.dumps(
-            {"rows": rows, "per_seed": per_seed, "without_gate": summarize(ungated) if ungated else {},
-             "timings_s": timings, "train_seconds": took}, indent=2))
+        jsonio.write_json(work / "results.json",
+                          {"rows": rows, "per_seed": per_seed, "without_gate": summarize(ungated) if ungated else {},
+                           "timings_s": timings, "train_seconds": took})
         (work / "results.md").write_text(table + "\n")
         plot_summary(rows, work / "results.png")
         print()
@@ -290,23 +293,42 @@ def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True
             shutil.rmtree(work, ignore_errors=True)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coavs.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="work folder to keep (default: a temporary folder)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options, shared by ``coavs demo`` and ``python -m coavs.demo``."""
+    parser.add_argument("--out", help="work folder to keep (default: a temporary folder, removed afterwards)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds; the numbers mean nothing)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--seeds", type=int, default=1, help="train every model with seeds 0..N-1 (mean ± std)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines while the models train")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train every model with seeds 0..N-1 and report mean ± std (default 1)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"rows to run (default: {','.join(MODELS)})")
-    args = parser.parse_args(argv)
+
+
+def run_from_arguments(args) -> int:
+    """Runs the demo as ``args`` (from :func:`add_arguments`) say; a bad ``--models`` is a :class:`UserError`."""
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
-        parser.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+        raise UserError(f"--models: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}")
     return run(args.out, args.quick, args.keep, progress=not args.no_progress and sys.stderr.isatty(),
                seeds=args.seeds, models=models)
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog="python -m coavs.demo", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help exits 0; a mistake was printed as one line
+        if exc.code in (0, None):
+            raise
+        return EXIT_USER_ERROR
+    try:
+        check_arguments(args)
+        return run_from_arguments(args)
+    except UserError as exc:
+        print(f"python -m coavs.demo: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coavs import jsonio
 from coavs.analysis import plots
 from coavs.analysis.common import open_eval_dataset
 from coavs.analysis.tables import fmt, markdown_table, write_csv
@@ -249,8 +250,8 @@ def plan_trainings(base: dict, variants: list[Variant], steps: int, out_dir: Pat
             key = _key(config)
             if key not in runs:
                 name = variant.name.replace("/", "-")
-                runs[key] = TrainingRun(key, config, [], out_dir / "runs" / f"{name}-{key}",
-                                        seed=int(config["run"].get("seed", 0)))
+                run_dir = _existing_run_dir(out_dir, key) or out_dir / "runs" / f"{name}-{key}"
+                runs[key] = TrainingRun(key, config, [], run_dir, seed=int(config["run"].get("seed", 0)))
             runs[key].variants.append(variant)
     return list(runs.values())
 
@@ -267,6 +268,24 @@ def _binary_data(base: dict) -> bool:
     return kind in BINARY_KINDS
 
 
+def _existing_run_dir(out_dir: Path, key: str) -> Path | None:
+    """The folder under ``<out>/runs`` that already holds the training of ``key`` (named after whichever variant
+    first needed it, perhaps in an earlier call with other variants), finished ones first; None when there is none."""
+    found = [path for path in sorted((Path(out_dir) / "runs").glob(f"*-{key}"))
+             if (path / "ablation_run.json").is_file()]
+    finished = [path for path in found if _stored_info(path).get("finished")]
+    return (finished or found or [None])[0]
+
+
+def _stored_info(run_dir: Path) -> dict:
+    """A run folder's ``ablation_run.json`` ({} when it is missing or unreadable)."""
+    try:
+        info = json.loads((run_dir / "ablation_run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def _finished(run: TrainingRun) -> dict | None:
     """The stored timing of a finished run with the same config, or None."""
     info = run.run_dir / "ablation_run.json"
@@ -278,12 +297,17 @@ def _finished(run: TrainingRun) -> dict | None:
     return stored
 
 
+def _nan_if_none(value) -> float:
+    """A number read back from JSON, where an undefined one (NaN) is written as null."""
+    return math.nan if value is None else float(value)
+
+
 def train_one(run: TrainingRun, fresh: bool = False) -> None:
     """Train ``run``, recording the step time. A finished identical run is reused, an interrupted one resumed
     (unless ``fresh``). Ctrl-C or SIGTERM saves the run's checkpoint and raises KeyboardInterrupt."""
     stored = None if fresh else _finished(run)
     if stored is not None:
-        run.step_ms, run.seconds, run.reused = stored["step_ms"], stored["seconds"], True
+        run.step_ms, run.seconds, run.reused = _nan_if_none(stored["step_ms"]), _nan_if_none(stored["seconds"]), True
         return
     info = run.run_dir / "ablation_run.json"
     resume = (not fresh and (run.run_dir / "checkpoints" / "last.pt").is_file() and info.is_file()
@@ -308,9 +332,8 @@ def train_one(run: TrainingRun, fresh: bool = False) -> None:
     if len(gaps) > 2 * WARMUP_STEPS:
         gaps = gaps[WARMUP_STEPS - 1:]
     run.step_ms = 1e3 * statistics.median(gaps) if gaps else math.nan
-    info.write_text(json.dumps(
-        {"key": run.key, "finished": bool(summary.get("finished")), "steps": summary.get("step"),
-         "step_ms": run.step_ms, "seconds": run.seconds, "variants": [v.name for v in run.variants]}, indent=2))
+    jsonio.write_json(info, {"key": run.key, "finished": bool(summary.get("finished")), "steps": summary.get("step"),
+                             "step_ms": run.step_ms, "seconds": run.seconds, "variants": [v.name for v in run.variants]})
     if summary.get("stopped") in ("SIGINT", "SIGTERM"):
         raise KeyboardInterrupt(f"stopped during {run.run_dir.name}; run the same command again to resume")
 

@@ -192,17 +192,7 @@ class ClipDataset(Dataset):
                 break
         else:
             raise DataError(self.vggish_dir / f"{record.uid}.npy", "missing VGGish feature file (.npy or .pt)")
-        try:
-            if path.suffix == ".npy":
-                feats = np.load(path, allow_pickle=False)
-            else:
-                feats = torch.load(path, map_location="cpu", weights_only=True)
-                feats = feats.numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
-        except Exception as exc:  # np.load / torch.load raise many types for damaged files
-            raise DataError(path, f"unreadable VGGish features ({type(exc).__name__}: {exc})") from None
-        feats = np.asarray(feats, dtype=np.float32).reshape(-1, feats.shape[-1]) if feats.ndim >= 2 else feats
-        if feats.ndim != 2 or feats.shape[1] != VGGISH_DIM or feats.shape[0] == 0:
-            raise DataError(path, f"VGGish features must be [T, {VGGISH_DIM}], got {tuple(feats.shape)}")
+        feats = read_vggish_features(path)
         t = record.num_frames
         if feats.shape[0] < t:  # short clip: repeat the last second, as AVSBench's preprocessing does
             feats = np.concatenate([feats, np.repeat(feats[-1:], t - feats.shape[0], axis=0)])
@@ -366,6 +356,31 @@ class CoAVSDataset(AVSSDataset):
         sounding = torch.from_numpy(self._sounding[index])
         visible = torch.from_numpy(self._visible[index])
         return {"sounding": sounding, "visible": visible, "silent": visible & ~sounding}
+
+
+def read_vggish_features(path) -> np.ndarray:
+    """A VGGish feature file (``.npy``, or a ``.pt`` tensor) as ``[T,128] float32``. A damaged file, another shape,
+    no rows, or NaN / infinite values (as for wavs) raise :class:`DataError` naming the file."""
+    path = Path(path)
+    try:
+        if path.suffix == ".pt":
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+            feats = feats.numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
+        else:
+            feats = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(path, "missing VGGish feature file") from None
+    except Exception as exc:  # np.load / torch.load raise many types for damaged files
+        raise DataError(path, f"unreadable VGGish features ({type(exc).__name__}: {exc})") from None
+    if not np.issubdtype(np.asarray(feats).dtype, np.number):
+        raise DataError(path, f"VGGish features must be numbers, got dtype {np.asarray(feats).dtype}")
+    feats = np.asarray(feats, dtype=np.float32).reshape(-1, feats.shape[-1]) if feats.ndim >= 2 else feats
+    if feats.ndim != 2 or feats.shape[1] != VGGISH_DIM or feats.shape[0] == 0:
+        raise DataError(path, f"VGGish features must be [T, {VGGISH_DIM}], got {tuple(feats.shape)}")
+    if not np.isfinite(feats).all():
+        bad = int((~np.isfinite(feats)).sum())
+        raise DataError(path, f"the VGGish features hold NaN or infinite values ({bad} of {feats.size})")
+    return feats
 
 
 def open_dataset(root, split: str = "train", kind: str = "auto", **kwargs) -> ClipDataset:

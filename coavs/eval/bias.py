@@ -22,6 +22,7 @@ negative-audio helpers keep the shape.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -73,9 +74,10 @@ def white_noise_like(audio: Tensor, rms: float | None = None, generator: torch.G
 
 
 def _label_sets(labels: Tensor, batch: int, name: str) -> Tensor:
-    """``[B, C]`` bool class sets from ``[B]`` int class ids or ``[B, C]`` multi-hot labels."""
+    """``[B, C]`` bool class sets from ``[B]`` int class ids, ``[B, C]`` multi-hot labels, or ``[B,H,W]`` label maps
+    (the classes present, without background 0 and the ignore value 255; C = 256)."""
     if not isinstance(labels, Tensor):
-        raise TypeError(f"{name} must be a Tensor of class ids [B] or multi-hot labels [B, C]")
+        raise TypeError(f"{name} must be a Tensor of class ids [B], multi-hot labels [B, C] or label maps [B,H,W]")
     if labels.shape[0] != batch:
         raise ValueError(f"{name} must have one entry per audio item ({batch}), got shape {tuple(labels.shape)}")
     if labels.dim() == 1:
@@ -84,7 +86,16 @@ def _label_sets(labels: Tensor, batch: int, name: str) -> Tensor:
         return labels.long()[:, None]
     if labels.dim() == 2:
         return labels != 0
-    raise ValueError(f"{name} must be [B] class ids or [B, C] multi-hot, got shape {tuple(labels.shape)}")
+    if labels.dim() == 3 and not labels.is_floating_point():
+        maps = labels.long().flatten(1)
+        if bool(((maps < 0) | (maps > 255)).any()):
+            raise ValueError(f"{name} label maps must hold values in [0, 255]")
+        present = torch.zeros(batch, 256, dtype=torch.bool, device=labels.device)
+        present.scatter_(1, maps, True)
+        present[:, 0] = present[:, 255] = False  # background, not annotated
+        return present
+    raise ValueError(f"{name} must be [B] class ids, [B, C] multi-hot or [B,H,W] label maps, got shape "
+                     f"{tuple(labels.shape)}")
 
 
 def other_class_donors(labels: Tensor, pool_labels: Tensor | None = None,
@@ -314,10 +325,20 @@ class BiasEvaluator:
         with torch.no_grad():
             return sounding_pixels(self.predict(frames, audio), self.output, self.background)
 
-    def update_negative(self, frames, audio: Tensor, labels: Tensor | None = None) -> None:
-        """Runs ``predict`` once per negative kind on this batch and accumulates the false-positive rates."""
+    def update_negative(self, frames, audio: Tensor, classes: Tensor | None = None, *,
+                        labels: Tensor | None = None) -> None:
+        """Runs ``predict`` once per negative kind on this batch and accumulates the false-positive rates.
+
+        ``classes``: what each clip sounds, for ``misaligned`` audio (another clip's, of a different class): class
+        ids ``[B]``, multi-hot ``[B, C]`` or the frames' label maps ``[B,H,W]`` (the classes present). ``labels=``
+        is its former name (a FutureWarning)."""
+        if labels is not None:
+            if classes is not None:
+                raise TypeError("give classes (labels is its former name), not both")
+            warnings.warn("BiasEvaluator.update_negative(labels=...) is now classes=...", FutureWarning, stacklevel=2)
+            classes = labels
         for kind in self.kinds:
-            negative = negative_audio(kind, audio, labels, self.noise_rms, self.pool_audio, self.pool_labels,
+            negative = negative_audio(kind, audio, classes, self.noise_rms, self.pool_audio, self.pool_labels,
                                       self.generator)
             self.meters.update_negative(kind, self._sounding(frames, negative))
 

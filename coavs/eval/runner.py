@@ -133,6 +133,8 @@ def _condition_audio(condition: str, model, dataset, batch: dict, seed: int) -> 
 
 # ----------------------------------------------------------------------------------------------- running
 def _clip_indices(dataset, max_clips: int | None, distributed: bool | None) -> list[int]:
+    if max_clips is not None and (isinstance(max_clips, bool) or not isinstance(max_clips, int) or max_clips < 1):
+        raise ValueError(f"max_clips must be an int >= 1 or None (all clips), got {max_clips!r}")
     indices = list(range(len(dataset)))
     if max_clips is not None:
         indices = indices[:max_clips]

@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -58,8 +59,47 @@ SPLITS = ("train", "val", "test")
 T = TypeVar("T")
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two fixes for config files and ``--set`` values: floats written without a dot
+    (``1e-4``, ``5E3``) are numbers, as in YAML 1.2 and JSON, not strings (YAML 1.1 needs ``1.0e-4``); and a key
+    given twice in one mapping is an error (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise ConfigError(f"the key {key!r} is given twice in one mapping (lines {seen[key]} and "
+                                          f"{line}); keep one")
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeConstructor reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_implicit_resolver(  # 1e-4, -2E+3, 6e5: the exponent forms YAML 1.1 leaves as strings
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    """YAML text as Python values (see :class:`_ConfigLoader`)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _json_object(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ConfigError(f"the key(s) {', '.join(map(repr, twice))} are given twice in one object; keep one")
+    return dict(pairs)
+
+
 def read_file(path: str | Path) -> dict:
-    """A YAML (.yaml/.yml) or JSON (.json) file as a dict."""
+    """A YAML (.yaml/.yml) or JSON (.json) file as a dict (a key given twice is an error)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}" if not path.exists() else f"{path} is not a file")
@@ -71,14 +111,14 @@ def read_file(path: str | Path) -> dict:
         raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = parse_yaml(text)
         elif path.suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_json_object)
         else:
             raise ConfigError(f"config file must end in .yaml, .yml or .json: {path}")
     except (ValueError, ImportError) as exc:
         if isinstance(exc, ConfigError):
-            raise
+            raise ConfigError(f"{path}: {exc}") if str(path) not in str(exc) else exc from None
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
     except Exception as exc:  # yaml.YAMLError and friends
         problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
@@ -325,6 +365,64 @@ class RunSection:
     init_from: str | None = None  # a run folder or checkpoint whose model weights start this run (--init-from)
 
 
+# The allowed range of every number of the sections above and of ``gate`` and ``negatives`` (dotted key, list
+# items as ``[]``): (lowest, highest), None = unbounded, both ends included; lowest given as ("above", x) excludes x.
+# ``model`` and ``debias`` numbers are checked by ModelConfig and DebiasConfig. tests/training/test_config_ranges.py
+# fails on a number without a range, so a new field gets one.
+NUMBER_RANGES: dict[str, tuple] = {
+    "data.image_size": (1, None), "data.num_frames": (1, None), "data.batch_size": (1, None),
+    "data.frames_per_clip": (0, None), "data.num_workers": (0, None),
+    "loss.class_weight": (0, None), "loss.mask_weight": (0, None), "loss.dice_weight": (0, None),
+    "loss.no_object_weight": (0, None), "loss.num_points": (1, None), "loss.audio_class_weight": (0, None),
+    "optim.lr": (("above", 0), None), "optim.debias_lr_scale": (("above", 0), None), "optim.weight_decay": (0, None),
+    "optim.betas[]": (0, ("below", 1)), "optim.backbone_lr_scale": (0, None), "optim.warmup_steps": (0, None),
+    "optim.grad_clip": (0, None),
+    "stages[].epochs": (1, None), "stages[].lr_scale": (0, None),
+    "eval.every": (0, None), "eval.batch_size": (1, None), "eval.max_clips": (1, None),
+    "run.seed": (0, None), "run.max_steps": (1, None), "run.log_every": (1, None), "run.checkpoint_every": (0, None),
+    "run.threads": (1, None),
+    "gate.threshold": (0, 1), "gate.keep": (("above", 0), 1), "gate.max_clips": (1, None),
+    "negatives.ratio": (0, 8),
+}
+
+
+def _numbers(data, where: str = ""):
+    """(dotted key with list items as ``[]``, the item's own key, value) of every int or float in ``data``."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _numbers(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            for pattern, key, number in _numbers(value, f"{where}[{i}]"):
+                yield pattern.replace(f"{where}[{i}]", f"{where}[]", 1), key, number
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        yield where, where, data
+
+
+def _out_of_range(value, low, high) -> str | None:
+    """What is wrong with ``value`` for the range (low, high) of :data:`NUMBER_RANGES`, or None."""
+    if low is not None:
+        above = isinstance(low, tuple)
+        bound = low[1] if above else low
+        if value < bound or (above and value == bound):
+            return f"must be {'>' if above else '>='} {bound}"
+    if high is not None:
+        below = isinstance(high, tuple)
+        bound = high[1] if below else high
+        if value > bound or (below and value == bound):
+            return f"must be {'<' if below else '<='} {bound}"
+    return None
+
+
+def check_number_ranges(data: dict) -> None:
+    """Raises :class:`ConfigError` naming the first number outside its :data:`NUMBER_RANGES` range."""
+    for pattern, key, value in _numbers({k: v for k, v in data.items() if k not in ("model", "debias", "resolved")}):
+        bounds = NUMBER_RANGES.get(pattern)
+        problem = _out_of_range(value, *bounds) if bounds is not None else None
+        if problem:
+            raise ConfigError(f"{key} {problem}, got {value}")
+
+
 # Keys that may differ between a run and its resumption (they do not change what is computed).
 _RESUMABLE_CHANGES = ("run.progress", "run.log_every", "run.checkpoint_every", "run.threads", "data.num_workers",
                       "data.pin_memory", "data.cache_dir", "resolved")
@@ -515,6 +613,11 @@ class TrainConfig:
             raise ConfigError(f"run.max_steps must be >= 1, got {r.max_steps}")
         if not isinstance(r.compile, (bool, str)):
             raise ConfigError(f"run.compile must be true, false or a torch.compile backend name, got {r.compile!r}")
+        if isinstance(r.compile, str):
+            backends = torch.compiler.list_backends(exclude_tags=())  # imports torch._dynamo (seconds) when asked
+            if r.compile not in backends:
+                raise ConfigError(f"run.compile must be true, false or a torch.compile backend such as inductor, "
+                                  f"aot_eager or eager (see torch.compiler.list_backends()), got {r.compile!r}")
         if r.threads is not None and r.threads != "auto" and (not isinstance(r.threads, int) or r.threads < 1):
             raise ConfigError(f"run.threads must be >= 1, 'auto' or null, got {r.threads!r}")
         if r.log_every < 1 or r.checkpoint_every < 0:
@@ -525,6 +628,7 @@ class TrainConfig:
             raise ConfigError("eval.every must be >= 0 and eval.batch_size >= 1")
         if e.protocol not in EVAL_PROTOCOLS:
             raise ConfigError(f"eval.protocol must be {' or '.join(EVAL_PROTOCOLS)}, got {e.protocol!r}")
+        check_number_ranges(to_dict(self))  # every other number (the checks above have the more specific messages)
         for mode in self.eval_modes():
             try:
                 check_mode(mode)
@@ -563,7 +667,7 @@ def apply_overrides(data: dict, overrides) -> dict:
                 raise ConfigError(f"override {text!r} must look like section.key=value")
             key, value = text.split("=", 1)
             try:
-                parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else ""))
+                parsed.append((key.strip(), parse_yaml(value) if value.strip() else ""))
             except yaml.YAMLError as exc:
                 raise ConfigError(f"override {text!r}: cannot parse the value ({exc})") from None
         items = parsed

@@ -28,6 +28,7 @@ import json
 import random
 import signal
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from coavs.data.loader import make_loader
+from coavs import jsonio
 from coavs.data.splits import is_binary, open_split
 from coavs.errors import UserError
 from coavs.inference.batches import collate_frames, select_frames, to_device
@@ -120,11 +122,16 @@ class _Trainer:
                     stored.data, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory,
                     cache_dir=cfg.data.cache_dir))
             cfg = self.config = stored
+        # Which run this folder holds: config.json and every checkpoint carry it, so a checkpoint copied in from
+        # another run folder is refused on resume instead of mixing the two runs.
+        self.run_id = cfg.resolved.get("run_id") if resume else uuid.uuid4().hex[:16]
 
         cfg = self.config = prepare_segmenter(cfg)  # hf_mask2former: the checkpoint's sizes and preprocessing
         _seed_everything(cfg.run.seed)
         stages = build_stages(cfg, self.info.world_size)
         cfg = self.config = resolve(cfg, stages[0].dataset, self.info.world_size)
+        if self.run_id is not None:
+            cfg.resolved["run_id"] = self.run_id
         self.binary = cfg.resolved["binary"]
         self.plan = Plan(stages, cfg.run.max_steps)
         self.model_config = cfg.model_config()
@@ -191,8 +198,8 @@ class _Trainer:
         rng = ckpt.all_ranks_rng(self.info)
         if self.main:
             state = {
-                "format": ckpt.CHECKPOINT_FORMAT, "version": 1,
-                "config": json.dumps(self.config.to_dict()),
+                "format": ckpt.CHECKPOINT_FORMAT, "version": 1, "run_id": self.run_id,
+                "config": jsonio.dumps(self.config.to_dict()),
                 "model": self.raw_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -210,6 +217,7 @@ class _Trainer:
         state = ckpt.load(self.folder.last_checkpoint, map_location=self.device)
         if not isinstance(state, dict) or state.get("format") != ckpt.CHECKPOINT_FORMAT:
             raise UserError(f"{self.folder.last_checkpoint} is not a coavs training checkpoint")
+        ckpt.check_same_run(state, self.run_id, self.config, self.folder.last_checkpoint)
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         base_lrs = list(self.scheduler.base_lrs)
@@ -232,7 +240,7 @@ class _Trainer:
                 records = self.folder.read(name)
                 kept = [r for r in records if r.get("step", 0) <= self.step]
                 if len(kept) != len(records):
-                    (self.folder.root / name).write_text("".join(json.dumps(r) + "\n" for r in kept))
+                    (self.folder.root / name).write_text("".join(jsonio.dumps(r) + "\n" for r in kept))
 
     # -------------------------------------------------------------------------------------- logging
     def say(self, message: str) -> None:
@@ -416,7 +424,7 @@ class _Trainer:
         if self.main:
             self.folder.log({"event": "done" if finished else "stopped", "step": self.step, "reason": reason,
                              "time": time.time()})
-            (self.folder.root / "summary.json").write_text(json.dumps(summary, indent=2))
+            jsonio.write_json(self.folder.root / "summary.json", summary)
         if finished:
             self.say(f"done: {self.step} steps in {seconds:.1f} s -> {self.folder.root}")
         else:
@@ -520,6 +528,7 @@ def train(config, run_dir, resume: bool = False, max_steps: int | None = None,
     threads = torch.get_num_threads()
     info = dist_utils.setup(config.run.device)
     lock = RunLock(run_dir) if info.is_main else None  # one run per folder, for the run's whole life
+    trainer = None
     try:
         if lock is not None:
             lock.acquire()
@@ -533,6 +542,7 @@ def train(config, run_dir, resume: bool = False, max_steps: int | None = None,
             lock.release()
         torch.set_num_threads(threads)  # run.threads applies to the run only
         if not was_initialised:
+            del trainer  # its DDP model holds the process group, which must end before the interpreter does
             dist_utils.teardown()
 
 
