@@ -225,8 +225,9 @@ class DataSection:
     markers`` writes them, :mod:`coavs.data.markers` reads them). The model then takes every frame's markers
     from them, in training and evaluation, instead of its learned classifier and k-means (``markers`` is unused;
     the classifier gets no loss). Its ``markers.json`` sets the defaults of ``model.num_audio_classes`` and
-    ``model.num_clusters`` (without one, set both: their sum is the files' width); the biased branch shares
-    the vanilla branch's markers (``model.biased_queries: shared``, as the reference code does); teacher
+    ``model.num_clusters`` (without one, set both: their sum is the files' width); the biased branch activates
+    every marker-owned query (``model.biased_queries: all``, the default) or shares the files' markers
+    (``shared``, as the reference code does; ``own`` needs the classifier the files replace); teacher
     forcing (``loss.teacher_forcing``) still makes the ground-truth classes' markers present in training.
     The ``gate`` and ``negatives`` sections, which read the model's own classifier, cannot be combined with it.
     """
@@ -471,7 +472,7 @@ class TrainConfig:
         other ``model`` keys; ``audio_input`` defaults to ``data.audio``; ``num_classes`` (the dataset's) fills
         ``num_classes`` and ``num_audio_classes`` = K − 1 (a class marker per class) when the config does not
         set them. ``marker_layout`` ``(C, M)`` (of ``data.marker_files``) fills ``num_audio_classes`` and
-        ``num_clusters`` first; with marker files the biased branch shares the vanilla markers. ``binary``
+        ``num_clusters`` first; with marker files ``biased_queries`` may not be ``own``. ``binary``
         (S4/MS3) makes ``target_markers`` default to ``any`` (the foreground may go to the queries of any present
         marker, class or cluster; :mod:`coavs.models.config`)."""
         fields = dict(self.model)
@@ -480,9 +481,10 @@ class TrainConfig:
         preset = fields.pop("preset", None)
         fields.setdefault("audio_input", self.data.audio)
         if self.data.marker_files:
-            if fields.setdefault("biased_queries", "shared") != "shared":
+            if fields.get("biased_queries") == "own":
                 raise ConfigError("model.biased_queries own perceives the biased branch's markers with the model's "
-                                  "classifier; with data.marker_files it must be shared (the reference code's way)")
+                                  "classifier; with data.marker_files use all (every marker-owned query, the "
+                                  "default) or shared (the files' markers, the reference code's way)")
             if marker_layout is not None:
                 fields.setdefault("num_audio_classes", marker_layout[0])
                 fields.setdefault("num_clusters", marker_layout[1])
@@ -565,7 +567,8 @@ class TrainConfig:
         if d.num_frames is not None and d.num_frames < 1:
             raise ConfigError(f"data.num_frames must be >= 1 or null (as stored), got {d.num_frames}")
         if d.marker_files is not None and not d.marker_files:
-            raise ConfigError("data.marker_files must be a folder of per-clip marker files (`coavs markers`) or null")
+            raise ConfigError("data.marker_files must name the folder of per-clip marker files that `coavs markers` "
+                              "wrote (--set data.marker_files=DIR), or be null for learned markers")
         if d.marker_files and self.gate.mode != "none":
             raise ConfigError("gate.mode needs the model's own audio classifier; data.marker_files replaces it "
                               "(set gate.mode: none)")

@@ -119,7 +119,7 @@ def test_training_and_evaluation_read_the_marker_files(space, marker_folder, tmp
     assert len(seen) == 2 and all(s is not None and s.shape[1] == 7 for s in seen)
     model, resolved = load_model(tmp_path / "run")
     assert (model.config.num_audio_classes, model.config.num_clusters) == (4, 3)
-    assert model.config.biased_queries == "shared"
+    assert model.config.biased_queries == "all"  # audio-free: the files only prompt the vanilla branch
 
     monkeypatch.setattr(AVSModel, "forward", forward)
     dataset = open_dataset(data, "test", marker_dir=marker_folder)
@@ -191,7 +191,7 @@ def test_markers_needs_a_model(space, capsys):
     ({"data": {"marker_files": "{root}/nowhere"}}, "data.marker_files: folder not found"),
     ({"data": {"marker_files": "{markers}"}, "gate": {"mode": "any"}}, "gate.mode needs the model's own"),
     ({"data": {"marker_files": "{markers}"}, "negatives": {"ratio": 0.5}}, "negatives train the model's own"),
-    ({"data": {"marker_files": "{markers}"}, "model": {"biased_queries": "own"}}, "it must be shared"),
+    ({"data": {"marker_files": "{markers}"}, "model": {"biased_queries": "own"}}, "use all (every marker-owned"),
     ({"data": {"marker_files": "{markers}"}, "model": {"num_clusters": 5}}, "holds 4 class + 3 cluster markers"),
     ({"data": {"marker_files": "{bare}"}}, "has no markers.json; set model.num_audio_classes"),
 ])
