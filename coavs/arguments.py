@@ -10,7 +10,8 @@
   (:data:`OPTION_RULES`): counts such as ``--max-clips``, ``--limit``, ``--batch-size``, ``--workers``,
   ``--steps`` or ``--seeds`` must be >= 1 (a negative count would be a Python slice that silently drops clips;
   zero would average nothing), fractions must lie in their range, ``--device`` must name a device. A new command
-  that reuses an option name gets its rule for free; a new kind of option adds a line to the table.
+  that reuses an option name gets its rule for free; a new kind of option adds a line to the table (every number
+  option of every command has a rule: ``tests/cli/test_arguments.py``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def _kept_share(value) -> str | None:
     return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
 
 
+def _window_seconds(value) -> str | None:
+    return None if 0.0 < value <= 30.0 else "must be in (0, 30] seconds"
+
+
 def _device(value) -> str | None:
     try:
         check_device_name(value)
@@ -66,10 +71,11 @@ def _device(value) -> str | None:
 OPTION_RULES: dict[str, Callable[[object], str | None]] = {
     **dict.fromkeys(("max_clips", "limit", "batch_size", "workers", "steps", "seeds", "clusters", "iters",
                      "max_steps", "examples", "max_markers", "clips", "frames", "size", "sample_rate"), _count),
-    **dict.fromkeys(("seed", "max_problems", "alpha"), _non_negative),
-    **dict.fromkeys(("silent_prob", "eval_silent_prob"), _probability),
+    **dict.fromkeys(("seed", "max_problems", "alpha", "hubert_layer"), _non_negative),
+    **dict.fromkeys(("silent_prob", "eval_silent_prob", "threshold"), _probability),
     "min_instance_fraction": _open_fraction,
     "keep": _kept_share,
+    "window": _window_seconds,
 }
 NAME_RULES: dict[str, Callable[[str], str | None]] = {"device": _device}
 

@@ -60,6 +60,14 @@ def test_the_parser_walk_finds_the_commands_and_options():
     assert {("eval",), ("gate",), ("predict",), ("analyze", "queries"), ("ablate",)} <= set(DEVICE_CASES)
 
 
+def test_every_number_option_of_every_command_has_a_rule():
+    """A new int/float option gets a line in OPTION_RULES (its range), so no command takes a number unchecked."""
+    missing = sorted({f"coavs {' '.join(words)} {option_name(action.dest)}" for words, parser in COMMANDS
+                      for action in parser._actions if action.option_strings and action.type in (int, float)
+                      and action.dest not in OPTION_RULES})
+    assert not missing, f"numeric options without a rule in coavs/arguments.py OPTION_RULES: {missing}"
+
+
 @pytest.mark.parametrize("words, dest, bad", COUNT_CASES, ids=lambda x: x if isinstance(x, str) else " ".join(x))
 def test_counts_and_ranges_are_refused_on_every_command(words, dest, bad, capsys):
     parser = dict(COMMANDS)[words]

@@ -13,7 +13,8 @@ import yaml
 from coavs.cli import build_parser, find_benchmarks, main
 from tests.support.tiny_run import make_tiny_set, tiny_config
 
-SUBCOMMANDS = ("info", "synth", "verify", "fit-markers", "train", "eval", "gate", "predict", "bench", "demo")
+SUBCOMMANDS = ("info", "synth", "verify", "features", "markers", "fit-markers", "train", "eval", "gate", "predict",
+               "analyze", "ablate", "bench", "demo")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
