@@ -9,6 +9,7 @@ option name that every command inherits).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coavs import jsonio
 from coavs.errors import UserError, one_line
 from coavs.models import AVSModel, build_model
 from coavs.training.config import ConfigError, TrainConfig, config_differences
@@ -192,6 +193,14 @@ def load_model(run_dir_or_checkpoint, device="cpu"):
 _FREE_MODEL_KEYS = ("biased_queries", "marker_threshold", "dormant_gate", "soft_gate", "diffusion_steps", "dropout")
 
 
+def _difference(key: str, theirs, mine) -> str:
+    """``key``'s two values for a message; of two dicts (a transformers config) only the keys that differ."""
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        keys = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
+        return f"{key} differs in {', '.join(keys[:6])}"
+    return f"{key} {theirs!r} there, {mine!r} here"
+
+
 def initialise_from(model: AVSModel, config: TrainConfig, source) -> Path:
     """Loads the model weights (markers included) of the run folder or checkpoint ``source`` into ``model``, the
     model of the resolved ``config`` (``run.init_from``). The two models must agree on every weight-bearing
@@ -205,10 +214,11 @@ def initialise_from(model: AVSModel, config: TrainConfig, source) -> Path:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"run.init_from: {path} is not a coavs training checkpoint")
     stored = TrainConfig.from_dict(json.loads(state["config"]))
-    mine, theirs = config.model_config().to_dict(), stored.model_config().to_dict()
+    # compared as stored (JSON): a transformers config's integer id2label keys come back from JSON as strings
+    mine, theirs = (json.loads(jsonio.dumps(c.model_config().to_dict())) for c in (config, stored))
     differ = [k for k in mine if k not in _FREE_MODEL_KEYS and mine[k] != theirs.get(k)]
     if differ:
-        shown = ", ".join(f"model.{k} {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ[:4])
+        shown = ", ".join(_difference(f"model.{k}", theirs.get(k), mine[k]) for k in differ[:4])
         raise ConfigError(f"run.init_from: {source} was trained with another model ({shown})")
     names, their_names = config.resolved.get("class_names"), stored.resolved.get("class_names")
     if names is not None and their_names is not None and list(names) != list(their_names):

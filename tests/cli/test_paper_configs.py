@@ -126,6 +126,22 @@ def test_paper_config_trains_vanilla_then_debias_and_evaluates(kind, released, t
         assert 0.0 <= rows[mode]["miou"] <= 1.0 and 0.0 <= rows[mode]["fscore"] <= 1.0
 
 
+def test_the_recipe_as_two_runs_with_init_from(released, tmp_path, capsys):
+    """docs/reproduce.md's other way: the vanilla stage alone, then the debias stage from it (``--init-from``)."""
+    base = [REPO / "configs" / "paper" / "s4.yaml", *_overrides("s4", released)]
+    code, _, err = run_cli(["train", *base, "--out", tmp_path / "vanilla", "--set",
+                            "stages=[{name: vanilla, epochs: 1, debias: false}]"], capsys)
+    assert code == 0, err
+    assert not any("debias/mask" in r for r in _steps(tmp_path / "vanilla"))
+    code, _, err = run_cli(["train", *base, "--init-from", tmp_path / "vanilla", "--out", tmp_path / "debias",
+                            "--set", "stages=[{name: debias, epochs: 1, debias: true}]"], capsys)
+    assert code == 0, err
+    steps = _steps(tmp_path / "debias")
+    assert steps and all("debias/mask" in r for r in steps)
+    vanilla_lr = _steps(tmp_path / "vanilla")[0]["lr"]
+    assert steps[0]["lr"] == pytest.approx(_paper_config("s4")["optim"]["debias_lr_scale"] * vanilla_lr)
+
+
 def test_a_paper_config_without_marker_files_says_how_to_give_them_or_switch(released, tmp_path, capsys):
     data, vggish, _ = released["s4"]
     code, _, err = run_cli(["train", REPO / "configs" / "paper" / "s4.yaml", "--out", tmp_path / "run",
