@@ -210,7 +210,7 @@ def _backward_dq_kernel(
     tile_counts_ptr, tile_blocks_ptr, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
     sgb, sgh, sgm, sgd, queries, heads, head_dim, blocks, tiles, height, width, patches_x, scale, scale_log2,
     PH: tl.constexpr, R: tl.constexpr, BLOCK_D: tl.constexpr, HG: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr,
 ):
     b = (tl.program_id(0) // tiles).to(tl.int64)
     t = tl.program_id(0) % tiles
@@ -232,21 +232,79 @@ def _backward_dq_kernel(
             delta = tl.where(good, delta, 0.0)
             k_base = k_ptr + b * skb + head * skh
             v_base = v_ptr + b * svb + head * svh
-            dq_t = tl.zeros([BLOCK_D, R], ACC)
-            for i in range(0, n_total):
-                kb = tl.minimum(tl.maximum(tl.load(list_base + i), 0), blocks - 1)
-                key, valid = _block(kb, dy, dx, height, width, patches_x, PH)
-                lanes = tl.load(block_bits_ptr + (b * queries + rows) * blocks + kb, mask=good & (i >= n_full),
-                                other=-1)
-                k, k_bad = _load_keys(k_base, key, valid, skn, skd, dims, dim_ok)
-                v, v_bad = _load_keys(v_base, key, valid, svn, svd, dims, dim_ok)
-                seen = _lanes_seen(lanes, valid) & good[None, :]
-                p_t, ds_t = _grad_step(k, v, q, d_out, lse2, delta, seen, scale_log2, ACC, PRECISION, UPCAST)
-                dq_t += _dot(tl.trans(k), ds_t.to(k.dtype), PRECISION, UPCAST).to(ACC)
-            dq = tl.where(good[None, :], dq_t * scale, float("nan"))
-            dq = tl.where(member[None, :], dq, 0.0)
-            tl.store(dq_ptr + row[:, None] * head_dim + dims[None, :], tl.trans(dq).to(dq_ptr.dtype.element_ty),
-                     mask=in_range[:, None] & dim_ok[None, :])
+            if SPLIT:
+                _dq_halves(q_ptr, do_ptr, dq_ptr, block_bits_ptr, k_base, v_base, list_base, b, head, rows, in_range,
+                           member, good, lse2, delta, n_full, n_total, dy, dx, sqb, sqh, sqm, sqd, skn, skd, svn, svd,
+                           sgb, sgh, sgm, sgd, queries, heads, head_dim, blocks, height, width, patches_x, scale,
+                           scale_log2, PH, R, BLOCK_D // 2, ACC, PRECISION, UPCAST)
+            else:
+                dq = tl.zeros([R, BLOCK_D], ACC)
+                for i in range(0, n_total):
+                    kb = tl.minimum(tl.maximum(tl.load(list_base + i), 0), blocks - 1)
+                    key, valid = _block(kb, dy, dx, height, width, patches_x, PH)
+                    lanes = tl.load(block_bits_ptr + (b * queries + rows) * blocks + kb, mask=good & (i >= n_full),
+                                    other=-1)
+                    seen = _lanes_seen(lanes, valid) & good[None, :]
+                    # v first and done with before k: fewer tiles live at once
+                    v, v_bad = _load_keys(v_base, key, valid, svn, svd, dims, dim_ok)
+                    dp_t = _dot(v, tl.trans(d_out), PRECISION, UPCAST).to(ACC)
+                    k, k_bad = _load_keys(k_base, key, valid, skn, skd, dims, dim_ok)
+                    s_t = (_dot(k, tl.trans(q), PRECISION, UPCAST) * scale_log2).to(ACC)
+                    p_t = tl.where(seen, tl.exp2(s_t - lse2[None, :]), 0.0)
+                    ds_t = tl.where(seen, p_t * (dp_t - delta[None, :]), 0.0)
+                    dq += _dot(tl.trans(ds_t.to(k.dtype)), k, PRECISION, UPCAST).to(ACC)
+                _store_dq(dq_ptr, dq, (b * heads + head) * queries + rows, dims, dim_ok, good, member, in_range,
+                          head_dim, scale)
+
+
+@triton.jit
+def _store_dq(dq_ptr, dq, row, dims, dim_ok, good, member, in_range, head_dim, scale):
+    dq = tl.where(good[:, None], dq * scale, float("nan"))
+    dq = tl.where(member[:, None], dq, 0.0)
+    tl.store(dq_ptr + row[:, None] * head_dim + dims[None, :], dq.to(dq_ptr.dtype.element_ty),
+             mask=in_range[:, None] & dim_ok[None, :])
+
+
+@triton.jit
+def _dq_halves(q_ptr, do_ptr, dq_ptr, block_bits_ptr, k_base, v_base, list_base, b, head, rows, in_range, member,
+               good, lse2, delta, n_full, n_total, dy, dx, sqb, sqh, sqm, sqd, skn, skd, svn, svd, sgb, sgh, sgm, sgd,
+               queries, heads, head_dim, blocks, height, width, patches_x, scale, scale_log2, PH: tl.constexpr,
+               R: tl.constexpr, HALF: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+               UPCAST: tl.constexpr):
+    """The dq pass's loop with the head dimension in two halves (float32 at dh > 32: IEEE products hold each
+    operand whole per thread, and the whole-width tiles spilled registers on sm_90)."""
+    lo = tl.arange(0, HALF)
+    hi = HALF + tl.arange(0, HALF)
+    lo_ok = lo < head_dim
+    hi_ok = hi < head_dim
+    q_rows = q_ptr + b * sqb + head * sqh + rows[:, None] * sqm
+    g_rows = do_ptr + b * sgb + head * sgh + rows[:, None] * sgm
+    q_lo = tl.load(q_rows + lo[None, :] * sqd, mask=good[:, None] & lo_ok[None, :], other=0.0)
+    q_hi = tl.load(q_rows + hi[None, :] * sqd, mask=good[:, None] & hi_ok[None, :], other=0.0)
+    g_lo = tl.load(g_rows + lo[None, :] * sgd, mask=good[:, None] & lo_ok[None, :], other=0.0)
+    g_hi = tl.load(g_rows + hi[None, :] * sgd, mask=good[:, None] & hi_ok[None, :], other=0.0)
+    dq_lo = tl.zeros([R, HALF], ACC)
+    dq_hi = tl.zeros([R, HALF], ACC)
+    for i in range(0, n_total):
+        kb = tl.minimum(tl.maximum(tl.load(list_base + i), 0), blocks - 1)
+        key, valid = _block(kb, dy, dx, height, width, patches_x, PH)
+        lanes = tl.load(block_bits_ptr + (b * queries + rows) * blocks + kb, mask=good & (i >= n_full), other=-1)
+        seen = _lanes_seen(lanes, valid) & good[None, :]
+        v_lo, v_bad = _load_keys(v_base, key, valid, svn, svd, lo, lo_ok)
+        dp_t = _dot(v_lo, tl.trans(g_lo), PRECISION, UPCAST).to(ACC)
+        v_hi, v_bad = _load_keys(v_base, key, valid, svn, svd, hi, hi_ok)
+        dp_t += _dot(v_hi, tl.trans(g_hi), PRECISION, UPCAST).to(ACC)
+        k_lo, k_bad = _load_keys(k_base, key, valid, skn, skd, lo, lo_ok)
+        k_hi, k_bad = _load_keys(k_base, key, valid, skn, skd, hi, hi_ok)
+        s_t = _dot(k_lo, tl.trans(q_lo), PRECISION, UPCAST).to(ACC)
+        s_t = (s_t + _dot(k_hi, tl.trans(q_hi), PRECISION, UPCAST).to(ACC)) * scale_log2
+        p_t = tl.where(seen, tl.exp2(s_t - lse2[None, :]), 0.0)
+        ds = tl.trans(tl.where(seen, p_t * (dp_t - delta[None, :]), 0.0)).to(k_lo.dtype)
+        dq_lo += _dot(ds, k_lo, PRECISION, UPCAST).to(ACC)
+        dq_hi += _dot(ds, k_hi, PRECISION, UPCAST).to(ACC)
+    row = (b * heads + head) * queries + rows
+    _store_dq(dq_ptr, dq_lo, row, lo, lo_ok, good, member, in_range, head_dim, scale)
+    _store_dq(dq_ptr, dq_hi, row, hi, hi_ok, good, member, in_range, head_dim, scale)
 
 
 @triton.jit(do_not_specialize=_SIZES)
@@ -316,32 +374,47 @@ def _configs(pairs):
 
 
 CONFIGS = _configs([(4, 1), (4, 2), (4, 3), (8, 2), (8, 3)])
-DEFAULT_CONFIG = {"num_warps": 4, "num_stages": 2}
 KEY = ["BLOCK_D", "HG", "PH"]  # with the tensors' dtypes: a new B, Q or N never re-benchmarks
 _TUNERS: dict = {}
 BEST: dict = {}  # (kernel, key) -> the autotuned config, for launches during CUDA-graph capture
 
 
+def default_config(name: str, dtype: torch.dtype, block_d: int) -> dict:
+    """The launch options when not autotuning, chosen so that no default launch spills on sm_80/sm_90
+    (benchmarks/compile_check.py): float16/bfloat16 products run on tensor cores with 4 warps (8 from a head
+    dimension of 64 up, and there the dk/dv pass unpipelined on sm_80, where it spilled 8 B); float32 ones are IEEE
+    FMAs whose operands each thread holds whole: 8 warps, no software pipelining (its buffers spilled up to 60 B
+    at dh=64), and ``maxnreg=255`` (the hardware limit) so that ptxas does not cap them lower."""
+    if dtype in (torch.float16, torch.bfloat16):
+        if block_d < 64:
+            return {"num_warps": 4, "num_stages": 2}
+        return {"num_warps": 8, "num_stages": 1 if name == "backward_dkv" and _arch() < 90 else 2}
+    return {"num_warps": 8, "num_stages": 1, "maxnreg": 255}
+
+
 class SharedMemoryPrune:
-    """``early_config_prune``: drops the configs whose shared memory would exceed one block's limit on this device.
-    Upper bound in bytes (checked against every compiled config by ``benchmarks/compile_check.py``):
-    ``num_stages · 2·64·D·4`` (the pipelined k and v tiles) ``+ 64·D·4 + 2·(64 + D)·R·4 + 2048``."""
+    """``early_config_prune`` (and the check of the default config): drops the configs whose shared memory would
+    exceed one block's limit on this device, raising a clear error when none fits. Upper bound in bytes, fitted
+    to and checked against every compiled config by ``benchmarks/compile_check.py`` (it hardly depends on the
+    stages: the pipelined tiles are small next to the layout conversions of the ``[64, R]`` and ``[64, D]`` tiles):
+    ``4·D·(64 + R)·element size + 1024·num_stages + 4096``."""
 
     def __init__(self, kernel: str):
         self.kernel = kernel
 
-    def estimate(self, config, nargs: dict, kwargs: dict) -> int:
-        block_d, rows = kwargs["BLOCK_D"], kwargs["R"]
-        return (max(1, config.num_stages) * 2 * 64 * block_d * 4 + 64 * block_d * 4
-                + 2 * (64 + block_d) * rows * 4 + 2048)
+    @staticmethod
+    def estimate(config, nargs: dict, kwargs: dict) -> int:
+        element = nargs["q_ptr"].element_size()
+        return 4 * kwargs["BLOCK_D"] * (64 + kwargs["R"]) * element + 1024 * max(1, config.num_stages) + 4096
 
     def __call__(self, configs, nargs, **kwargs):
         device = nargs["q_ptr"].device
         limit = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
         kept = [c for c in configs if self.estimate(c, nargs, kwargs) <= limit]
         if not kept:
-            raise ValueError(f"masked_cross_attention: no {self.kernel} config fits this GPU's {limit} bytes of "
-                             f"shared memory at BLOCK_D={kwargs['BLOCK_D']}")
+            raise ValueError(f"masked_cross_attention: the {self.kernel} kernel needs more than this GPU's {limit} "
+                             f"bytes of shared memory at head dim {nargs['head_dim']} in {nargs['q_ptr'].dtype}; "
+                             "use float16/bfloat16 or a smaller head dim")
         return kept
 
 
@@ -351,14 +424,17 @@ def _capturing() -> bool:
 
 def _launch(name, kernel, grid, args, constants):
     """Under the interpreter: as is. On a GPU: autotuned over ``CONFIGS`` once per ``KEY`` (and dtypes), never
-    while a CUDA graph is being captured (then the tuned config if there is one, else ``DEFAULT_CONFIG``);
-    ``COAVS_TRITON_AUTOTUNE=0``: ``DEFAULT_CONFIG`` always."""
+    while a CUDA graph is being captured (then the tuned config if there is one, else :func:`default_config`);
+    ``COAVS_TRITON_AUTOTUNE=0``: :func:`default_config` always."""
     if _interpreting():
         kernel[grid](*args, **constants)
         return
     key = (name,) + tuple(constants[k] for k in KEY) + (str(args[0].dtype),)
     if os.environ.get("COAVS_TRITON_AUTOTUNE", "1") == "0" or _capturing():
-        kernel[grid](*args, **constants, **BEST.get(key, DEFAULT_CONFIG))
+        config = BEST.get(key) or default_config(name, args[0].dtype, constants["BLOCK_D"])
+        SharedMemoryPrune(name)([triton.Config({}, num_warps=config["num_warps"], num_stages=config["num_stages"])],
+                                {"q_ptr": args[0], "head_dim": args[0].shape[3]}, **constants)
+        kernel[grid](*args, **constants, **config)
         return
     if name not in _TUNERS:
         _TUNERS[name] = triton.autotune(CONFIGS, key=KEY,
@@ -378,6 +454,13 @@ def _multiprocessors(device) -> int:
         return int(triton.runtime.driver.active.utils.get_device_properties(index)["multiprocessor_count"])
     except Exception:  # noqa: BLE001 - a driver without the property: assume an H100
         return 132
+
+
+def _arch() -> int:
+    """The compile target's architecture (90 for sm_90); 0 under the interpreter."""
+    if _interpreting():
+        return 0
+    return int(triton.runtime.driver.active.get_current_target().arch)
 
 
 def head_groups(programs: int, heads: int, multiprocessors: int) -> tuple[int, int]:
@@ -440,10 +523,14 @@ def masked_cross_attention_backward(grad_out, q, k, v, out, lse, block_bits, row
     sizes = (queries, heads, head_dim, blocks, tiles, height, width, patches_x, scale, scale * LOG2E)
     groups, per_program = head_groups(batch * tiles, heads, multiprocessors)
     constants = dict(_constants(q, height, width, rows_per_tile), HG=per_program)
+    # float32 from dh=64 on sm_90: the dq loop in two halves of the head dimension (whole, it spilled 16-28 B; on
+    # sm_80 the halves spill and the whole does not)
+    split = q.dtype == torch.float32 and constants["BLOCK_D"] >= 64 and _arch() >= 90
     _launch("backward_dq", _backward_dq_kernel, (batch * tiles, groups),
-            (q, k, v, grad_out, out, lse, delta, dq, *common, tile_counts, tile_blocks, *strides, *sizes), constants)
+            (q, k, v, grad_out, out, lse, delta, dq, *common, tile_counts, tile_blocks, *strides, *sizes),
+            dict(constants, SPLIT=split))
     groups, per_program = head_groups(batch * blocks, heads, multiprocessors)
-    constants = dict(constants, HG=per_program)
+    constants = dict(constants, HG=per_program)  # SPLIT is the dq pass's only
     _launch("backward_dkv", _backward_dkv_kernel, (batch * blocks, groups),
             (q, k, v, grad_out, lse, delta, dk, dv, *common, block_counts, block_tiles, *strides, *sizes), constants)
     return dq, dk, dv

@@ -25,6 +25,7 @@ BLOCK_KEYS = 64
 ROW_BLOCK = 16  # rows per program of the rows kernel
 BLOCK_CHUNK = 64  # key blocks per step of the lists kernel
 NOT_WORKING = 1 << 48  # coavs.ops.attention_plan.NOT_WORKING
+_NOT_WORKING = tl.constexpr(NOT_WORKING)  # the same, for the kernels
 PATCH_HEIGHTS = (8, 4, 16, 2, 1)  # coavs.ops.attention_plan.PATCH_HEIGHTS
 _SIZES = ["queries", "words", "height", "width", "patches_x", "blocks", "tiles"]
 
@@ -99,7 +100,7 @@ def _plan_rows_kernel(bits_ptr, active_ptr, block_bits_ptr, sort_key_ptr, querie
         code |= ((grid_y >> bit_index) & 1) << (2 * bit_index + 1)
         code |= ((grid_x >> bit_index) & 1) << (2 * bit_index)
     index = rows.to(tl.int64)
-    sort_key = tl.where(working, (code << 32) | index, NOT_WORKING | index)
+    sort_key = tl.where(working, (code << 32) | index, _NOT_WORKING | index)
     tl.store(sort_key_ptr + mask_rows, sort_key, mask=row_ok)
 
 
@@ -121,10 +122,10 @@ def _plan_lists_kernel(sort_key_ptr, block_bits_ptr, klass_ptr, row_order_ptr, r
                        CHUNK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     index = tl.arange(0, Q_PAD)
-    keys = tl.load(sort_key_ptr + b * queries + index, mask=index < queries, other=NOT_WORKING * 2)
+    keys = tl.load(sort_key_ptr + b * queries + index, mask=index < queries, other=_NOT_WORKING * 2)
     ordered = tl.sort(keys)
     tl.store(row_order_ptr + b * queries + index, (ordered & 0xFFFFFFFF).to(tl.int32), mask=index < queries)
-    count = tl.sum((ordered < NOT_WORKING).to(tl.int32), axis=0)
+    count = tl.sum((ordered < _NOT_WORKING).to(tl.int32), axis=0)
     tl.store(row_count_ptr + b, count)
     tl.debug_barrier()
     dy, dx = lane_geometry(PH)

@@ -13,7 +13,8 @@ Backends (the plan's and the attention's alike):
              (AVX-512 / AVX2 / baseline at run time), each group against the 16-key sub-patches it sees
   triton     Triton kernels (kernels/masked_cross_attention_plan.py, kernels/masked_cross_attention.py): plan in
              2 launches, forward 1 launch (one program per (sample, row tile, head group)), backward 2 launches
-             (a dq pass over row tiles, then a dk/dv pass over key blocks); float64 included
+             (a dq pass over row tiles, then a dk/dv pass over key blocks); float64 on a GPU runs the dense
+             reference on the plan (its compiled tiles spill), under the interpreter the kernels
 
 Launches per call on a GPU (triton): forward 3 (plan rows, plan lists, attention), backward 2; no host sync in
 either (the grids depend on shapes only; empty tiles exit at once).
@@ -187,16 +188,24 @@ def _native_backward(*args):
     return tuple(torch.ops.coavs_C.masked_cross_attention_backward(*args))
 
 
+# float64 on a GPU (a checking dtype: gradcheck, references) runs the dense reference on the plan: the Triton
+# kernels compute it right (the interpreter tests them in float64), but compiled for sm_80/sm_90 their float64
+# tiles spill registers (24-950 B) in every configuration that can launch.
 def _triton_forward(*args):
+    if args[0].dtype == torch.float64 and not _dispatch.triton_interpreting():
+        return _reference_forward(*args)
     from coavs.kernels import masked_cross_attention as kernels
 
     return kernels.masked_cross_attention_forward(*args)
 
 
 def _triton_backward(*args):
+    if args[1].dtype == torch.float64 and not _dispatch.triton_interpreting():
+        return _reference_backward(*args)
     from coavs.kernels import masked_cross_attention as kernels
 
     return kernels.masked_cross_attention_backward(*args)
+
 
 
 _NOTE = ("CPU: coavs C++ kernels on the block-sparse plan (csrc/cpu/masked_attention_*.cpp); GPU: Triton "

@@ -71,13 +71,13 @@ COAVS_ALWAYS_INLINE bool finite(T x) {
   return x - x == T(0);  // false for NaN and +-inf
 }
 
-// Block `kb` of the [N, dh] matrix m, in lane order, into `rows` ([64][dh]) and/or `cols` ([dh][64], the block
-// transposed), either may be null; lanes past the map's edge are 0. Elements are converted to T; a non-finite one
-// is stored as 0 and its lane is set in the returned mask. float32 (float64) rows with a unit last stride are
-// read as vectors in place; others are converted through `row` ([dh] scratch) first.
+// Block `kb` of the [N, dh] matrix m as rows [64][dh] in lane order (zero for lanes past the map's edge), each
+// element converted to T; a non-finite one is stored as 0 and its lane is set in the returned mask. float32
+// (float64) rows with a unit last stride are read as vectors in place; others are converted through `row`
+// ([dh] scratch) first. transpose_block (masked_attention_vec.h) turns them into the [dh][64] the scores need.
 template <typename S, typename T, int W>
 COAVS_ALWAYS_INLINE uint64_t pack_block(const KeyGeometry& geo, int64_t dh, const Strided<S>& m, int64_t kb, T* rows,
-                                        T* cols, T* row) {
+                                        T* row) {
   using V = typename Vec<T, W>::type;
   using M = typename Vec<T, W>::mask;
   uint64_t bad = 0;
@@ -85,9 +85,9 @@ COAVS_ALWAYS_INLINE uint64_t pack_block(const KeyGeometry& geo, int64_t dh, cons
   geo.block_keys(kb, keys);
   for (int64_t lane = 0; lane < kLanes; ++lane) {
     const int64_t key = keys[lane];
+    T* dst = rows + lane * dh;
     if (key < 0) {
-      if (rows) std::fill(rows + lane * dh, rows + (lane + 1) * dh, T(0));
-      if (cols) for (int64_t d = 0; d < dh; ++d) cols[d * kLanes + lane] = T(0);
+      std::fill(dst, dst + dh, T(0));
       continue;
     }
     const T* src = row;
@@ -104,18 +104,14 @@ COAVS_ALWAYS_INLINE uint64_t pack_block(const KeyGeometry& geo, int64_t dh, cons
       const V x = load<V>(src + d);
       const M ok = (x - x) == V{};
       broken |= ~ok;
-      const V y = ok ? x : V{};
-      if (rows) store(rows + lane * dh + d, y);
-      if (cols) for (int i = 0; i < W; ++i) cols[(d + i) * kLanes + lane] = y[i];
+      store(dst + d, ok ? x : V{});
     }
     bool ok = true;
     for (int i = 0; i < W; ++i) ok &= broken[i] == 0;
     for (; d < dh; ++d) {
       const T x = src[d];
       ok &= finite(x);
-      const T y = finite(x) ? x : T(0);
-      if (rows) rows[lane * dh + d] = y;
-      if (cols) cols[d * kLanes + lane] = y;
+      dst[d] = finite(x) ? x : T(0);
     }
     if (!ok) bad |= uint64_t(1) << lane;
   }
@@ -194,7 +190,8 @@ COAVS_ALWAYS_INLINE void forward_body(const Problem& p, const KeyGeometry& geo, 
   T* row = scratch.data();         // [dh] conversion scratch
   T* kt = row + dh;                // [dh][64]
   T* vr = kt + kLanes * dh;        // [64][dh]
-  T* sc = vr + kLanes * dh;        // [4][64] scores
+  T* kr = vr + kLanes * dh;        // [64][dh]
+  T* sc = kr + kLanes * dh;        // [4][64] scores
   T* pr = sc + kMaxGroup * kLanes;  // [4][64] probabilities
   T* qs = pr + kMaxGroup * kLanes;  // [count][dh] scale * q
   T* acc = qs + count * dh;         // [count][dh]
@@ -219,8 +216,9 @@ COAVS_ALWAYS_INLINE void forward_body(const Problem& p, const KeyGeometry& geo, 
   uint64_t unused = 0;
   for (int64_t kb = 0; kb < p.blocks; ++kb) {
     if (p.block_counts[(b * p.blocks + kb) * 2 + 1] == 0) continue;
-    uint64_t bad = pack_block<S, T, W>(geo, dh, km, kb, nullptr, kt, row);
-    bad |= pack_block<S, T, W>(geo, dh, vm, kb, vr, nullptr, row);
+    uint64_t bad = pack_block<S, T, W>(geo, dh, km, kb, kr, row);
+    transpose_block<T, W>(kr, dh, kt);
+    bad |= pack_block<S, T, W>(geo, dh, vm, kb, vr, row);
     const int64_t next = next_visited(p.block_counts, p.blocks, b, kb);
     if (next >= 0 && km.col == 1 && vm.col == 1) prefetch_block(geo, dh, km, next), prefetch_block(geo, dh, vm, next);
     for_each_group(p, b, kb, count, nullptr, unused, [&](int n, const int64_t* pos, const uint64_t* lanes) COAVS_ALWAYS_INLINE_LAMBDA {
@@ -333,8 +331,10 @@ COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const KeyGeometry& geo,
   S* dv_out = static_cast<S*>(grads.c) + (b * p.heads + h) * p.keys * dh;
   for (int64_t kb = 0; kb < p.blocks; ++kb) {
     if (p.block_counts[(b * p.blocks + kb) * 2 + 1] == 0) continue;
-    pack_block<S, T, W>(geo, dh, km, kb, kr, kt, row);
-    pack_block<S, T, W>(geo, dh, vm, kb, nullptr, vt, row);
+    pack_block<S, T, W>(geo, dh, km, kb, kr, row);
+    transpose_block<T, W>(kr, dh, kt);
+    pack_block<S, T, W>(geo, dh, vm, kb, dk, row);  // the block's dk is zeroed below: a scratch until then
+    transpose_block<T, W>(dk, dh, vt);
     const int64_t next = next_visited(p.block_counts, p.blocks, b, kb);
     if (next >= 0 && km.col == 1 && vm.col == 1) prefetch_block(geo, dh, km, next), prefetch_block(geo, dh, vm, next);
     std::fill(dk, dk + 2 * kLanes * dh, T(0));

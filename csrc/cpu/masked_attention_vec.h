@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "common/macros.h"
 
@@ -106,6 +107,49 @@ COAVS_ALWAYS_INLINE T reduce_sum(typename Vec<T, W>::type x) {
     std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
     return reduce_sum<T, W / 2>(lo + hi);
   }
+}
+
+// zip_lo(a, b) = a0 b0 a1 b1 ... (the low halves interleaved), zip_hi(a, b) = the high halves interleaved.
+template <typename V, size_t... I>
+COAVS_ALWAYS_INLINE V zip_lo(V a, V b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, ((I % 2) ? sizeof...(I) + I / 2 : I / 2)...);
+}
+
+template <typename V, size_t... I>
+COAVS_ALWAYS_INLINE V zip_hi(V a, V b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b,
+                                 ((I % 2) ? sizeof...(I) + sizeof...(I) / 2 + I / 2 : sizeof...(I) / 2 + I / 2)...);
+}
+
+// Transposes the W x W tile r (W vectors) in place: log2(W) rounds of zips of rows i and i + W/2.
+template <typename T, int W>
+COAVS_ALWAYS_INLINE void transpose_tile(typename Vec<T, W>::type (&r)[W]) {
+  using V = typename Vec<T, W>::type;
+  for (int round = 1; round < W; round *= 2) {
+    V next[W];
+    for (int i = 0; i < W / 2; ++i) {
+      next[2 * i] = zip_lo(r[i], r[i + W / 2], std::make_index_sequence<W>{});
+      next[2 * i + 1] = zip_hi(r[i], r[i + W / 2], std::make_index_sequence<W>{});
+    }
+    for (int i = 0; i < W; ++i) r[i] = next[i];
+  }
+}
+
+// cols [dh][64] = rows [64][dh] transposed, W x W tiles at a time (the scalar tail for dh % W).
+template <typename T, int W>
+COAVS_ALWAYS_INLINE void transpose_block(const T* rows, int64_t dh, T* cols) {
+  using V = typename Vec<T, W>::type;
+  int64_t d = 0;
+  for (; d + W <= dh; d += W) {
+    for (int64_t lane = 0; lane < kLanes; lane += W) {
+      V tile[W];
+      for (int i = 0; i < W; ++i) tile[i] = load<V>(rows + (lane + i) * dh + d);
+      transpose_tile<T, W>(tile);
+      for (int i = 0; i < W; ++i) store(cols + (d + i) * kLanes + lane, tile[i]);
+    }
+  }
+  for (; d < dh; ++d)
+    for (int64_t lane = 0; lane < kLanes; ++lane) cols[d * kLanes + lane] = rows[lane * dh + d];
 }
 
 // The vectors (of W lanes) of a block that hold a lane of `lanes`, as indices; returns their number.

@@ -230,6 +230,16 @@ def test_triton_interpreter_head_groups(monkeypatch, multiprocessors):
     check_case("triton", 2, 3, 20, (14, 14), 32, torch.float16, 0.5, "random")
 
 
+@pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="Triton interpreter not available")
+def test_triton_interpreter_dq_pass_in_two_halves(monkeypatch):
+    """float32 from dh=64 on sm_90 runs the dq loop over two halves of the head dimension; here under the
+    interpreter, with the architecture faked, and an odd head dim so that the upper half is partly masked."""
+    from coavs.kernels import masked_cross_attention as kernels
+
+    monkeypatch.setattr(kernels, "_arch", lambda: 90)
+    check_case("triton", 2, 2, 20, (7, 9), 48, torch.float32, 0.6, "random")
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_non_contiguous_inputs(backend):
     """q, k, v as a model makes them: ``[B,L,h,dh]`` projections viewed as ``[B,h,L,dh]``."""
