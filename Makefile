@@ -17,6 +17,7 @@ install: deps build
 
 deps:
 	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps torchvggish==0.2  # test-only VGGish port (requirements.txt says why)
 
 # flock: concurrent builds in one tree would clobber each other's objects.
 build:

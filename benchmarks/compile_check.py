@@ -146,25 +146,37 @@ def _matching_cases():
 
 def _semantic_cases():
     from coavs.kernels import semantic_inference as k
-    # What coavs.ops.semantic_inference can ask for: (reduce, mask_debias, overall).
-    schemes = [(r, md, ov) for r in ("argmax", "foreground") for md, ov in ((False, False), (True, False),
-                                                                            (False, True))]
-    schemes += [("max_query", False, False), ("max_query", True, False)]
-    # (B, Q, h, w, H, W, K): resized (benchmark) and same-size (odd) outputs.
-    sizes = {"bench-resize": (20, 100, 56, 56, 224, 224, 71), "odd-same": (3, 7, 9, 11, 9, 11, 5)}
-    for dtype, (reduce, md, ov), unc, gate, (name, (b, q, h, w, oh, ow, kk)) in itertools.product(
+    # What coavs.ops.semantic_inference asks for: (reduce, classes passed, mask_debias, overall, foreground).
+    # Non-overall binary passes one foreground weight per query (K = 1, no foreground vector); overall binary the
+    # K class probabilities with foreground weights (a background) or without (all ones).
+    schemes = [("argmax", "K", md, ov, False) for md, ov in ((False, False), (True, False), (False, True))]
+    schemes += [("foreground", "1", md, False, False) for md in (False, True)]
+    schemes += [("foreground", "K", False, True, fg) for fg in (False, True)]
+    schemes += [("max_query", "0", md, False, False) for md in (False, True)]
+    # (B, Q, h, w, H, W, K): resized (benchmark), same-size (odd), and many classes (two 128-wide class tiles).
+    sizes = {"bench-resize": (20, 100, 56, 56, 224, 224, 71), "odd-same": (3, 7, 9, 11, 9, 11, 5),
+             "classes-200": (2, 20, 16, 16, 64, 48, 200)}
+    for dtype, (reduce, passed, md, ov, fg), unc, gate, (name, (b, q, h, w, oh, ow, kk)) in itertools.product(
             FLOATS, schemes, (False, True), (False, True), sizes.items()):
-        label = f"{dtype} {name} reduce={reduce} mask_debias={md} overall={ov} uncertainty={unc} gate={gate}"
+        if unc and not (md or ov):
+            continue  # the strategy only matters to a debias
+        if name == "classes-200" and (reduce != "argmax" or dtype != "float32"):
+            continue
+        label = f"{dtype} {name} reduce={reduce} classes={passed} mask_debias={md} overall={ov} foreground={fg} " \
+                f"uncertainty={unc} gate={gate}"
 
-        def call(b=b, q=q, h=h, w=w, oh=oh, ow=ow, kk=kk, reduce=reduce, md=md, ov=ov, unc=unc, gate=gate,
-                 dtype=dtype):
+        def call(b=b, q=q, h=h, w=w, oh=oh, ow=ow, kk=kk, reduce=reduce, passed=passed, md=md, ov=ov, fg=fg,
+                 unc=unc, gate=gate, dtype=dtype):
             f32 = "float32"
             empty = _t((0,), f32)
-            probs = _t((b, q, kk), f32) if reduce != "max_query" else empty
+            width = {"K": kk, "1": 1, "0": 0}[passed]
+            # The op passes the first K columns of a softmax over K+1 (a strided view), or one weight per query.
+            probs = _t((b, q, width + 1), f32)[..., :width] if passed == "K" else (
+                _t((b, q, 1), f32) if passed == "1" else empty)
             return k.semantic_inference(
                 _t((b, q, h, w), dtype), _t((b, q, h, w), dtype) if (md or ov) else _t((0,), dtype), probs,
-                _t((b, q, kk), f32) if ov else empty, _t((b, q), f32) if gate else empty,
-                _t((kk,), f32) if reduce == "foreground" else empty, oh, ow, 0.5, unc, md, ov, reduce)
+                _t((b, q, kk + 1), f32)[..., :kk] if ov else empty, _t((b, q), f32) if gate else empty,
+                _t((kk,), f32) if fg else empty, oh, ow, 0.5, unc, md, ov, reduce)
         yield label, call
 
 
@@ -339,6 +351,44 @@ def coverage_problems(launches: list[Launch]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------- compile
 
+# Instructions counted in each compiled kernel: PTX mnemonics (what Triton asked for) and, when Triton's
+# cuobjdump is there, SASS opcodes (what ptxas made of it). wgmma / HGMMA: Hopper's warpgroup tensor-core MMA;
+# mma.sync / HMMA: the per-warp tensor-core MMA (Ampere style); cp.async / LDGSTS: asynchronous global-to-shared
+# copies (what software pipelining uses); cp.async.bulk / UTMALDG: the tensor-memory-accelerator copies.
+PTX_COUNTS = {"wgmma": r"\bwgmma\.mma_async\b", "mma_sync": r"\bmma\.sync\b", "cp_async": r"\bcp\.async\.(?!bulk)",
+              "cp_async_bulk": r"\bcp\.async\.bulk\b", "ldmatrix": r"\bldmatrix\b"}
+SASS_COUNTS = {"HGMMA": r"\bHGMMA\b", "HMMA": r"\bHMMA\b", "LDGSTS": r"\bLDGSTS\b", "UTMALDG": r"\bUTMALDG\b",
+               "local": r"\b(?:LDL|STL)\b"}
+
+
+def ptx_counts(ptx: str) -> dict:
+    return {name: len(re.findall(pattern, ptx)) for name, pattern in PTX_COUNTS.items()}
+
+
+def cuobjdump() -> str | None:
+    """Triton's own cuobjdump (its wheel ships one), else one on the PATH."""
+    import shutil
+
+    import triton
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(bundled) if bundled.exists() else shutil.which("cuobjdump")
+
+
+def sass_counts(cubin: bytes) -> dict | None:
+    """SASS opcode counts of a cubin (None without cuobjdump)."""
+    import subprocess
+    tool = cuobjdump()
+    if tool is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        proc = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    return {name: len(re.findall(pattern, proc.stdout)) for name, pattern in SASS_COUNTS.items()}
+
+
 _PTXAS_REGS = re.compile(r"Used (\d+) registers")
 _PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
@@ -368,12 +418,15 @@ def _compile_to_ptx(source, target, options: dict) -> dict:
         if ext == "cubin":
             break
         module = stage(module, metadata)
+        if ext == "ptx":
+            metadata["ptx"] = module
     return metadata
 
 
-def compile_one(launch: Launch, ptxas: bool = True) -> dict:
-    """Compile one launch; ``{"ok", "error", "seconds", "n_regs", "spill_stores", "spill_loads", "shared"}``
-    (registers and spills need ptxas: None without it)."""
+def compile_one(launch: Launch, ptxas: bool = True, sass: bool = False) -> dict:
+    """Compile one launch; ``{"ok", "error", "seconds", "n_regs", "spill_stores", "spill_loads", "shared",
+    "ptx"}`` (registers and spills need ptxas: None without it; ``ptx``: :data:`PTX_COUNTS`), plus ``"sass"``
+    (:data:`SASS_COUNTS`) with ``sass``."""
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -390,16 +443,21 @@ def compile_one(launch: Launch, ptxas: bool = True) -> dict:
                 knobs.nvidia.dump_ptxas_log = True
                 compiled = triton.compile(source, target=target, options=launch.options)
             shared, warps = compiled.metadata.shared, compiled.metadata.num_warps
+            ptx = compiled.asm.get("ptx", "")
+            counts = sass_counts(compiled.asm["cubin"]) if sass and "cubin" in compiled.asm else None
         else:
             metadata = _compile_to_ptx(source, target, launch.options)
             shared, warps = metadata["shared"], metadata["num_warps"]
+            ptx, counts = metadata.get("ptx", ""), None
         text = log.getvalue()
         regs = _PTXAS_REGS.findall(text)
         spills = _PTXAS_SPILL.findall(text)
         result = {"ok": True, "ptxas": ptxas, "n_regs": int(regs[-1]) if regs else None,
                   "spill_stores": sum(int(s) for s, _ in spills) if ptxas else None,
                   "spill_loads": sum(int(l) for _, l in spills) if ptxas else None,
-                  "shared": int(shared), "num_warps": int(warps)}
+                  "shared": int(shared), "num_warps": int(warps), "ptx": ptx_counts(ptx)}
+        if sass:
+            result["sass"] = counts
     except Exception as error:  # noqa: BLE001 - every compile error is a finding
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         where = f"{lines[0]} " if len(lines) > 1 else ""  # "at L:C:" of a CompilationError, then the reason
@@ -410,19 +468,21 @@ def compile_one(launch: Launch, ptxas: bool = True) -> dict:
 
 
 def _compile_job(job):
-    launch, ptxas = job
-    return compile_one(launch, ptxas)
+    launch, ptxas, sass = job
+    return compile_one(launch, ptxas, sass)
 
 
-def compile_all(launches: list[Launch], jobs: int = 2, ptxas: str = "default") -> tuple[list[Launch], list[dict]]:
+def compile_all(launches: list[Launch], jobs: int = 2, ptxas: str = "default",
+                sass: bool = False) -> tuple[list[Launch], list[dict]]:
     """Distinct launches and their compile results (a fresh Triton cache: nothing is reused across runs).
     ``ptxas``: "all" runs ptxas for every launch (registers, spills); "default" only for the default
-    (non-autotuned) configs, the autotune configs stop at PTX (compile errors and shared memory)."""
+    (non-autotuned) configs, the autotune configs stop at PTX (compile errors and shared memory).
+    ``sass``: SASS opcode counts of every ptxas-compiled launch (cuobjdump)."""
     unique: dict[tuple, Launch] = {}
     for launch in launches:
         unique.setdefault(launch.key(), launch)
     distinct = list(unique.values())
-    work = [(launch, ptxas == "all" or launch.config is None) for launch in distinct]
+    work = [(launch, ptxas == "all" or launch.config is None, sass) for launch in distinct]
     with tempfile.TemporaryDirectory(prefix="coavs-compile-") as cache:
         if jobs <= 1:
             _worker_init(cache)
@@ -481,13 +541,13 @@ def _jsonable(value):
     return str(value)
 
 
-def run(archs=ARCHS, jobs: int = 2, ops=None, ptxas: str = "default") -> dict:
+def run(archs=ARCHS, jobs: int = 2, ops=None, ptxas: str = "default", sass: bool = False) -> dict:
     """Capture, compile and check; a JSON-able summary (``failures`` empty when everything passes)."""
     start = time.perf_counter()
     launches = [launch for arch in archs for launch in capture(arch, ops)]
     capture_s = time.perf_counter() - start
     problems = coverage_problems(launches) if not ops else []
-    distinct, results = compile_all(launches, jobs, ptxas)
+    distinct, results = compile_all(launches, jobs, ptxas, sass)
     failures = problems + check(distinct, results)
     per_op = {}
     for launch, result in zip(distinct, results):

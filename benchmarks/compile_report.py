@@ -5,8 +5,11 @@
 Triton: every distinct launch of ``benchmarks.compile_check`` (all ops, dtypes, flags, shape classes, autotune
 configs) compiled for ``sm_<arch>``; registers and spills from ptxas's ``-v`` log, shared memory from the kernel
 metadata. CUDA: every source in ``csrc/build.json``'s ``cuda_sources`` compiled with ``nvcc -Xptxas -v`` for
-the same arch; threads per block from the kernels' ``__launch_bounds__``. Writes ``sm_<arch>.md`` and
-``sm_<arch>.json``.
+the same arch; threads per block from the kernels' ``__launch_bounds__``. Instructions per kernel: PTX counts of
+``wgmma.mma_async``, ``mma.sync``, ``cp.async`` (and ``cp.async.bulk``, ``ldmatrix``) and SASS counts of ``HGMMA``,
+``HMMA``, ``LDGSTS``, ``UTMALDG`` and local-memory ``LDL``/``STL`` (Triton's bundled ``cuobjdump``), for the Triton
+launches and the CUDA objects alike. Launches and host reads per op and backend: ``benchmarks/op_launches.py`` in a
+subprocess (Triton under the interpreter). Writes ``sm_<arch>.md`` and ``sm_<arch>.json``.
 
 Occupancy on sm_90 (H100/H200): 65536 registers, 2048 threads, 32 blocks and 228 KiB shared memory per SM,
 227 KiB per block, registers allocated per warp in units of 256, 1 KiB of shared memory reserved per block:
@@ -101,6 +104,7 @@ def cuda_kernels(arch: int) -> list[dict]:
                    f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-c", str(path),
                    "-o", str(Path(tmp) / "out.o"), *[f"-I{d}" for d in includes]]
             proc = subprocess.run(cmd, capture_output=True, text=True)
+            sass = _object_sass(Path(tmp) / "out.o") if proc.returncode == 0 else {}
         if proc.returncode != 0:
             rows.append({"source": source, "error": proc.stderr.strip()[-600:]})
             continue
@@ -120,10 +124,45 @@ def cuda_kernels(arch: int) -> list[dict]:
         names = _demangle([r["mangled"] for r in found])
         for row in found:
             row["kernel"] = names[row["mangled"]]
+            row["sass"] = sass.get(row["mangled"])
             if threads:
                 row["blocks_per_sm"], row["occupancy"] = occupancy(row.get("n_regs", 0), threads, row.get("shared", 0))
         rows.extend(found)
     return rows
+
+
+def _object_sass(obj: Path) -> dict:
+    """Mangled kernel name -> SASS opcode counts (``compile_check.SASS_COUNTS``) of an object file."""
+    from benchmarks.compile_check import SASS_COUNTS, cuobjdump
+    tool = cuobjdump()
+    if tool is None:
+        return {}
+    proc = subprocess.run([tool, "-sass", str(obj)], capture_output=True, text=True)
+    counts, current = {}, None
+    for line in proc.stdout.splitlines():
+        m = re.match(r"\s*Function : (\S+)", line)
+        if m:
+            current = m.group(1)
+            counts[current] = {name: 0 for name in SASS_COUNTS}
+        elif current is not None:
+            for name, pattern in SASS_COUNTS.items():
+                counts[current][name] += len(re.findall(pattern, line))
+    return counts
+
+
+def op_launches() -> list[dict]:
+    """``benchmarks.op_launches``'s census (launches and host reads per op, backend and direction), measured in
+    a subprocess under the Triton interpreter (this process compiles kernels and must not interpret them)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "launches.json"
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.op_launches", "--json", str(out)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=1800)
+        if not out.exists():
+            print(f"op launches not measured (exit {proc.returncode}): {proc.stderr.strip()[-400:]}", file=sys.stderr)
+            return []
+        return json.loads(out.read_text())
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -131,11 +170,12 @@ def cuda_kernels(arch: int) -> list[dict]:
 def triton_kernels(arch: int, jobs: int, full: bool) -> tuple[list[dict], dict]:
     from benchmarks import compile_check
     compile_check.FULL = full
-    summary = compile_check.run((arch,), jobs, ptxas="all")
+    summary = compile_check.run((arch,), jobs, ptxas="all", sass=True)
     rows = []
     for launch in summary["launches"]:
         row = {k: launch.get(k) for k in ("op", "kernel", "case", "config", "pruned", "ok", "error", "n_regs",
-                                           "spill_stores", "spill_loads", "shared", "num_warps", "seconds")}
+                                           "spill_stores", "spill_loads", "shared", "num_warps", "seconds", "ptx",
+                                           "sass")}
         row["constexprs"] = launch["constexprs"]
         if launch["ok"]:
             row["threads"] = launch["num_warps"] * 32
@@ -145,7 +185,58 @@ def triton_kernels(arch: int, jobs: int, full: bool) -> tuple[list[dict], dict]:
     return rows, summary
 
 
-def _markdown(arch: int, triton_rows: list[dict], cuda_rows: list[dict], summary: dict) -> str:
+def _span(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    lo, hi = min(values), max(values)
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def _instruction_lines(triton_rows: list[dict], cuda_rows: list[dict]) -> list[str]:
+    """Tensor-core and async-copy instructions per kernel and dtype (ranges over the launches)."""
+    lines = ["## Tensor cores and asynchronous copies, per kernel and dtype", "",
+             "PTX: `wgmma` (`wgmma.mma_async`, Hopper's warpgroup MMA), `mma.sync` (per-warp MMA), `cp.async` "
+             "(global→shared asynchronous copy, what `num_stages` pipelining emits), `bulk` (`cp.async.bulk`, the "
+             "tensor-memory accelerator). SASS (cuobjdump): `HGMMA`, `HMMA`, `LDGSTS`, `UTMALDG`, and `LDL/STL` "
+             "(local memory). Counts are static instructions in the kernel, ranges over its launches.", "",
+             "| op | kernel | dtype | launches | wgmma | mma.sync | cp.async | bulk | HGMMA | HMMA | LDGSTS | UTMALDG "
+             "| LDL/STL |", "|---|---|---|---:|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in triton_rows:
+        if r["ok"] and r.get("ptx"):
+            kind = " (autotune)" if r["config"] else ""
+            groups.setdefault((r["op"], r["kernel"] + kind, r["case"].split()[0]), []).append(r)
+    for (op, kernel, dtype), rows in sorted(groups.items()):
+        ptx = [r["ptx"] for r in rows]
+        sass = [r["sass"] for r in rows if r.get("sass")]
+        cells = [_span([p[k] for p in ptx]) for k in ("wgmma", "mma_sync", "cp_async", "cp_async_bulk")]
+        cells += [_span([x[k] for x in sass]) for k in ("HGMMA", "HMMA", "LDGSTS", "UTMALDG", "local")]
+        lines.append(f"| {op} | {kernel} | {dtype} | {len(rows)} | " + " | ".join(cells) + " |")
+    cuda = [r for r in cuda_rows if r.get("sass")]
+    if cuda:
+        lines += ["", "| CUDA source | kernel | HGMMA | HMMA | LDGSTS | UTMALDG | LDL/STL |", "|---|---|---|---|---|---|---|"]
+        for r in cuda:
+            x = r["sass"]
+            lines.append(f"| {r['source']} | `{r['kernel'].split('(')[0]}` | {x['HGMMA']} | {x['HMMA']} | {x['LDGSTS']} "
+                         f"| {x['UTMALDG']} | {x['local']} |")
+    return lines + [""]
+
+
+def _launch_lines(census: list[dict]) -> list[str]:
+    if not census:
+        return ["## Launches and host reads per op", "", "Not measured (see stderr).", ""]
+    from benchmarks.op_launches import markdown_rows
+    return ["## Launches and host reads per op", "",
+            "Measured on the CPU by `benchmarks/op_launches.py` (every backend that runs there; Triton under the "
+            "interpreter): a launch is an ATen compute op, a Triton kernel or a C++ op, each one kernel or copy on "
+            "a GPU; a host read is anything that waits for the GPU (`.item()`, `bool(t)`, `.tolist()`, boolean "
+            "indexing, ...). The shapes are `tests/support/op_cases.py`'s small ones.", "",
+            *markdown_rows(census), ""]
+
+
+def _markdown(arch: int, triton_rows: list[dict], cuda_rows: list[dict], summary: dict,
+              census: list[dict] | None = None) -> str:
     ok = [r for r in triton_rows if r["ok"]]
     lines = [f"# Kernel resources on sm_{arch}", "",
              "Generated by `python -m benchmarks.compile_report` (Triton "
@@ -191,7 +282,8 @@ def _markdown(arch: int, triton_rows: list[dict], cuda_rows: list[dict], summary
             lines.append(f"| {r['source']} | `{r['kernel']}` | {r.get('n_regs')} | {r['spill_stores']}/"
                          f"{r['spill_loads']} | {r['stack']} | {r.get('shared')} | {r['threads'] or '?'} | "
                          f"{r.get('blocks_per_sm', '?')} | {occ} |")
-    lines += ["", "## Triton, every launch", "", "| op | kernel | case | config | regs | spill B | smem B | warps | "
+    lines += [""] + _instruction_lines(triton_rows, cuda_rows) + _launch_lines(census or [])
+    lines += ["## Triton, every launch", "", "| op | kernel | case | config | regs | spill B | smem B | warps | "
               "blocks/SM | occupancy |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in triton_rows:
         if not r["ok"]:
@@ -213,6 +305,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-cuda", action="store_true", help="Triton kernels only")
     parser.add_argument("--cuda-rows", type=Path, default=None,
                         help="reuse the CUDA rows of an earlier report's JSON instead of running nvcc")
+    parser.add_argument("--no-launches", action="store_true", help="leave out the launch/host-read census")
     parser.add_argument("--full", action="store_true",
                         help="also the attention kernels at head dims 128/256 and every autotune config at every "
                              "shape (20-75 s a compile on 2 cores; use on a many-core machine)")
@@ -226,12 +319,13 @@ def main(argv=None) -> int:
         cuda_rows = cuda_rows["cuda"] if isinstance(cuda_rows, dict) else cuda_rows
     else:
         cuda_rows = [] if args.no_cuda else cuda_kernels(args.arch)
+    census = [] if args.no_launches else op_launches()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"sm_{args.arch}.json").write_text(json.dumps(
         {"arch": args.arch, "limits": SM, "full": args.full, "triton": triton_rows, "cuda": cuda_rows,
-         "rejected": summary["rejected"],
+         "launches": census, "rejected": summary["rejected"],
          "failures": summary["failures"], "wall_s": summary["wall_s"]}, indent=1))
-    (args.out / f"sm_{args.arch}.md").write_text(_markdown(args.arch, triton_rows, cuda_rows, summary))
+    (args.out / f"sm_{args.arch}.md").write_text(_markdown(args.arch, triton_rows, cuda_rows, summary, census))
     print(f"wrote {args.out}/sm_{args.arch}.md and .json: {len(triton_rows)} Triton launches, "
           f"{len(cuda_rows)} CUDA kernels; {len(summary['failures'])} check failures")
     for failure in summary["failures"]:

@@ -26,6 +26,7 @@ from coavs.eval import predict
 from coavs.eval.gate import build_gate, load_gate, save_gate
 from coavs.eval.runner import evaluate, format_table
 from coavs.inference.combine import INFERENCE_MODES, logit_strategy
+from coavs.preprocess.commands import register as register_preprocess
 from coavs.training.checkpoint import load_model
 from coavs.training.config import TrainConfig
 from coavs.training.markers import fit_markers
@@ -154,18 +155,20 @@ def _eval_settings(args, config):
 
 def cmd_eval(args) -> int:
     device = resolve_device(args.device)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, config = load_model(args.run, device)
+    protocol = args.protocol or config.eval.protocol
+    batch_size = args.batch_size or (config.eval.batch_size if protocol == "per_batch" else 8)
     if args.data:
         config.data.root = args.data
     settings = _eval_settings(args, config)
     dataset = open_split(config, args.split)
     if len(dataset) == 0:
         raise UserError(f"the {args.split} split of {config.data.root} has no clips")
-    rows = evaluate(model, dataset, batch_size=args.batch_size, device=device, bias=not args.no_bias,
+    rows = evaluate(model, dataset, batch_size=batch_size, device=device, bias=not args.no_bias,
                     max_clips=args.max_clips, seed=args.seed, precision=config.run.precision,
-                    progress=not args.quiet and not args.json, **settings)
+                    progress=not args.quiet and not args.json, protocol=protocol, **settings)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
     if args.json:
@@ -218,10 +221,11 @@ def cmd_predict(args) -> int:
             frames, names, track = predict.read_video(args.video)
         audio = predict.audio_features(config.data.audio, len(frames), wav=args.audio,
                                        waveform=None if args.audio else track, vggish=args.vggish)
+        markers = predict.clip_markers(config, args.markers, len(frames), model.config.num_markers)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     mode = args.mode or ("debias" if config.debias_enabled else "vanilla")
-    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device)
+    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device, markers=markers)
     class_names = config.resolved.get("class_names") or [str(i) for i in range(model.config.num_classes)]
     summary = predict.write_predictions(args.out, frames, names, labels, scores, class_names,
                                         bool(config.resolved.get("binary", False)))
@@ -367,7 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     eval_options(p)
     p.add_argument("--no-bias", action="store_true", help="skip the bias metrics (one model pass instead of four)")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="clips per batch (default 8; under --protocol per_batch the run's eval.batch_size)")
+    p.add_argument("--protocol", choices=("per_dataset", "per_batch"), default=None,
+                   help="S4/MS3 averaging: per_dataset (every frame alike) or per_batch (AVSBench's test.py and the "
+                        "paper's code; default: the run's eval.protocol)")
     p.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N clips")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="for noise audio and misaligned donors")
@@ -396,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", help="video file (needs PyAV: pip install av); its own audio unless --audio")
     p.add_argument("--audio", help="wav file")
     p.add_argument("--vggish", help="VGGish features [T,128] .npy, for models trained on VGGish")
+    p.add_argument("--markers", help="the clip's marker file (.pth), for models trained with data.marker_files")
     p.add_argument("--mode", choices=INFERENCE_MODES,
                    help="default: debias for a debias-trained model, else vanilla")
     p.add_argument("--out", required=True, help="output folder (masks/, overlays/, predictions.json)")
@@ -420,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     register_analysis(sub)  # coavs analyze area|semantics|queries, coavs ablate
+    register_preprocess(sub)  # coavs features (VGGish), coavs markers (the paper's marker files)
     return parser
 
 

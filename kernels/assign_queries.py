@@ -10,16 +10,20 @@ Backward                   d_query_feat[q] = Σ_b g[b,q];   d_audio[b] = Σ_q ga
 
 Forward grid: (query tiles, B); each program reduces its sample's scores (``BLOCK_S`` ≥ S) and writes
 ``BLOCK_Q`` rows. Backward: programs ``[0, feat_programs)`` reduce over the batch, the next ``audio_programs``
-over the queries, the rest take ``BLOCK_R`` (sample, marker) pairs each.
+over the queries (``BLOCK`` = 64 outputs each, ``BLOCK_CHUNK`` = 16 samples or queries a step), the rest take
+``BLOCK_R`` (sample, marker) pairs each.
 ``threshold`` and ``dormant_gate`` reach the kernel as float32 scalars (float64 scores are compared against
 the float32-rounded threshold; the reference and C++ kernels compare in float64).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from coavs.kernels._launch import launcher
 
 MAX_MARKERS = 1 << 14
 
@@ -155,8 +159,19 @@ def _assign_queries_backward_kernel(
 
 
 def _representable(value: float, dtype: torch.dtype) -> float:
-    """``value`` rounded (to nearest) to ``dtype``, so that the kernel's own conversion to it is exact."""
-    return float(torch.tensor(value, dtype=torch.float64).to(dtype))
+    """``value`` rounded (to nearest even) to ``dtype`` on the host, so that the kernel's own conversion to it is
+    exact. No tensor is made: on a GPU that would be a copy from the host, which synchronises."""
+    if dtype == torch.float64:
+        return float(value)
+    if dtype == torch.float16:
+        with np.errstate(over="ignore"):
+            return float(np.float16(value))
+    single = np.float32(value)
+    if dtype == torch.float32 or not np.isfinite(single):
+        return float(single)
+    bits = int(single.view(np.uint32))  # bfloat16: the upper 16 bits of float32, rounded to nearest even
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return float(np.uint32(bits).view(np.float32))
 
 
 def assign_queries_forward(scores, audio, query_feat, dilation: int, threshold: float, dormant_gate: float,
@@ -176,7 +191,7 @@ def assign_queries_forward(scores, audio, query_feat, dilation: int, threshold: 
     block_q = 16
     block_d = min(256, max(16, triton.next_power_of_2(width)))
     grid = (triton.cdiv(num_queries, block_q), batch)
-    _assign_queries_kernel[grid](
+    launcher(_assign_queries_kernel, query_feat)[grid](
         scores, audio, query_feat, queries, gate, active.view(torch.uint8),
         num_markers, num_queries, width, dilation, float(threshold), _representable(dormant_gate, scores.dtype),
         SOFT=bool(soft), ACC=_acc(query_feat.dtype), SCORE_ACC=_acc(scores.dtype),
@@ -194,17 +209,23 @@ def assign_queries_backward(grad_queries, grad_gate, audio, gate, active, num_ma
     d_query_feat = torch.empty(num_queries, width, dtype=grad_queries.dtype, device=grad_queries.device)
     d_audio = torch.empty(batch, width, dtype=audio.dtype, device=audio.device)
     d_scores = torch.empty(batch, num_markers, dtype=gate.dtype, device=gate.device)
-    block, block_r = 256, 16
+    # 64 elements a program (a [16, 64] tile a step, 8 elements a thread): at B=20, Q=100, D=256 that is 400
+    # programs for d_query_feat and 80 for d_audio (256-element blocks gave 100 and 20: idle multiprocessors).
+    block, block_r = 64, 16
     feat_programs = triton.cdiv(num_queries * width, block)
     audio_programs = triton.cdiv(batch * width, block)
     programs = feat_programs + audio_programs + triton.cdiv(batch * num_markers, block_r)
     if programs == 0:
         return d_scores, d_audio, d_query_feat
-    _assign_queries_backward_kernel[(programs,)](
+    launcher(_assign_queries_backward_kernel, grad_queries)[(programs,)](
         grad_queries, grad_gate, audio, gate, active.view(torch.uint8), d_query_feat, d_audio, d_scores,
         batch, num_queries, width, num_markers, dilation, feat_programs, audio_programs,
         SOFT=bool(soft), ACC=_acc(grad_queries.dtype), SCORE_ACC=_acc(gate.dtype),
-        BLOCK=block, BLOCK_CHUNK=16, BLOCK_R=block_r, BLOCK_E=min(128, max(16, triton.next_power_of_2(width))),
-        num_warps=8,  # 16x256 chunk tiles: 16 elements a thread (float64 spills registers with 4 warps)
+        # 16x64 chunk tiles: 8 elements a thread. d_scores' [16, BLOCK_E] products: float64 spilled 8 bytes on
+        # sm_90 at BLOCK_E = 64 (and 8 warps spilled on sm_80), so float64 takes 32 columns a step.
+        BLOCK=block, BLOCK_CHUNK=16, BLOCK_R=block_r,
+        BLOCK_E=min(32 if torch.float64 in (grad_queries.dtype, gate.dtype) else 128,
+                    max(16, triton.next_power_of_2(width))),
+        num_warps=4,
     )
     return d_scores, d_audio, d_query_feat

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from coavs.kernels._launch import launcher
+
 MASK_BLOCK = 1024
 CLASS_TILE = 2048
 MAX_CLASS_WIDTH = 1 << 13  # one class row per program: 32 warps x 8 elements
@@ -31,7 +33,8 @@ def _debias_mask_block(
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < mask_numel
     x = tl.load(mask_ptr + offs, mask=valid, other=0.0).to(ACC)
-    xb = tl.load(mask_b_ptr + offs, mask=valid, other=0.0).to(ACC)
+    if UNCERTAINTY or not BACKWARD:  # the fixed strategy's gradient never reads the biased logits (may be empty)
+        xb = tl.load(mask_b_ptr + offs, mask=valid, other=0.0).to(ACC)
     if UNCERTAINTY:
         e = tl.exp(-tl.abs(xb))
         a = alpha * (1.0 - e) / (1.0 + e)
@@ -55,7 +58,8 @@ def _debias_class_rows(
     col = tl.arange(0, BLOCK_K)
     valid = (row[:, None] < rows) & (col[None, :] < width)
     offs = row[:, None] * width + col[None, :]
-    xb = tl.load(cls_b_ptr + offs, mask=valid, other=0.0).to(ACC)
+    if UNCERTAINTY or not BACKWARD:  # the fixed strategy's gradient never reads the biased logits (may be empty)
+        xb = tl.load(cls_b_ptr + offs, mask=valid, other=0.0).to(ACC)
     if UNCERTAINTY:
         xb_masked = tl.where(valid, xb, float("-inf"))
         row_max = tl.max(xb_masked, axis=1)
@@ -69,7 +73,7 @@ def _debias_class_rows(
         conf = tl.minimum(tl.maximum(conf, 0.0), 1.0)
         a = (alpha * conf)[:, None]
     else:
-        a = tl.zeros_like(xb) + alpha
+        a = tl.zeros([BLOCK_ROWS, BLOCK_K], dtype=ACC) + alpha
     # x is loaded only now, after the row statistics: a float64 row of 8192 classes (32 warps, so 64 registers
     # a thread) spilled with x, xb and the softmax temporaries all live at once.
     x = tl.load(cls_ptr + offs, mask=valid, other=0.0).to(ACC)
@@ -125,7 +129,7 @@ def _launch(mask, mask_b, mask_out, mask_out_b, cls, cls_b, cls_out, cls_out_b, 
     # Unused pointer slots get a valid tensor of the right dtype.
     mask_out_b = mask_out if mask_out_b is None else mask_out_b
     cls_out_b = cls_out if cls_out_b is None else cls_out_b
-    _debias_logits_kernel[(params["programs"],)](
+    launcher(_debias_logits_kernel, mask, cls)[(params["programs"],)](
         mask, mask_b, mask_out, mask_out_b, mask_numel, params["mask_programs"],
         cls, cls_b, cls_out, cls_out_b, rows, width, 1.0 / math.log(width) if width > 1 else 0.0,
         float(alpha),

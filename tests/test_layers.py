@@ -10,6 +10,7 @@ Layers, lowest first (README "Build layout" and docs/design.md describe them)::
     2 ops:       custom ops and their backends (the only layer that knows about backends)
     3 data:      readers, datasets, splits            4 models: the network (never data)
     5 inference: branch combination, post-processing, precision, frame batches, gate
+      preprocess: per-clip VGGish features and marker files (data + models)
     6 eval       7 training       8 analysis       9 front ends: cli, demo, __main__, info
 """
 
@@ -29,15 +30,17 @@ RANKS = {
     "coavs.ops": 2,
     "coavs.data": 3,
     "coavs.models": 4, "coavs.integrations": 4,
-    "coavs.inference": 5,
+    "coavs.inference": 5, "coavs.preprocess": 5,
     "coavs.eval": 6,
     "coavs.training": 7,
     "coavs.analysis": 8,
     "coavs.cli": 9, "coavs.demo": 9, "coavs.__main__": 9, "coavs.info": 9,
 }
 # Layers that share a rank but must not import each other.
+# coavs.models may use coavs.integrations (the hf_mask2former segmenter accelerates transformers' Mask2Former),
+# never the reverse: an integration adapts a third-party model and knows nothing of coavs's.
 SEPARATE = {("coavs.models", "coavs.data"), ("coavs.data", "coavs.models"),
-            ("coavs.integrations", "coavs.models"), ("coavs.models", "coavs.integrations"),
+            ("coavs.integrations", "coavs.models"),
             ("coavs.integrations", "coavs.data"), ("coavs.data", "coavs.integrations")}
 # Imports that may sit inside a function: heavy or optional dependencies (and the kernels and native extension,
 # which load Triton / a compiled library and are chosen per call by coavs.ops), and platform-only modules.

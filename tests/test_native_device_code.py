@@ -59,6 +59,9 @@ def _build_and_run(tmp_path: Path, include_first: Path | None = None) -> subproc
     # The warp reduction of the presence state stops one step early (lanes 16-31 are never merged).
     ("assign_queries_kernel.cuh", "for (int offset = kWarp / 2; offset > 0; offset >>= 1) {\n    PresenceState",
      "for (int offset = kWarp / 4; offset > 0; offset >>= 1) {\n    PresenceState"),
+    # The backward's block column sum leaves out the first warp's share (the batch or queries it summed).
+    ("assign_queries_kernel.cuh", "for (int w = 0; w < kWarps; ++w) total += parts[w][lane];",
+     "for (int w = 1; w < kWarps; ++w) total += parts[w][lane];"),
 ])
 def test_the_emulated_grid_catches_a_broken_kernel(tmp_path, header, original, mutant):
     """The device test is not vacuous: a one-token index bug in a kernel makes it fail."""

@@ -6,7 +6,8 @@ Each item is a dict (``T`` = frames of the clip, or ``num_frames`` when set; ``K
 - ``audio``: ``logmel`` ``[T,1,96,64]`` (VGGish-style, one patch per second), ``waveform`` ``[T,16000]``
   (16 kHz), or ``vggish`` ``[T,128]`` (precomputed embeddings, ``<vggish_dir>/<uid>.npy`` or ``.pt``);
 - ``labels``: ``[T,H,W]`` int64 class indices, 0 = background, 255 = not annotated (S4/MS3: 0/1);
-- ``annotated``: ``[T]`` bool; ``valid``: ``[T]`` bool (False on padding frames); ``uid``: str; ``index``: int.
+- ``annotated``: ``[T]`` bool; ``valid``: ``[T]`` bool (False on padding frames); ``uid``: str; ``index``: int;
+- with ``marker_dir`` (precomputed marker files, :mod:`coavs.data.markers`): ``markers`` ``[T,S]`` in [0,1].
 - Co-AVS only: ``sounding``, ``visible``, ``silent`` ``[T,K]`` bool: per frame, which classes sound, which have
   visible pixels, and which are visible but silent (the visual-prior cases).
 
@@ -30,6 +31,7 @@ from coavs.data.avsbench import (BINARY_LABELS, IGNORE_INDEX, ClipRecord, LabelM
                                  resolve_frame)
 from coavs.data.cache import ClipCache, source_signature
 from coavs.data.errors import DataError
+from coavs.data.markers import ReferenceMarkers
 
 AUDIO_MODES = ("logmel", "waveform", "vggish")
 VGGISH_DIM = 128
@@ -40,7 +42,7 @@ class ClipDataset(Dataset):
 
     def __init__(self, records: list[ClipRecord], label_map: LabelMap, *, root, kind: str, image_size=None,
                  audio: str = "logmel", num_frames: int | None = None, vggish_dir=None, cache_dir=None,
-                 uint8_frames: bool = False):
+                 uint8_frames: bool = False, marker_dir=None, num_markers: int | None = None):
         if audio not in AUDIO_MODES:
             raise ValueError(f"audio must be one of {AUDIO_MODES}, got {audio!r}")
         if audio == "vggish" and vggish_dir is None:
@@ -61,6 +63,7 @@ class ClipDataset(Dataset):
         self.num_frames = num_frames
         self.vggish_dir = None if vggish_dir is None else Path(vggish_dir)
         self.uint8_frames = uint8_frames
+        self.markers = None if marker_dir is None else ReferenceMarkers(marker_dir, num_markers)
         self.cache = None
         if cache_dir is not None:
             self.cache = ClipCache(cache_dir, {"kind": kind, "root": str(self.root.absolute())})
@@ -80,6 +83,23 @@ class ClipDataset(Dataset):
     @property
     def uids(self) -> list[str]:
         return [r.uid for r in self.records]
+
+    @property
+    def marker_layout(self) -> tuple[int, int] | None:
+        """``(class markers C, cluster markers M)`` of the marker files (their ``markers.json``), else None."""
+        info = self.markers.info if self.markers is not None else None
+        return None if info is None else (info["num_classes"], info["num_clusters"])
+
+    def load_markers(self, index: int) -> torch.Tensor:
+        """The marker scores ``[T,S]`` of clip ``index`` from the marker files (``T`` = its frames; a file with
+        fewer rows repeats its last one)."""
+        if self.markers is None:
+            raise ValueError("this dataset was opened without marker files (marker_dir)")
+        record = self.records[index]
+        rows = self.markers(record.uid)
+        if rows.shape[0] < record.num_frames:
+            rows = torch.cat([rows, rows[-1:].expand(record.num_frames - rows.shape[0], -1)])
+        return rows[:record.num_frames]
 
     def __getitem__(self, index: int) -> dict:
         with audio_io.one_thread():  # per-clip tensors are small: intra-op threads only add barrier waits
@@ -101,6 +121,8 @@ class ClipDataset(Dataset):
             "valid": torch.ones(record.num_frames, dtype=torch.bool),
             **self.extras(index),
         }
+        if self.markers is not None:
+            item["markers"] = self.load_markers(index)
         item = self._fit_frames(item)
         item["uid"] = record.uid
         item["index"] = index

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from coavs.data.avsbench import detect_layout
+from coavs.data.avsbench import METADATA_FILES, detect_layout
 from coavs.data.dataset import open_dataset
+from coavs.data.markers import MARKER_INFO
 from coavs.errors import ConfigError
 
 BINARY_KINDS = ("s4", "ms3")
@@ -43,14 +44,38 @@ def open_split(config, split: str, subsets=None):
                                                              else Path(d.cache_dir))
     kwargs = dict(image_size=d.image_size, audio=d.audio, num_frames=d.num_frames, vggish_dir=d.vggish_dir,
                   cache_dir=cache)
+    if getattr(d, "marker_files", None):
+        kwargs.update(marker_files(d.marker_files, getattr(config, "model", None) or {}))
     if subsets:
         kwargs["subsets"] = tuple(subsets)
     kind = d.kind
-    if subsets and kind == "auto":
-        kind = detect_layout(d.root)
+    if kind != "auto" or subsets:
+        found = detect_layout(d.root)
+        if kind not in ("auto", found):
+            raise ConfigError(f"data.kind is {kind}, but {d.root} holds the {found.upper()} layout "
+                              f"({METADATA_FILES[found]}): use a {found.upper()} config (configs/paper/{found}.yaml) "
+                              "or data.kind=auto")
+        kind = found
     if subsets and kind != "avss":
-        raise ConfigError(f"stages[].subsets only apply to AVSS-layout datasets, {d.root} is {kind}")
+        raise ConfigError(f"this config trains on the AVSS subsets {list(subsets)} (stages[].subsets: the v1s → v2 → "
+                          f"v1m curriculum), which needs the AVSS layout (metadata.csv); {d.root} holds the "
+                          f"{kind.upper()} layout ({METADATA_FILES[kind]}): use configs/paper/{kind}.yaml")
     return open_dataset(d.root, split, kind, **kwargs)
 
 
-__all__ = ["BINARY_KINDS", "base_dataset", "default_cache_dir", "is_binary", "open_split"]
+def marker_files(folder, model: dict) -> dict:
+    """The dataset arguments of ``data.marker_files``: the folder, and its width when it has no ``markers.json``
+    (``model.num_audio_classes + model.num_clusters``, which must then be set)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"data.marker_files: folder not found: {folder} (write it with `coavs markers`)")
+    if (folder / MARKER_INFO).is_file():
+        return {"marker_dir": folder}
+    classes, clusters = model.get("num_audio_classes"), model.get("num_clusters")
+    if not (isinstance(classes, int) and isinstance(clusters, int)):
+        raise ConfigError(f"data.marker_files: {folder} has no {MARKER_INFO}; set model.num_audio_classes and "
+                          "model.num_clusters (their sum is the files' number of markers)")
+    return {"marker_dir": folder, "num_markers": classes + clusters}
+
+
+__all__ = ["BINARY_KINDS", "base_dataset", "default_cache_dir", "is_binary", "marker_files", "open_split"]

@@ -162,6 +162,8 @@ class BinaryAVSMetrics:
         if pred.shape[0] == 0:
             return
         probs = self._probabilities(pred)
+        if bool(probs.isnan().any()):  # e.g. a sample coavs.ops.semantic_inference left undefined (NaN outputs)
+            raise ValueError("pred holds NaN scores (non-finite model outputs?); they would count as background")
         ious = frame_iou(probs > 0.5, gt)
         curves, _ = frame_f_curves(probs, gt, f_thresholds(self.num_thresholds, probs.device))
         curves = curves.cpu()

@@ -24,6 +24,7 @@ from PIL import Image
 from coavs.data import audio as audio_io
 from coavs.data.audio import SAMPLE_RATE
 from coavs.data.avsbench import palette
+from coavs.data.markers import load_reference_markers
 from coavs.inference.combine import logit_strategy
 from coavs.inference.postprocess import postprocess
 from coavs.inference.precision import autocast
@@ -147,9 +148,26 @@ def overlay(frame: np.ndarray, labels: np.ndarray, colours: np.ndarray, opacity:
     return out.clip(0, 255).astype(np.uint8)
 
 
+def clip_markers(config, path, num_frames: int, num_markers: int) -> torch.Tensor | None:
+    """The marker scores ``[T,S]`` of a model trained with ``data.marker_files``, from one per-clip marker file
+    (``coavs markers`` writes them; the last row repeats for a short file); None for a model with its own
+    markers. Raises ValueError when such a model gets no file."""
+    if path is None:
+        if config.data.marker_files:
+            raise ValueError("this model takes its markers from marker files (data.marker_files): pass --markers "
+                             "FILE.pth, the clip's marker file (coavs markers writes one per clip)")
+        return None
+    rows = load_reference_markers(path, num_markers)
+    if rows.shape[0] < num_frames:
+        rows = torch.cat([rows, rows[-1:].expand(num_frames - rows.shape[0], -1)])
+    return rows[:num_frames]
+
+
 def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *, mode: str = "vanilla",
-                 device="cpu", batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Labels ``[T,H,W] int64`` and sounding scores ``[T,H,W] float32`` at the frames' own size."""
+                 device="cpu", batch_size: int = 8, markers: torch.Tensor | None = None) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
+    """Labels ``[T,H,W] int64`` and sounding scores ``[T,H,W] float32`` at the frames' own size; ``markers``
+    ``[T,S]``: marker scores to use instead of the model's perception (:func:`clip_markers`)."""
     debias = config.debias_config()
     binary = bool(config.resolved.get("binary", False))
     height, width = frames[0].shape[:2]
@@ -167,7 +185,8 @@ def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *
             images = images.to(device)
             sound = audio[start:start + batch_size].to(device)
             with autocast(torch.device(device), config.run.precision):
-                outputs = model(images, sound, biased=debias.biased_audio if mode != "vanilla" else None)
+                outputs = model(images, sound, biased=debias.biased_audio if mode != "vanilla" else None,
+                                marker_scores=None if markers is None else markers[start:start + batch_size].to(device))
             scheme = debias.scheme
             strategy = logit_strategy(debias.strategy)
             lab, fg = postprocess(outputs, (height, width), mode, binary, debias.alpha, scheme, strategy)

@@ -74,24 +74,44 @@ def noise_audio(model, audio: Tensor, clip_index: Tensor, seed: int = 0) -> Tens
     return out
 
 
-def misaligned_audio(dataset, clip_index: Tensor, frame_index: Tensor, seed: int = 0) -> Tensor:
-    """For every frame, the same second of another clip's audio (see the module docstring)."""
+def misaligned_donor(dataset, clip: int, seed: int = 0) -> int:
+    """The clip whose audio plays over clip ``clip``'s frames in the ``misaligned`` condition."""
+    if hasattr(dataset, "misaligned_index"):
+        try:
+            return dataset.misaligned_index(clip, seed)
+        except ValueError:  # no clip sounds only other classes (tiny sets): fall back as below
+            pass
+    return (clip + max(len(dataset) // 2, 1)) % len(dataset)
+
+
+def misaligned_audio(dataset, clip_index: Tensor, frame_index: Tensor, seed: int = 0, load=None) -> Tensor:
+    """For every frame, the same second of another clip's audio (see the module docstring); ``load(index)``
+    (default ``dataset.load_audio``) gives a clip's per-frame rows, e.g. ``dataset.load_markers``."""
+    load = load or dataset.load_audio
     rows, cache = [], {}
-    n = len(dataset)
     for clip, t in zip(clip_index.tolist(), frame_index.tolist()):
-        donor = None
-        if hasattr(dataset, "misaligned_index"):
-            try:
-                donor = dataset.misaligned_index(clip, seed)
-            except ValueError:  # no clip sounds only other classes (tiny sets): fall back as below
-                donor = None
-        if donor is None:
-            donor = (clip + max(n // 2, 1)) % n
+        donor = misaligned_donor(dataset, clip, seed)
         if donor not in cache:
-            cache[donor] = dataset.load_audio(donor)
+            cache[donor] = load(donor)
         audio = cache[donor]
         rows.append(audio[t % audio.shape[0]])
     return torch.stack(rows)
+
+
+def condition_markers(condition: str, dataset, batch: dict, seed: int) -> Tensor | None:
+    """The marker scores ``[N,S]`` of the audio a condition plays, from the dataset's marker files
+    (``data.marker_files``; None without them): the clip's own, the donor clip's (``misaligned``), or the
+    folder's ``silence.pth`` / ``noise.pth``."""
+    files = getattr(dataset, "markers", None)
+    if files is None:
+        return None
+    device = batch["frames"].device
+    if condition == "normal":
+        return batch["markers"]
+    if condition == "misaligned":
+        return misaligned_audio(dataset, batch["clip_index"], batch["frame_index"], seed,
+                                load=dataset.load_markers).to(device)
+    return files.condition(condition).to(device).expand(batch["frames"].shape[0], -1)
 
 
 def _condition_audio(condition: str, model, dataset, batch: dict, seed: int) -> Tensor:
@@ -156,9 +176,11 @@ def _model_batches(model, dataset, indices, *, batch_size, device, conditions, n
                 outputs = {}
                 for condition in conditions:
                     audio = _condition_audio(condition, model, base, batch, seed)
+                    markers = None if audio_only else condition_markers(condition, base, batch, seed)
                     with autocast(device, precision):
                         outputs[condition] = (model.audio_outputs(audio) if audio_only else
-                                              model(batch["frames"], audio, biased=biased if needs_biased else None))
+                                              model(batch["frames"], audio, biased=biased if needs_biased else None,
+                                                    marker_scores=markers))
                 yield batch, outputs
     finally:
         model.train(was_training)
@@ -193,10 +215,15 @@ def predict_batches(model, dataset, *, batch_size: int = 8, device="cpu", audio:
 
 
 # ---------------------------------------------------------------------------------------------- metrics
+PROTOCOLS = ("per_dataset", "per_batch")
+
+
 class _ModeMeters:
-    def __init__(self, binary: bool, num_classes: int, conditions, counterfactual: bool = False):
+    def __init__(self, binary: bool, num_classes: int, conditions, counterfactual: bool = False,
+                 protocol: str = "per_dataset"):
         self.binary = binary
-        self.segmentation = BinaryAVSMetrics(scores="probabilities") if binary else SemanticAVSMetrics(num_classes)
+        self.segmentation = (BinaryAVSMetrics(scores="probabilities", per_batch=protocol == "per_batch") if binary
+                             else SemanticAVSMetrics(num_classes))
         self.bias = BiasMeters(tuple(c for c in conditions if c != "normal"))
         self.counterfactual = counterfactual
 
@@ -297,7 +324,7 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
              biased: str = "mute", alpha: float = 1.0, scheme: str = "separate", strategy: str = "fixed",
              max_clips: int | None = None, seed: int = 0, num_workers: int = 0, precision: str = "fp32",
              distributed: bool | None = None, progress: bool = False, overall_reading: str = "score",
-             gate=None, counterfactual: bool | None = None) -> dict:
+             gate=None, counterfactual: bool | None = None, protocol: str = "per_dataset") -> dict:
     """The metrics table of ``model`` on ``dataset``: ``{mode: row}`` with ``miou``, ``fscore``, ``frames``
     (semantic sets also ``miou_present_classes``/``fscore_present_classes``) and, with ``bias``,
     ``fpr_silence``, ``fpr_noise``, ``fpr_misaligned``. One model pass per audio condition serves every mode.
@@ -309,7 +336,12 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
     :class:`coavs.eval.bias.BiasEvaluator`'s counterfactual score; ``counterfactual_frames`` = frames × 2 (the
     two scores are left out when it is 0).
     ``overall_reading``: the ``overall`` scheme's reading (``score`` or ``product``); ``gate``: a
-    :class:`coavs.eval.gate.Gate` applied to every prediction."""
+    :class:`coavs.eval.gate.Gate` applied to every prediction. ``protocol`` (binary datasets): ``per_dataset``
+    (every frame weighs the same) or ``per_batch`` (AVSBench's ``test.py``: the mean of per-batch numbers, one
+    batch = ``batch_size`` clips; see :class:`coavs.eval.metrics.BinaryAVSMetrics`); AVSS sums over the dataset
+    either way."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     modes = tuple(modes)
     if not modes:
         raise ValueError(f"modes must name at least one of {', '.join(INFERENCE_MODES)}")
@@ -320,6 +352,8 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
     num_classes = base_dataset(dataset).num_classes
     base = base_dataset(dataset)
     lone = _lone_sounders(base) if (bias if counterfactual is None else counterfactual) else None
+    if getattr(base, "markers", None) is not None:
+        lone = None  # donors' marker files are not threaded through the counterfactual pairs (yet)
     meters = {mode: _ModeMeters(binary, num_classes, conditions, lone is not None) for mode in modes}
     settings = dict(alpha=alpha, scheme=scheme, strategy=strategy, overall_reading=overall_reading, gate=gate)
     indices = _clip_indices(dataset, max_clips, distributed)

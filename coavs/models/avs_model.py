@@ -26,24 +26,29 @@ from coavs.models.decoder import TransformerDecoder
 from coavs.models.perception import Perception, load_kmeans
 from coavs.models.pixel_decoder import PixelDecoder
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 class AVSModel(nn.Module):
     """Audio-prompted mask classification (see the module docstring).
 
     ``prompt_encoder``: any module mapping the ``audio`` argument to ``[N,D]`` (default: the
     :class:`AudioEncoder` of ``config.audio_input``). K-means markers need it to have ``descriptor(x)`` and
     ``descriptor_dim``; the ``noise`` biased branch needs ``noise_like(x)``. A text encoder works the same way
-    (see ``examples/text_prompted.py``).
+    (see ``examples/text_prompted.py``). ``pretrained``: load ``config.backbone_weights`` (False when the weights
+    come from a coavs checkpoint next).
+
+    The segmenter is this class's (``backbone`` → ``pixel_decoder`` → ``decoder``, with ``query_feat`` and
+    ``query_pos``); :class:`coavs.models.hf_mask2former.HFMask2FormerAVS` replaces it by transformers' Mask2Former
+    through the four methods a segmenter defines: :meth:`_build_segmenter`, :meth:`query_features`,
+    :meth:`image_features` and :meth:`decode`.
     """
 
-    def __init__(self, config: ModelConfig, prompt_encoder: nn.Module | None = None):
+    backbone_prefix = "backbone."  # parameters trained at optim.backbone_lr_scale
+    embedding_names = ("query_feat", "query_pos")  # parameters without weight decay (besides norms and biases)
+
+    def __init__(self, config: ModelConfig, prompt_encoder: nn.Module | None = None, pretrained: bool = True):
         super().__init__()
         config.validate()
         self.config = config
-        dim, queries = config.hidden_dim, config.queries
+        dim = config.hidden_dim
         self.prompt_encoder = prompt_encoder or AudioEncoder(config.audio_input, dim, config.audio_channels)
         descriptor_dim = 0
         if config.num_clusters:
@@ -52,16 +57,45 @@ class AVSModel(nn.Module):
                                  f"descriptor(); {type(self.prompt_encoder).__name__} has none (set num_clusters=0)")
             descriptor_dim = self.prompt_encoder.descriptor_dim
         self.perception = Perception(dim, config.num_audio_classes, config.num_clusters, descriptor_dim)
+        self._build_segmenter(config, pretrained)
+        self.diffusion = DiffusionSchedule(config.diffusion_steps)
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
+        for part in config.freeze:
+            for module in self.segmenter_parts()[part]:
+                module.requires_grad_(False)
+
+    # -------------------------------------------------------------------------------------- segmenter
+    def _build_segmenter(self, config: ModelConfig, pretrained: bool) -> None:
+        dim, queries = config.hidden_dim, config.queries
         self.query_feat = nn.Parameter(torch.randn(queries, dim))
         self.query_pos = nn.Parameter(torch.randn(queries, dim))
-        self.backbone = build_backbone(config.backbone, config.backbone_widths, config.backbone_weights)
+        self.backbone = build_backbone(config.backbone, config.backbone_widths,
+                                       config.backbone_weights if pretrained else None, config.backbone_kwargs)
         self.pixel_decoder = PixelDecoder(self.backbone.out_channels, dim, config.num_heads, config.ffn_dim,
                                           config.pixel_decoder_layers, config.dropout)
         self.decoder = TransformerDecoder(dim, config.num_heads, config.ffn_dim, config.num_layers,
                                           config.num_classes, config.dropout)
-        self.diffusion = DiffusionSchedule(config.diffusion_steps)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def segmenter_parts(self) -> dict[str, list[nn.Module]]:
+        """The modules of each part that ``ModelConfig.freeze`` can name."""
+        return {"backbone": [self.backbone], "pixel_decoder": [self.pixel_decoder], "decoder": [self.decoder]}
+
+    def query_features(self) -> Tensor:
+        """The learnable query features ``[Q,D]`` that the audio prompts are added to."""
+        return self.query_feat
+
+    def image_features(self, frames: Tensor):
+        """Frames ``[N,3,H,W]`` in [0,1] → the segmenter's image features, computed once for both branches
+        (here ``(mask_features [N,D,H/4,W/4], three levels)``)."""
+        x = (frames - self.pixel_mean.to(frames.dtype)) / self.pixel_std.to(frames.dtype)
+        return self.pixel_decoder(self.backbone(x))
+
+    def decode(self, queries: Tensor, active: Tensor, branches: int, features) -> list[tuple[Tensor, Tensor]]:
+        """Prompted queries ``[N, branches·Q, D]`` (branches side by side) → per prediction (initial queries, then
+        every layer) ``(class logits [N, branches·Q, K+1], mask logits [N, branches·Q, H/4, W/4])``."""
+        mask_features, levels = features
+        return self.decoder(queries, self.query_pos, levels, mask_features, active, branches)
 
     # ------------------------------------------------------------------------------------------- parts
     def class_to_marker(self) -> Tensor:
@@ -80,11 +114,6 @@ class AVSModel(nn.Module):
                              f"{self.config.num_clusters}")
         self.perception.set_clusters(fit)
 
-    def image_features(self, frames: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Frames ``[N,3,H,W]`` in [0,1] → ``(mask_features [N,D,H/4,W/4], three levels)``."""
-        x = (frames - self.pixel_mean.to(frames.dtype)) / self.pixel_std.to(frames.dtype)
-        return self.pixel_decoder(self.backbone(x))
-
     def perceive(self, embedding: Tensor, audio: Tensor, class_presence: Tensor | None = None):
         descriptor = self.prompt_encoder.descriptor(audio) if self.config.num_clusters else None
         return self.perception(embedding, descriptor, class_presence)
@@ -101,7 +130,8 @@ class AVSModel(nn.Module):
 
     def assign(self, scores: Tensor, embedding: Tensor):
         c = self.config
-        return ops.assign_queries(scores.float(), embedding.to(self.query_feat.dtype), self.query_feat, c.dilation,
+        query_feat = self.query_features()
+        return ops.assign_queries(scores.float(), embedding.to(query_feat.dtype), query_feat, c.dilation,
                                   threshold=c.marker_threshold, dormant_gate=c.dormant_gate, soft=c.soft_gate)
 
     # ----------------------------------------------------------------------------------------- forward
@@ -113,7 +143,7 @@ class AVSModel(nn.Module):
             biased: also run the biased branch with this bias-only audio (``mute``, ``noise``, ``ddpm``,
                 ``random_semantic``); its outputs are under ``"biased"``.
             marker_scores: ``[N,S]`` markers to use instead of the perception module's (e.g. the paper's
-                marker files, :class:`coavs.models.perception.ReferenceMarkers`).
+                marker files, :class:`coavs.data.markers.ReferenceMarkers`).
             class_presence: ``[N,C]`` ground-truth class presence for teacher forcing (training).
 
         Returns a dict: ``pred_logits [N,Q,K+1]``, ``pred_masks [N,Q,H/4,W/4]``, ``aux_outputs`` (the same two
@@ -137,8 +167,7 @@ class AVSModel(nn.Module):
             active = torch.cat([active, biased_assigned.active], dim=1)
             branches = 2
 
-        mask_features, levels = self.image_features(frames)
-        predictions = self.decoder(queries, self.query_pos, levels, mask_features, active, branches)
+        predictions = self.decode(queries, active, branches, self.image_features(frames))
 
         q = self.config.queries
         outputs = _branch(predictions, slice(0, q))

@@ -1,8 +1,20 @@
 """Image backbones: frames ``[N,3,H,W]`` → four feature maps at strides 4, 8, 16, 32.
 
 ``small_cnn`` (default) is trained from scratch. ``timm:<name>`` and ``torchvision:<resnet name>`` build those
-libraries' models when they are installed, **without downloading anything**: pretrained weights come from a
-local state-dict file (``ModelConfig.backbone_weights``).
+libraries' models when they are installed (``pip install 'coavs[backbones]'``), **without downloading anything**:
+pretrained weights come from a local file (``ModelConfig.backbone_weights``) in the library's own public format,
+loaded the way the library loads it:
+
+- timm: ``timm.create_model(name, pretrained=True, features_only=True, pretrained_cfg_overlay=dict(file=PATH))``,
+  so timm applies its own checkpoint filter (e.g. the original Swin or PVT-v2 release's key names) to the
+  classification model's state dict *before* ``features_only`` renames the stages (``stages.0`` → ``stages_0``);
+  a file that does not fit is timm's strict-load error, in one line. Tested families: Swin-B
+  (``swin_base_patch4_window12_384``), PVT-v2-B5 (``pvt_v2_b5``), ConvNeXt (``convnext_base``), ResNet-50.
+- torchvision: the ResNet's full state dict (``resnet50-*.pth`` as torchvision publishes it, ``fc`` included)
+  through ``load_state_dict`` (strict), the only local-file loading torchvision has.
+
+``ModelConfig.backbone_kwargs`` passes extra keyword arguments to ``timm.create_model`` (e.g. ``img_size: 384`` for a
+Swin trained at another resolution).
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import os
 import torch
 from torch import Tensor, nn
 
+from coavs.errors import UserError
 from coavs.models.audio import _groups
 
 
@@ -51,13 +64,20 @@ class SmallCNN(nn.Module):
 class TimmBackbone(nn.Module):
     """A timm model with ``features_only=True`` and its last four feature levels (NCHW)."""
 
-    def __init__(self, name: str, weights: str | None):
+    def __init__(self, name: str, weights: str | None, kwargs: dict | None = None):
         super().__init__()
         import timm
 
-        self.model = timm.create_model(name, pretrained=False, features_only=True)
+        options = dict(kwargs or {})
         if weights:
-            _load_weights(self.model, weights)
+            _check_file(weights)
+            options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+        try:
+            self.model = timm.create_model(name, features_only=True, **options)
+        except (RuntimeError, KeyError, ValueError) as exc:  # timm's strict load or its checkpoint filter
+            if not weights:
+                raise
+            raise UserError(f"backbone weights {weights} do not fit timm:{name}: {_first_line(exc)}") from None
         info = self.model.feature_info
         self.indices = list(range(len(info.channels())))[-4:]
         self.out_channels = [info.channels()[i] for i in self.indices]
@@ -101,23 +121,38 @@ class TorchvisionResNet(nn.Module):
         return feats
 
 
-def _load_weights(module: nn.Module, path: str) -> None:
+def _check_file(path: str) -> None:
     if not os.path.isfile(path):
-        raise FileNotFoundError(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        raise UserError(f"backbone weights file not found: {path} (ModelConfig.backbone_weights; nothing is "
+                        "downloaded)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _load_weights(module: nn.Module, path: str) -> None:
+    """torchvision's way: the model's own state dict (``{"state_dict": …}`` wrappers accepted), strictly."""
+    _check_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle refusals, truncated files
+        raise UserError(f"backbone weights {path} are not a readable state dict: {_first_line(exc)}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    result = module.load_state_dict(state, strict=False)
-    own = set(module.state_dict())
-    if not own & set(state):
-        raise ValueError(f"backbone weights {path} share no parameter names with the model")
-    if result.missing_keys:
-        raise ValueError(f"backbone weights {path} lack {len(result.missing_keys)} parameters, e.g. "
-                         f"{result.missing_keys[:3]}")
+    if not isinstance(state, dict):
+        raise UserError(f"backbone weights {path} hold a {type(state).__name__}, not a state dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"backbone weights {path} do not fit the model: {_first_line(exc)}") from None
 
 
-def build_backbone(name: str, widths: tuple[int, ...] = (64, 128, 256, 512), weights: str | None = None) -> nn.Module:
-    """``small_cnn`` | ``timm:<name>`` | ``torchvision:<resnet name>`` → module with ``out_channels`` (4 ints)."""
+def build_backbone(name: str, widths: tuple[int, ...] = (64, 128, 256, 512), weights: str | None = None,
+                   kwargs: dict | None = None) -> nn.Module:
+    """``small_cnn`` | ``timm:<name>`` | ``torchvision:<resnet name>`` → module with ``out_channels`` (4 ints).
+    ``kwargs``: extra ``timm.create_model`` arguments (timm only)."""
     if name == "small_cnn":
         if weights:
             raise ValueError("backbone_weights is for timm/torchvision backbones; small_cnn trains from scratch")
@@ -126,6 +161,9 @@ def build_backbone(name: str, widths: tuple[int, ...] = (64, 128, 256, 512), wei
     if library in ("timm", "torchvision") and model_name:
         if importlib.util.find_spec(library) is None:
             raise ImportError(f"backbone {name!r} needs {library}, which is not installed "
-                              f"(pip install {library}); or use backbone='small_cnn'")
-        return TimmBackbone(model_name, weights) if library == "timm" else TorchvisionResNet(model_name, weights)
+                              f"(pip install 'coavs[backbones]'); or use backbone='small_cnn'")
+        if kwargs and library != "timm":
+            raise ValueError("backbone_kwargs are passed to timm.create_model; torchvision backbones take none")
+        return TimmBackbone(model_name, weights, kwargs) if library == "timm" else TorchvisionResNet(model_name,
+                                                                                                     weights)
     raise ValueError(f"backbone must be 'small_cnn', 'timm:<name>' or 'torchvision:<name>', got {name!r}")

@@ -1,8 +1,21 @@
 """``ModelConfig``: every size and switch of :class:`coavs.models.AVSModel`, with a CPU and a paper preset.
 
 Marker layout (the "latent semantic markers" of the paper): markers ``0 … C-1`` are the audio classifier's
-classes (label values ``1 … C``; label 0 is background), markers ``C … C+M-1`` are the k-means clusters.
-``S = C + M`` markers; marker ``s`` owns queries ``s·d … s·d+d-1`` (``d`` = dilation), so ``Q ≥ S·d``.
+classes, markers ``C … C+M-1`` the k-means clusters. ``S = C + M`` markers; marker ``s`` owns queries
+``s·d … s·d+d-1`` (``d`` = dilation), so ``Q ≥ S·d``.
+
+Which queries a ground truth may be matched to (``target_markers``):
+
+- ``class`` (semantic AVS): class marker ``c−1`` is the classifier's score for label value ``c`` (label 0 is
+  background), and a ground truth of class ``c`` goes only to the ``d`` queries of marker ``c−1``;
+- ``any`` (binary AVS, S4/MS3; the reference code's choice of ``C`` classes + 1 cluster): the markers are not the
+  segmentation classes, so the foreground may go to any *active* query, the queries of whichever class and
+  cluster markers the audio switched on. The learned classifier of a binary run has ``C = 1`` marker (is anything
+  sounding); precomputed marker files (the reference code's BEATs classes) bring their own ``C``.
+
+Segmenters (``segmenter``): ``own`` (coavs's backbone → FPN pixel decoder → transformer decoder, CPU presets) or
+``hf_mask2former`` (transformers' ``Mask2FormerForUniversalSegmentation`` from the local ``save_pretrained``
+folder ``checkpoint``; :mod:`coavs.models.hf_mask2former`).
 """
 
 from __future__ import annotations
@@ -12,6 +25,11 @@ from dataclasses import dataclass
 
 AUDIO_INPUTS = ("vggish", "logmel", "waveform")
 BIASED_QUERIES = ("own", "shared")
+SEGMENTERS = ("own", "hf_mask2former")
+TARGET_MARKERS = ("class", "any")
+FREEZABLE = ("backbone", "pixel_decoder", "decoder")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -29,7 +47,14 @@ class ModelConfig:
     marker_threshold: float = 0.4
     dormant_gate: float = 0.0
     soft_gate: bool = False
+    target_markers: str = "class"  # "class" (semantic AVS) | "any" (binary AVS): see the module docstring
     # segmenter
+    segmenter: str = "own"  # "own" | "hf_mask2former" (see the module docstring)
+    checkpoint: str | None = None  # hf_mask2former: the local save_pretrained folder (never downloaded)
+    hf_config: dict | None = None  # hf_mask2former: the checkpoint's config.json, filled when a run starts
+    freeze: tuple[str, ...] = ()  # parts that do not train: any of "backbone", "pixel_decoder", "decoder"
+    pixel_mean: tuple[float, ...] = IMAGENET_MEAN  # frame normalisation (hf_mask2former: the checkpoint's
+    pixel_std: tuple[float, ...] = IMAGENET_STD  # image processor's image_mean / image_std)
     hidden_dim: int = 256  # D (also the audio embedding size)
     num_queries: int | None = 100  # Q
     dilation: int = 1  # d
@@ -39,7 +64,8 @@ class ModelConfig:
     dropout: float = 0.0
     backbone: str = "small_cnn"  # "small_cnn" | "timm:<name>" | "torchvision:<resnet name>"
     backbone_widths: tuple[int, ...] = (64, 128, 256, 512)  # small_cnn stage widths (strides 4, 8, 16, 32)
-    backbone_weights: str | None = None  # local state-dict file for a timm/torchvision backbone (never downloaded)
+    backbone_weights: str | None = None  # local weight file of a timm/torchvision backbone (never downloaded)
+    backbone_kwargs: dict | None = None  # extra timm.create_model arguments (e.g. img_size)
     pixel_decoder_layers: int = 1  # transformer-encoder layers on the coarsest feature level
     # biased branch
     diffusion_steps: int = 100  # `ddpm` biased audio: betas linspace(1e-4, 0.02, steps), as the reference code
@@ -50,6 +76,8 @@ class ModelConfig:
     def __post_init__(self):
         self.audio_channels = tuple(self.audio_channels)
         self.backbone_widths = tuple(self.backbone_widths)
+        self.freeze = tuple(self.freeze)
+        self.pixel_mean, self.pixel_std = tuple(self.pixel_mean), tuple(self.pixel_std)
         self.validate()
 
     # ------------------------------------------------------------------------------------------ derived
@@ -64,7 +92,10 @@ class ModelConfig:
         return self.num_queries if self.num_queries is not None else self.num_markers * self.dilation
 
     def class_to_marker(self) -> list[int]:
-        """Marker of each label value (``-1`` = none: background and classes without a classifier marker)."""
+        """Marker of each label value (``-1`` = any active query: background, classes without a classifier marker,
+        and every class under ``target_markers="any"``)."""
+        if self.target_markers == "any":
+            return [-1] * self.num_classes
         return [c - 1 if 1 <= c <= self.num_audio_classes else -1 for c in range(self.num_classes)]
 
     def validate(self) -> None:
@@ -88,7 +119,20 @@ class ModelConfig:
         if self.hidden_dim % 4:
             raise ValueError(f"ModelConfig.hidden_dim must be divisible by 4 (2-D sine positions), got "
                              f"{self.hidden_dim}")
-        if self.num_audio_classes > self.num_classes - 1:
+        if self.target_markers not in TARGET_MARKERS:
+            raise ValueError(f"ModelConfig.target_markers must be one of {TARGET_MARKERS}, got {self.target_markers!r}")
+        if self.segmenter not in SEGMENTERS:
+            raise ValueError(f"ModelConfig.segmenter must be one of {SEGMENTERS}, got {self.segmenter!r}")
+        if self.segmenter == "hf_mask2former" and not self.checkpoint and self.hf_config is None:
+            raise ValueError("ModelConfig.segmenter hf_mask2former needs checkpoint: the folder of a Mask2Former "
+                             "saved with save_pretrained (e.g. facebook/mask2former-swin-base-ade-semantic)")
+        bad = [part for part in self.freeze if part not in FREEZABLE]
+        if bad:
+            raise ValueError(f"ModelConfig.freeze takes parts among {FREEZABLE}, got {bad}")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
+            raise ValueError(f"ModelConfig.pixel_mean and pixel_std need 3 values each (std > 0), got "
+                             f"{self.pixel_mean}, {self.pixel_std}")
+        if self.num_audio_classes > self.num_classes - 1:  # a learned classifier learns from the labels
             raise ValueError(f"ModelConfig.num_audio_classes ({self.num_audio_classes}) can cover at most the "
                              f"num_classes - 1 = {self.num_classes - 1} non-background classes")
         if self.num_markers < 1:

@@ -4,7 +4,8 @@ Markers ``0 … C-1``: a multi-label audio classifier on the audio embedding (cl
 ``≥ threshold``, 0.4). Markers ``C … C+M-1``: k-means clusters fitted on the training set's audio descriptors
 (``coavs fit-markers``), one-hot (exactly one cluster is present per frame). ``scores = [probs, one_hot]``.
 
-Users of the paper's code can bring their own marker files instead (:func:`load_reference_markers`).
+Precomputed per-clip marker files (the paper's way, ``coavs markers``) are read by :mod:`coavs.data.markers` and
+passed to the model as ``marker_scores``; this module is then not asked.
 """
 
 from __future__ import annotations
@@ -172,82 +173,3 @@ class Perception(nn.Module):
             ids = self.cluster_ids(descriptor)
             parts.append(F.one_hot(ids, self.num_clusters).float())
         return Perceived(torch.cat(parts, dim=1), class_logits, ids)
-
-
-# ------------------------------------------------------------------------------ the paper's marker files
-def markers_from_reference(data, num_markers: int) -> Tensor:
-    """The content of one of the paper's per-video marker files → scores ``[T,S]`` in [0,1].
-
-    The reference code saves, per video, what its classifier (BEATs, threshold 0.4) or clustering (HuBERT
-    k-means) produced, and reads it back as a multi-hot vector per frame. Accepted forms:
-
-    - a float tensor ``[T,S']`` of scores or probabilities (``S' ≤ S``; padded with zeros);
-    - an integer tensor ``[T]`` (one cluster/class id per frame) → one-hot;
-    - an integer tensor ``[T,n]`` or a list of per-frame id lists/tensors → multi-hot (repeated ids and
-      negative padding ids are ignored).
-    """
-    if isinstance(data, (list, tuple)):
-        rows = []
-        for frame in data:
-            ids = torch.as_tensor(frame).long().flatten()
-            rows.append(_multi_hot(ids, num_markers))
-        if not rows:
-            raise ValueError("marker file holds no frames")
-        return torch.stack(rows)
-    if not isinstance(data, Tensor):
-        raise ValueError(f"marker file must hold a tensor or a list of per-frame ids, got {type(data).__name__}")
-    if data.is_floating_point():
-        if data.dim() != 2:
-            raise ValueError(f"a float marker tensor must be [T,S], got {tuple(data.shape)}")
-        if data.shape[1] > num_markers:
-            raise ValueError(f"marker file has {data.shape[1]} markers per frame, the model has {num_markers}")
-        if data.min() < 0 or data.max() > 1:
-            raise ValueError("float marker scores must lie in [0, 1] (probabilities); apply sigmoid/softmax first")
-        return F.pad(data.float(), (0, num_markers - data.shape[1]))
-    if data.dim() == 1:
-        return _multi_hot_rows(data.long()[:, None], num_markers)
-    if data.dim() == 2:
-        return _multi_hot_rows(data.long(), num_markers)
-    raise ValueError(f"an integer marker tensor must be [T] or [T,n], got {tuple(data.shape)}")
-
-
-def _multi_hot(ids: Tensor, num_markers: int) -> Tensor:
-    ids = ids[ids >= 0]
-    if ids.numel() and ids.max() >= num_markers:
-        raise ValueError(f"marker id {int(ids.max())} is out of range for {num_markers} markers")
-    row = torch.zeros(num_markers)
-    row[ids] = 1.0
-    return row
-
-
-def _multi_hot_rows(ids: Tensor, num_markers: int) -> Tensor:
-    return torch.stack([_multi_hot(r, num_markers) for r in ids])
-
-
-def load_reference_markers(path: str | os.PathLike, num_markers: int) -> Tensor:
-    """Load one per-video marker file of the paper's code (``<vid>.pth``) → ``[T,S]``; see
-    :func:`markers_from_reference` for the accepted contents."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    return markers_from_reference(data, num_markers)
-
-
-class ReferenceMarkers:
-    """A folder of the paper's per-video marker files (``<folder>/<video id>.pth``), read on demand.
-
-    ``markers(video_id)`` → ``[T,S]``; pass a batch's rows to ``AVSModel.forward(marker_scores=…)``.
-    """
-
-    def __init__(self, folder: str | os.PathLike, num_markers: int):
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise FileNotFoundError(str(self.folder))
-        self.num_markers = num_markers
-        self._cache: dict[str, Tensor] = {}
-
-    def __call__(self, video_id: str) -> Tensor:
-        if video_id not in self._cache:
-            path = self.folder / f"{video_id}.pth"
-            if not path.is_file():
-                raise FileNotFoundError(str(path))
-            self._cache[video_id] = load_reference_markers(path, self.num_markers)
-        return self._cache[video_id]

@@ -131,6 +131,22 @@ def run(name: str, device: torch.device, *args, **kwargs):
     return REGISTRY[name].impls[select(name, device)](*args, **kwargs)
 
 
+def define_op(qualname: str, fn: Callable, mutates_args=()):
+    """The ``torch.library`` custom op of one coavs op, implemented by ``fn`` (which calls :func:`run`).
+
+    Where Triton compiles real kernels it is a ``torch.library.triton_op``: eager calls run ``fn``;
+    ``torch.compile`` traces ``fn`` on fake tensors, so the graph holds the Triton kernels themselves
+    (``kernels/_launch.py`` wraps them with ``wrap_triton`` while traced: Inductor calls them directly and CUDA
+    graphs capture them) or, on other backends, their ATen or ``coavs_C`` ops. ``fn`` therefore never reads
+    tensor values on the host (``tests/ops/test_host_sync.py``). Under ``TRITON_INTERPRET=1`` (CPU tests) the
+    interpreter cannot be traced, so the op is an opaque ``custom_op`` there. Fake kernels registered afterwards
+    (``register_fake``) override the traced implementation for shape propagation.
+    """
+    if triton_interpreting() or triton_import_error() is not None:
+        return torch.library.custom_op(qualname, fn, mutates_args=mutates_args)
+    return torch.library.triton_op(qualname, fn, mutates_args=mutates_args)
+
+
 @contextlib.contextmanager
 def use_backend(backend: str | None):
     """Forces ``backend`` for every op inside the block (None restores automatic choice)."""

@@ -82,8 +82,7 @@ def _fake_backward(grad_queries, grad_gate, audio, gate, active, num_markers, di
             grad_queries.new_empty(num_queries, width))
 
 
-@torch.library.custom_op("coavs::assign_queries", mutates_args=())
-def assign_queries_op(
+def _assign_queries(
     scores: Tensor, audio: Tensor, query_feat: Tensor, dilation: int, threshold: float, dormant_gate: float,
     soft: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -92,17 +91,22 @@ def assign_queries_op(
                          dormant_gate, soft)
 
 
+assign_queries_op = _dispatch.define_op("coavs::assign_queries", _assign_queries)
+
+
 assign_queries_op.register_fake(_fake_forward)
 
 
-@torch.library.custom_op("coavs::assign_queries_backward", mutates_args=())
-def assign_queries_backward_op(
+def _assign_queries_backward(
     grad_queries: Tensor, grad_gate: Tensor, audio: Tensor, gate: Tensor, active: Tensor, num_markers: int,
     dilation: int, soft: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(d_scores, d_audio, d_query_feat); see :func:`coavs.ops.reference.assign_queries_backward`."""
     return _dispatch.run("assign_queries_backward", grad_queries.device, grad_queries, grad_gate, audio, gate,
                          active, num_markers, dilation, soft)
+
+
+assign_queries_backward_op = _dispatch.define_op("coavs::assign_queries_backward", _assign_queries_backward)
 
 
 assign_queries_backward_op.register_fake(_fake_backward)
@@ -114,13 +118,16 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(audio, gate, active)
     ctx.num_markers, ctx.dilation, ctx.soft = scores.shape[1], dilation, soft
     ctx.query_meta = torch.empty_like(query_feat, device="meta")
+    ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not as a filled zero tensor
 
 
 def _backward(ctx, grad_queries, grad_gate, _grad_active):
     audio, gate, active = ctx.saved_tensors
     if grad_queries is None:
         grad_queries = audio.new_zeros(gate.shape[0], *ctx.query_meta.shape)
-    if grad_gate is None:
+    if not ctx.soft:
+        grad_gate = gate  # never read without the soft gate (d_scores is zero): no allocation, no launch
+    elif grad_gate is None:
         grad_gate = torch.zeros_like(gate)
     d_scores, d_audio, d_query_feat = assign_queries_backward_op(
         grad_queries, grad_gate, audio, gate, active, ctx.num_markers, ctx.dilation, ctx.soft
@@ -140,7 +147,7 @@ if _native.load_error() is None and _native.has_op("assign_queries"):
 def query_markers(num_queries: int, num_markers: int, dilation: int, device=None) -> Tensor:
     """``[Q]`` long: the marker that owns each query (``q // d`` for ``q < S·d``, −1 beyond)."""
     _check_layout(num_queries, num_markers, dilation)
-    return reference.query_markers(num_queries, num_markers, dilation, device)
+    return _query_markers(num_queries, num_markers, dilation, device)
 
 
 def _check_layout(num_queries: int, num_markers: int, dilation: int) -> None:
@@ -223,5 +230,13 @@ def assign_queries(
     if not isinstance(soft, bool):
         raise TypeError(f"soft must be a bool, got {type(soft).__name__}")
     queries, gate, active = assign_queries_op(scores, audio, query_feat, dilation, threshold, dormant_gate, soft)
-    marker = reference.query_markers(query_feat.shape[0], scores.shape[1], dilation, query_feat.device)
+    marker = _query_markers(query_feat.shape[0], scores.shape[1], dilation, query_feat.device)
     return AssignedQueries(queries, gate, active, marker)
+
+
+def _query_markers(num_queries: int, num_markers: int, dilation: int, device) -> Tensor:
+    """:func:`reference.query_markers` in two device launches (three when some queries own no marker)."""
+    marker = torch.arange(num_queries, device=device).div_(dilation, rounding_mode="floor")
+    if num_markers * dilation < num_queries:
+        marker[num_markers * dilation:].fill_(-1)
+    return marker

@@ -66,12 +66,14 @@ _BACKWARD = _dispatch.register(
 
 
 # ------------------------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("coavs::debias_logits", mutates_args=())
-def debias_logits_op(
+def _debias_logits(
     mask: Tensor, cls: Tensor, mask_biased: Tensor, cls_biased: Tensor, alpha: float, uncertainty: bool
 ) -> tuple[Tensor, Tensor]:
     """Both pairs in one launch; either pair may be empty. See :func:`coavs.ops.reference.debias_logits`."""
     return _dispatch.run("debias_logits", mask.device, mask, cls, mask_biased, cls_biased, alpha, uncertainty)
+
+
+debias_logits_op = _dispatch.define_op("coavs::debias_logits", _debias_logits)
 
 
 @debias_logits_op.register_fake
@@ -82,14 +84,16 @@ def _(mask, cls, mask_biased, cls_biased, alpha, uncertainty):
         cls, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("coavs::debias_logits_backward", mutates_args=())
-def debias_logits_backward_op(
+def _debias_logits_backward(
     grad_mask: Tensor, grad_cls: Tensor, mask_biased: Tensor, cls_biased: Tensor, alpha: float, uncertainty: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(d_mask, d_mask_biased, d_cls, d_cls_biased)."""
     return _dispatch.run(
         "debias_logits_backward", grad_mask.device, grad_mask, grad_cls, mask_biased, cls_biased, alpha, uncertainty
     )
+
+
+debias_logits_backward_op = _dispatch.define_op("coavs::debias_logits_backward", _debias_logits_backward)
 
 
 @debias_logits_backward_op.register_fake
@@ -101,26 +105,36 @@ def _(grad_mask, grad_cls, mask_biased, cls_biased, alpha, uncertainty):
 
 
 def _setup_context(ctx, inputs, output):
-    _, _, mask_biased, cls_biased, alpha, uncertainty = inputs
+    mask, cls, mask_biased, cls_biased, alpha, uncertainty = inputs
     ctx.alpha, ctx.uncertainty = alpha, uncertainty
     # The fixed strategy needs only alpha; keep the biased logits only when the confidence needs them.
     if uncertainty:
         ctx.save_for_backward(mask_biased, cls_biased)
-    else:
-        ctx.mask_biased_meta = torch.empty_like(mask_biased, device="meta")
-        ctx.cls_biased_meta = torch.empty_like(cls_biased, device="meta")
+    ctx.mask_meta = torch.empty_like(mask, device="meta")
+    ctx.cls_meta = torch.empty_like(cls, device="meta")
+    ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not as a filled zero tensor
 
 
 def _backward(ctx, grad_mask, grad_cls):
+    if grad_mask is None and grad_cls is None:
+        return None, None, None, None, None, None
+    like = grad_mask if grad_mask is not None else grad_cls
+    # A pair without an upstream gradient (or empty) takes no work: an empty gradient gives empty results.
+    use_mask = grad_mask is not None and ctx.mask_meta.numel() > 0
+    use_cls = grad_cls is not None and ctx.cls_meta.numel() > 0
+    empty = like.new_empty((0,))
     if ctx.uncertainty:
         mask_biased, cls_biased = ctx.saved_tensors
     else:
-        # Values are unused for the fixed strategy; zeros with the right shape keep one kernel signature.
-        mask_biased = grad_mask.new_zeros(ctx.mask_biased_meta.shape)
-        cls_biased = grad_cls.new_zeros(ctx.cls_biased_meta.shape)
+        mask_biased = cls_biased = empty  # the fixed strategy's gradient does not read the biased logits
     d_mask, d_mask_b, d_cls, d_cls_b = debias_logits_backward_op(
-        grad_mask, grad_cls, mask_biased, cls_biased, ctx.alpha, ctx.uncertainty
+        grad_mask if use_mask else empty, grad_cls if use_cls else empty,
+        mask_biased if use_mask else empty, cls_biased if use_cls else empty, ctx.alpha, ctx.uncertainty
     )
+    if not use_mask:
+        d_mask = d_mask_b = None
+    if not use_cls:
+        d_cls = d_cls_b = None
     return d_mask, d_cls, d_mask_b, d_cls_b, None, None
 
 

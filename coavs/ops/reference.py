@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -212,9 +213,14 @@ def marker_presence(scores: Tensor, threshold: float) -> Tensor:
     """
     acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
     s = scores.detach().to(acc)
-    present = s >= torch.tensor(threshold, dtype=acc)
+    present = s >= _rounded(threshold, acc)
     top = torch.zeros_like(present).scatter_(1, s.argmax(1, keepdim=True), True) if s.shape[0] else present
     return present | (top & ~present.any(1, keepdim=True))
+
+
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype`` (float32 or float64) on the host: no tensor, so no device copy."""
+    return float(np.float32(value)) if dtype == torch.float32 else float(value)
 
 
 def assign_queries(
@@ -282,7 +288,10 @@ def matching_cost(
 
     Non-finite inputs (:func:`matching_cost_undefined`): an allowed, real pair costs NaN when its query's mask
     logits or its ground truth's values hold a NaN or ±inf, or its class row holds a NaN or +inf or is all −inf;
-    a −inf class logit beside a finite one is a class of probability 0.
+    a −inf class logit beside a finite one is a class of probability 0. Bad values, which no kernel can check
+    without reading them back to the host: a real ground truth whose label is outside ``[0, K+1)`` costs NaN
+    for its allowed pairs; a sample whose count is outside ``[0, G]`` has every column real and every allowed
+    pair NaN.
     """
     acc = torch.float64 if mask_logits.dtype == torch.float64 else torch.float32
     x, t = mask_logits.to(acc), target_masks.to(acc)
@@ -295,10 +304,14 @@ def matching_cost(
     sig = torch.sigmoid(x)
     dice_cost = 1 - (2 * (sig @ t.transpose(1, 2)) + 1) / (sig.sum(-1)[:, :, None] + t.sum(-1)[:, None, :] + 1)
     cost = cost_class * class_cost + cost_mask * mask_cost + cost_dice * dice_cost
-    cost = cost.masked_fill(matching_cost_undefined(mask_logits, target_masks, class_logits), math.nan)
-    column = torch.arange(t.shape[1], device=t.device)
-    valid = allowed & (column[None, None, :] < num_targets[:, None, None])
-    return torch.where(valid, cost, torch.full_like(cost, math.inf))
+    num_gt = t.shape[1]
+    bad_label = (target_labels < 0) | (target_labels >= class_logits.shape[-1])
+    bad_count = (num_targets < 0) | (num_targets > num_gt)
+    undefined = matching_cost_undefined(mask_logits, target_masks, class_logits) | bad_label[:, None, :]
+    cost = cost.masked_fill(undefined | bad_count[:, None, None], math.nan)
+    column = torch.arange(num_gt, device=t.device)
+    real = (column[None, :] < num_targets[:, None]) | bad_count[:, None]
+    return torch.where(allowed & real[:, None, :], cost, torch.full_like(cost, math.inf))
 
 
 def matching_cost_undefined(mask_logits: Tensor, target_masks: Tensor, class_logits: Tensor) -> Tensor:
@@ -352,6 +365,22 @@ def semantic_scores(
     return scores
 
 
+def undefined_samples(masks: list, probs: list, gate: Tensor | None) -> Tensor:
+    """``[B]`` bool: the samples that ``semantic_inference`` leaves undefined (label −1, score NaN): a mask logit
+    of ``masks`` (each ``[B,Q,h,w]``), a class probability of ``probs`` (each ``[B,Q,K]``) or a gate is NaN or
+    ±inf."""
+    finite = None
+    for t in [*masks, *probs] + ([gate] if gate is not None else []):
+        ok = torch.isfinite(t).flatten(1).all(1)
+        finite = ok if finite is None else finite & ok
+    return ~finite
+
+
+def _mark_undefined(result: Tensor, undefined: Tensor) -> Tensor:
+    fill = -1 if result.dtype == torch.int64 else math.nan
+    return result.masked_fill(undefined.view(-1, *([1] * (result.dim() - 1))), fill)
+
+
 def semantic_inference(
     mask: Tensor, cls: Tensor | None, size: tuple[int, int], gate: Tensor | None = None,
     mask_biased: Tensor | None = None, cls_biased: Tensor | None = None, alpha: float = 1.0,
@@ -368,18 +397,32 @@ def semantic_inference(
     - ``mode="binary"``: ``Σ_{k ≠ background} S[k]`` → ``[B,H,W]`` float32; with ``cls=None`` (a mask-only
       model) ``max_q s_q``, the union of the query masks.
 
+    Undefined samples (:func:`undefined_samples`: a NaN or ±inf mask logit, biased mask logit where the scheme
+    reads them, gate, or class probability after the class debias) get label −1 / score NaN everywhere.
+
     Materialises ``[B,Q,H,W]`` and ``[B,K,H,W]``.
     """
+    gate_f = None if gate is None else gate.float()
     if cls is None:
         m = mask.float()
         if mask_biased is not None:  # a mask-only model has only the mask scheme
             m = _debias_mask_only(m, mask_biased.float(), alpha, uncertainty)
-        return _gated_sigmoids(m, size, gate).amax(1)
+        undefined = undefined_samples([mask] + ([mask_biased] if mask_biased is not None else []), [], gate_f)
+        return _mark_undefined(_gated_sigmoids(m, size, gate).amax(1), undefined)
     scores = semantic_scores(mask, cls, size, gate, mask_biased, cls_biased, alpha, scheme, uncertainty)
+    debiased = mask_biased is not None
+    c = cls.float()
+    if debiased and scheme in ("separate", "class"):
+        c = _debias_class_only(c, cls_biased.float(), alpha, uncertainty)
+    probs = [torch.softmax(c, dim=-1)[..., :-1]]
+    if debiased and scheme == "overall":
+        probs.append(torch.softmax(cls_biased.float(), dim=-1)[..., :-1])
+    masks = [mask] + ([mask_biased] if debiased and scheme in ("separate", "mask", "overall") else [])
+    undefined = undefined_samples(masks, probs, gate_f)
     if mode == "semantic":
-        return scores.argmax(1)
+        return _mark_undefined(scores.argmax(1), undefined)
     keep = [k for k in range(scores.shape[1]) if k != background]
-    return scores[:, keep].sum(1)
+    return _mark_undefined(scores[:, keep].sum(1), undefined)
 
 
 def semantic_inference_kernel(
@@ -392,20 +435,26 @@ def semantic_inference_kernel(
     ``gate [B,Q]`` float32 or empty, ``foreground [K]`` float32 weights (``reduce="foreground"``).
     ``mask_debias``: debias the mask logits with ``mask_biased`` (op 4) before resizing; ``overall``: debias the
     scores ``S`` with ``S_b`` computed from ``mask_biased``/``probs_biased``. ``reduce``: ``argmax`` (int64
-    labels), ``foreground`` (``Σ_k foreground[k]·S[k]``) or ``max_query`` (``max_q s_q``), float32.
+    labels), ``foreground`` (``Σ_k foreground[k]·S[k]``; an empty ``foreground`` weighs every class 1) or
+    ``max_query`` (``max_q s_q``), float32. Undefined samples (:func:`undefined_samples` of the masks the scheme
+    reads, the probabilities and the gate) get −1 / NaN.
     """
     size = (height, width)
     g = gate if gate.numel() else None
     m = mask.float()
     if mask_debias:
         m = _debias_mask_only(m, mask_biased.float(), alpha, uncertainty)
+    masks = [mask] + ([mask_biased] if (mask_debias or overall) else [])
+    prob_list = [] if reduce == "max_query" else [probs] + ([probs_biased] if overall else [])
+    undefined = undefined_samples(masks, prob_list, g)
     s = _gated_sigmoids(m, size, g)
     if reduce == "max_query":
-        return s.amax(1)
+        return _mark_undefined(s.amax(1), undefined)
     scores = torch.einsum("bqk,bqhw->bkhw", probs, s)
     if overall:
         scores_b = torch.einsum("bqk,bqhw->bkhw", probs_biased, _gated_sigmoids(mask_biased, size, g))
         scores = _debias_scores(scores, scores_b, alpha, uncertainty)
     if reduce == "argmax":
-        return scores.argmax(1)
-    return (scores * foreground[None, :, None, None]).sum(1)
+        return _mark_undefined(scores.argmax(1), undefined)
+    weighted = scores if foreground.numel() == 0 else scores * foreground[None, :, None, None]
+    return _mark_undefined(weighted.sum(1), undefined)

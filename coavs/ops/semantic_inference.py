@@ -66,14 +66,16 @@ _dispatch.register(
 
 
 # ------------------------------------------------------------------------------------------- custom op
-@torch.library.custom_op("coavs::semantic_inference", mutates_args=())
-def semantic_inference_op(
+def _semantic_inference(
     mask: Tensor, mask_biased: Tensor, probs: Tensor, probs_biased: Tensor, gate: Tensor, foreground: Tensor,
     height: int, width: int, alpha: float, uncertainty: bool, mask_debias: bool, overall: bool, reduce: str,
 ) -> Tensor:
     """The fused kernel; see :func:`coavs.ops.reference.semantic_inference_kernel` for the contract."""
     return _dispatch.run("semantic_inference", mask.device, mask, mask_biased, probs, probs_biased, gate, foreground,
                          height, width, alpha, uncertainty, mask_debias, overall, reduce)
+
+
+semantic_inference_op = _dispatch.define_op("coavs::semantic_inference", _semantic_inference)
 
 
 def _fake_output(mask: Tensor, height: int, width: int, reduce: str) -> Tensor:
@@ -190,31 +192,6 @@ def _validate(mask_logits, cls_logits, gate, biased, debias, mode, background):
                          f"{debias.scheme!r}")
 
 
-def _check_finite(mask_logits, cls_logits, gate, biased) -> None:
-    """Non-finite policy: NaN or ±inf inputs are an error on every backend (one reduction per input, one sync).
-
-    The bilinear resize turns an infinite logit into NaN (inf·0) and the kernels reduce NaN differently from
-    ``torch.argmax``/``amax``, so no backend-independent answer exists; a clear error beats a silent label.
-    Skipped while tracing (``torch.compile``) and on meta tensors, which have no values.
-    """
-    if torch.compiler.is_compiling() or mask_logits.device.type == "meta":
-        return
-    named = [("mask_logits", mask_logits), ("cls_logits", cls_logits),
-             ("gate", gate if gate is not None and gate.is_floating_point() else None)]
-    if biased is not None:
-        named += [("biased mask logits", biased[0]), ("biased class logits", biased[1])]
-    named = [(name, t) for name, t in named if t is not None and t.numel()]
-    # min and max in one vectorised pass (NaN propagates into both, ±inf shows in one), one device-to-host read.
-    extremes = torch.stack([v.float() for _, t in named for v in torch.aminmax(t.detach())]) if named else None
-    if extremes is None or bool(torch.isfinite(extremes).all()):
-        return
-    for name, t in named:
-        if not bool(torch.isfinite(t).all()):
-            bad = (~torch.isfinite(t)).nonzero()[0].tolist()
-            raise ValueError(f"{name} must be finite, got {t[tuple(bad)].item()} at index {tuple(bad)} "
-                             "(semantic_inference accepts no NaN or ±inf; check the model's outputs or dtype)")
-
-
 def semantic_inference(
     mask_logits: Tensor,
     cls_logits: Tensor | None,
@@ -245,12 +222,17 @@ def semantic_inference(
             ``coavs.eval.metrics.BinaryAVSMetrics(scores="probabilities")``.
         background: class index of "background" among the K classes (AVSS: 0), excluded from the binary score.
 
-    Every input must be finite (NaN or ±inf raise ``ValueError`` naming the tensor, on every backend).
+    Non-finite values (every backend alike, without reading anything back to the host): a sample whose mask
+    logits (or, where the debias uses them, biased mask logits) hold a NaN or ±inf, whose gate does, or whose
+    class probabilities are undefined (a class row with a NaN or +inf logit, or all −inf, after any class
+    debias) is *undefined*: every pixel of it gets label −1 (semantic) or score NaN (binary). Other samples are
+    unaffected.
 
     Returns ``[B,H,W]`` labels (int64) or scores (float32). Extra memory: the output plus a bounded tile.
+    Launches on a GPU: the class softmax, one ``aminmax`` per mask tensor (the undefined-sample check) and one
+    kernel, plus the class debias when the scheme has one (docs/performance.md lists every op's launches).
     """
     _validate(mask_logits, cls_logits, gate, biased, debias, mode, background)
-    _check_finite(mask_logits, cls_logits, gate, biased)
     height, width = _check_size(size)
     mask = mask_logits.detach()
     device = mask.device
@@ -271,23 +253,33 @@ def semantic_inference(
         return semantic_inference_op(mask, mask_b if mask_debias else empty_mask, empty_f32, empty_f32, gate_f32,
                                      empty_f32, height, width, alpha, uncertainty, mask_debias, False, "max_query")
 
-    cls = cls_logits.detach().float()
+    cls = cls_logits.detach()
     if scheme in ("separate", "class"):
-        cls = debias_logits(None, cls, None, cls_b.float(), alpha=alpha, scheme="class",
+        cls = debias_logits(None, cls.float(), None, cls_b.float(), alpha=alpha, scheme="class",
                             strategy=debias.strategy).cls
     classes = cls.shape[-1] - 1
-    probs = torch.softmax(cls, dim=-1)[..., :classes].contiguous()
-    probs_b = torch.softmax(cls_b.float(), dim=-1)[..., :classes].contiguous() if overall else empty_f32
+    # Views of the first K columns (no copy): the kernels read them with the row stride of K+1.
+    probs_all = torch.softmax(cls, dim=-1, dtype=torch.float32)
+    probs = probs_all[..., :classes]
+    probs_b = torch.softmax(cls_b, dim=-1, dtype=torch.float32)[..., :classes] if overall else empty_f32
+    mask_arg = mask_b if (mask_debias or overall) else empty_mask
     if mode == "semantic":
-        return semantic_inference_op(mask, mask_b if (mask_debias or overall) else empty_mask, probs, probs_b,
-                                     gate_f32, empty_f32, height, width, alpha, uncertainty, mask_debias, overall,
-                                     "argmax")
-    foreground = torch.ones(classes, dtype=torch.float32, device=device)
-    if background is not None:
-        foreground[background] = 0.0
-    if not overall:
-        # The foreground score is linear in the probabilities: mix one weight per query instead of K.
-        probs = (probs * foreground).sum(-1, keepdim=True)
-        foreground = foreground.new_ones(1)
-    return semantic_inference_op(mask, mask_b if (mask_debias or overall) else empty_mask, probs, probs_b, gate_f32,
-                                 foreground, height, width, alpha, uncertainty, mask_debias, overall, "foreground")
+        return semantic_inference_op(mask, mask_arg, probs, probs_b, gate_f32, empty_f32, height, width, alpha,
+                                     uncertainty, mask_debias, overall, "argmax")
+    if overall:  # per-class scores are debiased before the foreground sum: one weight per class
+        foreground = empty_f32
+        if background is not None:
+            foreground = torch.ones(classes, dtype=torch.float32, device=device)
+            foreground[background].fill_(0.0)
+        return semantic_inference_op(mask, mask_arg, probs, probs_b, gate_f32, foreground, height, width, alpha,
+                                     uncertainty, mask_debias, overall, "foreground")
+    # The foreground score is linear in the probabilities: mix one weight per query, Σ_{k≠background} p_k,
+    # summed over slices (no cancellation from subtracting the background's share).
+    parts = [(0, classes)] if background is None else [(0, background), (background + 1, classes)]
+    weight = None
+    for lo, hi in parts:
+        if hi > lo:
+            piece = probs_all[..., lo:hi].sum(-1, keepdim=True)
+            weight = piece if weight is None else weight + piece
+    return semantic_inference_op(mask, mask_arg, weight, empty_f32, gate_f32, empty_f32, height, width, alpha,
+                                 uncertainty, mask_debias, overall, "foreground")

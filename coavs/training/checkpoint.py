@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from coavs.errors import UserError, one_line
-from coavs.models import AVSModel
+from coavs.models import build_model
 from coavs.training.config import TrainConfig
 from coavs.training.runtime import RunFolder
 
@@ -143,6 +143,6 @@ def load_model(run_dir_or_checkpoint, device="cpu"):
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a coavs training checkpoint")
     config = TrainConfig.from_dict(json.loads(state["config"]))
-    model = AVSModel(config.model_config())
+    model = build_model(config.model_config(), pretrained=False)  # the checkpoint holds every weight
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config

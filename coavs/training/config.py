@@ -38,16 +38,18 @@ from typing import Any, TypeVar
 import torch
 import yaml
 
-from coavs.data.splits import is_binary
+from coavs.data.splits import base_dataset, is_binary
 from coavs.errors import ConfigError
 from coavs.eval.gate import GateSection
 from coavs.inference.combine import INFERENCE_MODES
 from coavs.inference.precision import PRECISIONS
 from coavs.inference.settings import STRATEGIES, DebiasConfig
 from coavs.models.config import ModelConfig
+from coavs.models.hf_mask2former import read_checkpoint
 from coavs.training.negatives import NegativesSection
 
 SCHEDULES = ("poly", "cosine", "constant")
+EVAL_PROTOCOLS = ("per_dataset", "per_batch")
 DEBIAS_STRATEGIES = ("none", *STRATEGIES)  # the debias section's strategy: none trains the vanilla model only
 SPLITS = ("train", "val", "test")
 
@@ -177,6 +179,14 @@ class DataSection:
     memory-mapped afterwards (``auto``: ``~/.cache/coavs/clips``; None: no cache).
     markers: the k-means markers of models with ``num_clusters`` > 0: ``fit`` (fit on the training split at
     the start, saved as ``<run>/markers.pt``) or the path of a ``coavs fit-markers`` file.
+    marker_files: a folder of precomputed per-clip marker files (``<uid>.pth``, the paper's way; ``coavs
+    markers`` writes them, :mod:`coavs.data.markers` reads them). The model then takes every frame's markers
+    from them, in training and evaluation, instead of its learned classifier and k-means (``markers`` is unused;
+    the classifier gets no loss). Its ``markers.json`` sets the defaults of ``model.num_audio_classes`` and
+    ``model.num_clusters`` (without one, set both: their sum is the files' width); the biased branch shares
+    the vanilla branch's markers (``model.biased_queries: shared``, as the reference code does); teacher
+    forcing (``loss.teacher_forcing``) still makes the ground-truth classes' markers present in training.
+    The ``gate`` and ``negatives`` sections, which read the model's own classifier, cannot be combined with it.
     """
 
     root: str = ""
@@ -192,6 +202,7 @@ class DataSection:
     pin_memory: bool | None = None
     cache_dir: str | None = "auto"
     markers: str = "fit"
+    marker_files: str | None = None
 
 
 @dataclass
@@ -250,7 +261,11 @@ class EvalSection:
     """Evaluation during training: ``split`` ("" = none) after every ``every`` epochs (0: after the last one
     only), inference ``modes`` (default: vanilla, plus debias for a debias-trained model), ``bias``: also the
     false-positive rates under silence, noise and misaligned audio (three more passes). ``max_clips`` caps the
-    clips evaluated; ``batch_size`` is in clips."""
+    clips evaluated; ``batch_size`` is in clips. ``protocol`` (S4/MS3 only): ``per_dataset`` weighs every frame
+    alike and averages one F curve over the split; ``per_batch`` averages per-batch numbers as AVSBench's
+    ``test.py`` and the paper's code do, one batch = ``batch_size`` clips (their test loaders take 1 clip per
+    batch), so it depends on the batch size (:class:`coavs.eval.metrics.BinaryAVSMetrics`). AVSS sums over the
+    dataset under both."""
 
     split: str = "val"
     every: int = 1
@@ -258,6 +273,7 @@ class EvalSection:
     bias: bool = False
     batch_size: int = 4
     max_clips: int | None = None
+    protocol: str = "per_dataset"
 
 
 @dataclass
@@ -330,14 +346,27 @@ class TrainConfig:
         return to_dict(self)
 
     # ------------------------------------------------------------------------------------- derived
-    def model_config(self, num_classes: int | None = None):
+    def model_config(self, num_classes: int | None = None, marker_layout: tuple[int, int] | None = None,
+                     binary: bool = False):
         """The :class:`ModelConfig`: ``model.preset`` (``small``/``paper``) or the defaults, updated with the
         other ``model`` keys; ``audio_input`` defaults to ``data.audio``; ``num_classes`` (the dataset's) fills
         ``num_classes`` and ``num_audio_classes`` = K − 1 (a class marker per class) when the config does not
-        set them."""
+        set them. ``marker_layout`` ``(C, M)`` (of ``data.marker_files``) fills ``num_audio_classes`` and
+        ``num_clusters`` first; with marker files the biased branch shares the vanilla markers. ``binary``
+        (S4/MS3) makes ``target_markers`` default to ``any`` (the foreground may go to the queries of any present
+        marker, class or cluster; :mod:`coavs.models.config`)."""
         fields = dict(self.model)
+        if binary:
+            fields.setdefault("target_markers", "any")
         preset = fields.pop("preset", None)
         fields.setdefault("audio_input", self.data.audio)
+        if self.data.marker_files:
+            if fields.setdefault("biased_queries", "shared") != "shared":
+                raise ConfigError("model.biased_queries own perceives the biased branch's markers with the model's "
+                                  "classifier; with data.marker_files it must be shared (the reference code's way)")
+            if marker_layout is not None:
+                fields.setdefault("num_audio_classes", marker_layout[0])
+                fields.setdefault("num_clusters", marker_layout[1])
         if fields["audio_input"] != self.data.audio:
             raise ConfigError(f"model.audio_input ({fields['audio_input']!r}) must match data.audio "
                               f"({self.data.audio!r})")
@@ -402,6 +431,14 @@ class TrainConfig:
             raise ConfigError(f"data.image_size must be >= 1 or null (as stored), got {d.image_size}")
         if d.num_frames is not None and d.num_frames < 1:
             raise ConfigError(f"data.num_frames must be >= 1 or null (as stored), got {d.num_frames}")
+        if d.marker_files is not None and not d.marker_files:
+            raise ConfigError("data.marker_files must be a folder of per-clip marker files (`coavs markers`) or null")
+        if d.marker_files and self.gate.mode != "none":
+            raise ConfigError("gate.mode needs the model's own audio classifier; data.marker_files replaces it "
+                              "(set gate.mode: none)")
+        if d.marker_files and self.negatives.ratio > 0:
+            raise ConfigError("negatives train the model's own audio classifier; data.marker_files replaces it "
+                              "(set negatives.ratio: 0)")
         if d.audio == "vggish" and not d.vggish_dir:
             raise ConfigError("data.audio=vggish needs data.vggish_dir (the folder of <uid>.npy VGGish features)")
         if len(o.betas) == 2 and not all(0.0 <= b < 1.0 for b in o.betas):
@@ -448,6 +485,8 @@ class TrainConfig:
             raise ConfigError(f"loss.num_points must be >= 1, got {self.loss.num_points}")
         if e.every < 0 or e.batch_size < 1:
             raise ConfigError("eval.every must be >= 0 and eval.batch_size >= 1")
+        if e.protocol not in EVAL_PROTOCOLS:
+            raise ConfigError(f"eval.protocol must be {' or '.join(EVAL_PROTOCOLS)}, got {e.protocol!r}")
         for mode in self.eval_modes():
             if mode not in INFERENCE_MODES:
                 raise ConfigError(f"eval.modes: {mode!r} is not one of {', '.join(INFERENCE_MODES)}")
@@ -527,10 +566,43 @@ def config_differences(a: TrainConfig, b: TrainConfig, ignore=_RESUMABLE_CHANGES
     return [k for k in keys if fa.get(k) != fb.get(k) and not any(k == p or k.startswith(p + ".") for p in ignore)]
 
 
+def prepare_segmenter(config: TrainConfig) -> TrainConfig:
+    """The config with what an ``hf_mask2former`` segmenter takes from its checkpoint folder filled in (once, at
+    the start of a run; a run's config.json keeps it): ``model.hf_config`` (the checkpoint's config.json),
+    ``hidden_dim`` and ``num_queries`` (the checkpoint's, unless the config sets them), ``pixel_mean`` /
+    ``pixel_std`` (its image processor's) and ``data.image_size`` (its image processor's size, unless set).
+    Other configs come back unchanged."""
+    model = dict(config.model)
+    if model.get("segmenter") != "hf_mask2former" or model.get("hf_config") is not None:
+        return config
+    if not model.get("checkpoint"):
+        raise ConfigError("model.segmenter hf_mask2former needs model.checkpoint: the folder of a Mask2Former saved "
+                          "with save_pretrained (e.g. facebook/mask2former-swin-base-ade-semantic)")
+    try:
+        info = read_checkpoint(model["checkpoint"])
+    except ImportError as exc:
+        raise ConfigError(str(exc)) from None
+    model.setdefault("hidden_dim", info.config["hidden_dim"])
+    model.setdefault("num_queries", info.config["num_queries"])
+    model.setdefault("pixel_mean", list(info.pixel_mean))
+    model.setdefault("pixel_std", list(info.pixel_std))
+    model["hf_config"] = info.config
+    data = config.data
+    if data.image_size is None and info.image_size is not None:
+        data = dataclasses.replace(data, image_size=info.image_size)
+    return dataclasses.replace(config, model=model, data=data)
+
+
 def resolve(config: TrainConfig, dataset, world_size: int) -> TrainConfig:
     """The config with the model fully spelled out (no preset; classes from the dataset) and facts about the
     dataset and the run under ``resolved``."""
-    model = config.model_config(num_classes=dataset.num_classes)
+    layout = getattr(base_dataset(dataset), "marker_layout", None)
+    model = config.model_config(num_classes=dataset.num_classes, marker_layout=layout,
+                                binary=is_binary(dataset))
+    if layout is not None and (model.num_audio_classes, model.num_clusters) != tuple(layout):
+        raise ConfigError(f"data.marker_files holds {layout[0]} class + {layout[1]} cluster markers (its "
+                          f"markers.json); the model has num_audio_classes={model.num_audio_classes}, num_clusters="
+                          f"{model.num_clusters}: leave them unset or make them match")
     kind = getattr(dataset, "kind", "avss")
     resolved = {"dataset_kind": kind, "binary": is_binary(dataset), "class_names": list(dataset.class_names),
                 "world_size": world_size, "torch": torch.__version__}

@@ -82,6 +82,17 @@ def fit_markers(out: str | os.PathLike, num_clusters: int, data=None, vggish=Non
     return save_kmeans(out, fit, kind), fit, features.shape[0], clips
 
 
+def file_markers(batch: dict, class_presence: Tensor | None = None) -> Tensor | None:
+    """The batch's markers from ``data.marker_files`` (``[N,S]``, None without them), with teacher forcing: the
+    first ``C`` (class) markers raised to ``class_presence [N,C]`` when given, as the model does for its own."""
+    markers = batch.get("markers")
+    if markers is None or class_presence is None:
+        return markers
+    classes = class_presence.shape[1]
+    forced = torch.maximum(markers[:, :classes], class_presence.to(markers.dtype))
+    return torch.cat([forced, markers[:, classes:]], dim=1)
+
+
 def install_markers(model, config, model_config, run_root, main: bool) -> None:
     """Loads ``data.markers`` into ``model``: ``fit`` fits them once (main process) into ``<run>/markers.pt``;
     anything else is a markers file."""

@@ -56,12 +56,16 @@ class Plan:
 
 
 def param_groups(model, lr: float, optim: OptimSection) -> list[dict]:
+    """AdamW groups: the backbone's parameters (``model.backbone_prefix``) at ``backbone_lr_scale``; no weight
+    decay for norms, biases and the query embeddings (``model.embedding_names``); frozen parameters left out."""
+    prefix = getattr(model, "backbone_prefix", "backbone.")
+    embeddings = set(getattr(model, "embedding_names", ("query_feat", "query_pos")))
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = param.dim() < 2 or name in ("query_feat", "query_pos")
-        backbone = name.startswith("backbone.")
+        no_decay = param.dim() < 2 or name in embeddings
+        backbone = name.startswith(prefix)
         groups.setdefault((backbone, no_decay), []).append(param)
     return [{"params": params, "lr": lr * (optim.backbone_lr_scale if backbone else 1.0),
              "weight_decay": 0.0 if no_decay else optim.weight_decay}

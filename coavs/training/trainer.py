@@ -42,17 +42,18 @@ from coavs.data.splits import is_binary, open_split
 from coavs.errors import UserError
 from coavs.inference.batches import collate_frames, select_frames, to_device
 from coavs.inference.precision import autocast
-from coavs.models import AVSModel
+from coavs.models import build_model
 from coavs.progress import progress_bar, write
 from coavs.training import checkpoint as ckpt
 from coavs.training import distributed as dist_utils
 from coavs.training.checkpoint import checkpoint_path, load_model
 from coavs.training.config import (ConfigError, DataSection, EvalSection, LossSection, OptimSection, RunSection,
-                                   StageSection, TrainConfig, apply_overrides, config_differences, resolve)
+                                   StageSection, TrainConfig, apply_overrides, config_differences, prepare_segmenter,
+                                   resolve)
 from coavs.training.debias import DebiasObjective
 from coavs.training.evaluation import calibrate_run_gate, check_gate_split, evaluate_run
 from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
-from coavs.training.markers import install_markers
+from coavs.training.markers import file_markers, install_markers
 from coavs.training.negatives import NegativeSampler, classifier_rows, split_negatives
 from coavs.training.plan import Plan, Stage, build_stages, param_groups
 from coavs.training.run_lock import RunLock
@@ -106,6 +107,7 @@ class _Trainer:
         if resume:
             stored = TrainConfig.from_dict(json.loads((folder.root / "config.json").read_text()))
             if cfg is not None:
+                cfg = prepare_segmenter(cfg)
                 given = resolve(cfg, open_split(cfg, cfg.data.split, cfg.stages[0].subsets), self.info.world_size)
                 changed = config_differences(stored, given)
                 if changed:
@@ -119,14 +121,15 @@ class _Trainer:
                     cache_dir=cfg.data.cache_dir))
             cfg = self.config = stored
 
+        cfg = self.config = prepare_segmenter(cfg)  # hf_mask2former: the checkpoint's sizes and preprocessing
         _seed_everything(cfg.run.seed)
         stages = build_stages(cfg, self.info.world_size)
         cfg = self.config = resolve(cfg, stages[0].dataset, self.info.world_size)
         self.binary = cfg.resolved["binary"]
         self.plan = Plan(stages, cfg.run.max_steps)
         self.model_config = cfg.model_config()
-        model = AVSModel(self.model_config)
-        if self.model_config.num_clusters and not resume:
+        model = build_model(self.model_config, pretrained=not resume)
+        if self.model_config.num_clusters and not resume and not cfg.data.marker_files:
             install_markers(model, self.config, self.model_config, self.folder.root, self.main)
         self.raw_model = model.to(self.device)
         threads = resolve_threads(cfg.run.threads, self.device, sum(p.numel() for p in model.parameters()),
@@ -169,7 +172,7 @@ class _Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             find_unused = cfg.run.ddp_find_unused
             if find_unused is None:
-                find_unused = cfg.loss.audio_class_weight == 0
+                find_unused = cfg.loss.audio_class_weight == 0 or bool(cfg.data.marker_files)  # classifier idle
             self.model = DistributedDataParallel(self.raw_model, device_ids=ids, find_unused_parameters=find_unused)
         if cfg.run.compile:
             backend = cfg.run.compile if isinstance(cfg.run.compile, str) else "inductor"
@@ -255,9 +258,10 @@ class _Trainer:
                                       background_is_class=not self.binary)
         classes = self.model_config.num_audio_classes
         presence = targets.presence[:, 1:1 + classes]
+        forced = presence if cfg.loss.teacher_forcing and classes else None
         with autocast(self.device, cfg.run.precision):
             outputs = self.model(batch["frames"], batch["audio"], biased=self.objective.biased_audio,
-                                 class_presence=presence if cfg.loss.teacher_forcing and classes else None)
+                                 class_presence=forced, marker_scores=file_markers(batch, forced))
         if bool(targets.annotated.any()):
             result = self.objective(outputs, targets.targets, targets.annotated)
             loss, terms = result.total, dict(result.terms)

@@ -14,6 +14,10 @@
 // is padding costs +inf whatever its values; an allowed pair costs NaN when its query's mask logits or its ground
 // truth's values hold a NaN or ±inf, or when its query's class row holds a NaN or +inf or is all −inf. A −inf class
 // logit next to a finite one is an impossible class (probability 0), not an error.
+//
+// Values no kernel may trust (the op reads nothing back to the host to check them): a sample whose num_targets is
+// outside [0, G] has every column real and every allowed pair NaN; a real ground truth whose label is outside
+// [0, K+1) has NaN for its allowed pairs (and no class logit is read for it).
 #pragma once
 
 #include <cmath>

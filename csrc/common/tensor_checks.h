@@ -44,6 +44,20 @@ inline void check_debias_inputs(const at::Tensor& mask, const at::Tensor& cls, c
   TORCH_CHECK(std::isfinite(alpha) && alpha >= 0.0, "alpha must be finite and >= 0, got ", alpha);
 }
 
+// The backward reads the biased logits only for the uncertainty strategy: with the fixed strategy they may be
+// empty (no tensor of their size is made just to be ignored).
+inline void check_debias_backward_inputs(const at::Tensor& grad_mask, const at::Tensor& grad_cls,
+                                         const at::Tensor& mask_biased, const at::Tensor& cls_biased, double alpha,
+                                         bool uncertainty) {
+  if (uncertainty || (mask_biased.numel() == grad_mask.numel() && cls_biased.numel() == grad_cls.numel())) {
+    check_debias_inputs(grad_mask, grad_cls, mask_biased, cls_biased, alpha);
+    return;
+  }
+  check_debias_inputs(grad_mask, grad_cls, grad_mask, grad_cls, alpha);
+  if (mask_biased.numel() != 0) check_same(grad_mask, "grad_mask", mask_biased, "mask_biased");
+  if (cls_biased.numel() != 0) check_same(grad_cls, "grad_cls", cls_biased, "cls_biased");
+}
+
 // assign_queries: scores [B,S], audio [B,D], query_feat [Q,D]; S*d <= Q.
 inline void check_assign_inputs(const at::Tensor& scores, const at::Tensor& audio, const at::Tensor& query_feat,
                                 int64_t dilation) {

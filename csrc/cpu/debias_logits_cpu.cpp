@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> debias_logits_cpu(const at::Tensor& mask, con
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> debias_logits_backward_cpu(
     const at::Tensor& grad_mask, const at::Tensor& grad_cls, const at::Tensor& mask_biased,
     const at::Tensor& cls_biased, double alpha, bool uncertainty) {
-  check_debias_inputs(grad_mask, grad_cls, mask_biased, cls_biased, alpha);
+  check_debias_backward_inputs(grad_mask, grad_cls, mask_biased, cls_biased, alpha, uncertainty);
   const auto g = grad_mask.contiguous(), mb = mask_biased.contiguous();
   const auto gc = grad_cls.contiguous(), cb = cls_biased.contiguous();
   auto d_mask = at::empty_like(g), d_mask_b = at::empty_like(g);

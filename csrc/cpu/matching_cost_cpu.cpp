@@ -46,21 +46,6 @@ void two_dots(const T* x, const T* s, const T* t, int64_t n, T& xt, T& st) {
   st = rs;
 }
 
-// Counts in [0, G] and the labels of real ground truths in [0, K+1): a bad label would read out of bounds.
-void check_counts_and_labels(const at::Tensor& labels, const at::Tensor& counts, int64_t num_classes) {
-  const int64_t batch = labels.size(0), width = labels.size(1);
-  const int64_t* lab = labels.const_data_ptr<int64_t>();
-  const int64_t* cnt = counts.const_data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(cnt[b] >= 0 && cnt[b] <= width, "num_targets[", b, "] = ", cnt[b], " must be in [0, G=", width,
-                "]");
-    for (int64_t g = 0; g < cnt[b]; ++g) {
-      TORCH_CHECK(lab[b * width + g] >= 0 && lab[b * width + g] < num_classes, "target_labels[", b, ", ", g,
-                  "] = ", lab[b * width + g], " is not a class index in [0, ", num_classes, ")");
-    }
-  }
-}
-
 }  // namespace
 
 at::Tensor matching_cost_cpu(const at::Tensor& mask_logits, const at::Tensor& target_masks,
@@ -73,7 +58,6 @@ at::Tensor matching_cost_cpu(const at::Tensor& mask_logits, const at::Tensor& ta
   const int64_t num_gt = target_masks.size(1), num_classes = class_logits.size(2);
   auto cost = at::empty({batch, num_queries, num_gt}, mask_logits.options().dtype(acc_type));
   const auto labels = target_labels.contiguous(), counts = num_targets.contiguous();
-  check_counts_and_labels(labels, counts, num_classes);
   if (cost.numel() == 0) return cost;
 
   const auto x = mask_logits.contiguous();
@@ -113,8 +97,12 @@ at::Tensor matching_cost_cpu(const at::Tensor& mask_logits, const at::Tensor& ta
         for (int64_t r = begin; r < end; ++r) {
           const int64_t b = r / num_queries;
           acc_t* row_out = out + r * num_gt;
+          // The value policy (see the header): a count outside [0, G] makes every column real and every allowed
+          // pair NaN; a real ground truth's label outside [0, K+1) makes its allowed pairs NaN.
+          const bool count_ok = cnt[b] >= 0 && cnt[b] <= num_gt;
+          const int64_t real = count_ok ? cnt[b] : num_gt;
           bool any_allowed = false;
-          for (int64_t g = 0; g < cnt[b]; ++g) any_allowed = any_allowed || ok[r * num_gt + g];
+          for (int64_t g = 0; g < real; ++g) any_allowed = any_allowed || ok[r * num_gt + g];
           if (!any_allowed) {
             std::fill(row_out, row_out + num_gt, std::numeric_limits<acc_t>::infinity());
             continue;
@@ -138,14 +126,19 @@ at::Tensor matching_cost_cpu(const at::Tensor& mask_logits, const at::Tensor& ta
                                                : std::numeric_limits<acc_t>::quiet_NaN();
           const auto sigmoid_sum = static_cast<acc_t>(sigmoid_total);
           for (int64_t g = 0; g < num_gt; ++g) {
-            if (g >= cnt[b] || !ok[r * num_gt + g]) {
+            if (g >= real || !ok[r * num_gt + g]) {
               row_out[g] = std::numeric_limits<acc_t>::infinity();
+              continue;
+            }
+            const int64_t label = lab[b * num_gt + g];
+            if (!count_ok || label < 0 || label >= num_classes) {
+              row_out[g] = std::numeric_limits<acc_t>::quiet_NaN();
               continue;
             }
             acc_t logit_target = 0, sigmoid_target = 0;
             two_dots(logits.data(), probs.data(), tp + (b * num_gt + g) * num_points, num_points, logit_target,
                      sigmoid_target);
-            const acc_t prob = lse.probability(class_row[lab[b * num_gt + g]]);
+            const acc_t prob = lse.probability(class_row[label]);
             row_out[g] = matching::pair_cost(prob, softplus_sum, logit_target, sigmoid_sum, sigmoid_target,
                                              target_sum[b * num_gt + g], num_points, weights);
           }

@@ -17,7 +17,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "common/semantic_inference.h"
@@ -165,6 +167,14 @@ void for_each_chunk(int64_t n, const Fn& fn) {
   });
 }
 
+// Whether n values are all finite (no NaN, no ±inf).
+template <typename T>
+bool all_finite(const T* values, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(static_cast<float>(values[i]));  // no branch: vectorises
+  return ok;
+}
+
 // The source rows a tile of output rows reads, at most (sizes the `across` buffer).
 int64_t max_source_rows(int64_t in_h, int64_t out_h, int64_t tile_rows) {
   return std::min(in_h, (tile_rows * in_h + out_h - 1) / out_h + 2);
@@ -195,10 +205,10 @@ void check_semantic_inputs(const at::Tensor& mask, const at::Tensor& mask_biased
   } else {
     TORCH_CHECK(!overall, "the overall scheme needs class probabilities");
   }
-  if (reduce == kReduceForeground) {
+  if (reduce == kReduceForeground && foreground.numel() > 0) {  // empty: every class weighs 1
     TORCH_CHECK(foreground.scalar_type() == at::kFloat && foreground.dim() == 1 &&
                     foreground.size(0) == probs.size(2),
-                "foreground must be a float32 [K] tensor with K=", probs.size(2), ", got ",
+                "foreground must be a float32 [K] tensor with K=", probs.size(2), " (or empty), got ",
                 foreground.scalar_type(), " ", foreground.sizes());
   }
   if (gate.numel() > 0) {
@@ -226,7 +236,7 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
   const auto p = reduce != kReduceMaxQuery ? probs.contiguous() : at::Tensor();
   const auto pb = overall ? probs_biased.contiguous() : at::Tensor();
   const auto g = gate.numel() > 0 ? gate.contiguous() : at::Tensor();
-  const auto fg = reduce == kReduceForeground ? foreground.contiguous() : at::Tensor();
+  const auto fg = reduce == kReduceForeground && foreground.numel() > 0 ? foreground.contiguous() : at::Tensor();
   const int64_t classes = p.defined() ? p.size(2) : 0;
   const int branches = overall ? 2 : 1;
   const float a = static_cast<float>(alpha);
@@ -268,7 +278,26 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
     const scalar_t* m_ptr = m.const_data_ptr<scalar_t>();
     const scalar_t* mb_ptr = mb.defined() ? mb.const_data_ptr<scalar_t>() : nullptr;
     const int64_t plane = q_count * in_h * in_w;
+    const float* probs_ptr = p.defined() ? p.const_data_ptr<float>() : nullptr;
+    const float* probs_b_ptr = pb.defined() ? pb.const_data_ptr<float>() : nullptr;
+    const float* gate_ptr = g.defined() ? g.const_data_ptr<float>() : nullptr;
     for (int64_t b = 0; b < batch; ++b) {
+      // An undefined sample (the op's non-finite policy): a NaN or ±inf in its mask logits (biased ones where
+      // read), gates or class probabilities gives label -1 / score NaN on every pixel.
+      const bool defined = all_finite(m_ptr + b * plane, plane) &&
+                           (mb_ptr == nullptr || all_finite(mb_ptr + b * plane, plane)) &&
+                           (gate_ptr == nullptr || all_finite(gate_ptr + b * q_count, q_count)) &&
+                           (probs_ptr == nullptr || all_finite(probs_ptr + b * q_count * classes, q_count * classes)) &&
+                           (probs_b_ptr == nullptr ||
+                            all_finite(probs_b_ptr + b * q_count * classes, q_count * classes));
+      if (!defined) {
+        if (reduce == kReduceArgmax) {
+          std::fill_n(out.mutable_data_ptr<int64_t>() + b * pixels, pixels, int64_t(-1));
+        } else {
+          std::fill_n(out.mutable_data_ptr<float>() + b * pixels, pixels, std::numeric_limits<float>::quiet_NaN());
+        }
+        continue;
+      }
       const float* source = reinterpret_cast<const float*>(m_ptr) + b * plane;  // read in place when float32
       if (convert) {
         prepare_source(m_ptr + b * plane, mask_debias ? mb_ptr + b * plane : nullptr, src.mutable_data_ptr<float>(),
@@ -280,6 +309,10 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
                        plane, a, uncertainty);
       }
       if (whole) fill_across(source, across.mutable_data_ptr<float>(), q_count, in_h, in_w, width, ty, tx);
+      // [K, Q] class probabilities of this item, row-major: the BLAS reads them once per tile (a transposed view
+      // cost about 4% more GEMM time).
+      const auto probs_t = p.defined() ? p[b].t().contiguous() : at::Tensor();
+      const auto probs_b_t = pb.defined() ? pb[b].t().contiguous() : at::Tensor();
       for (int64_t r0 = 0; r0 < height; r0 += tile_rows) {
         const int64_t r1 = std::min(height, r0 + tile_rows);
         const int64_t p0 = r0 * width, n = (r1 - r0) * width;
@@ -297,11 +330,11 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
           continue;
         }
         auto scores_n = scores.narrow(1, 0, n);
-        at::mm_out(scores_n, p[b].t(), sig.narrow(1, 0, n));
+        at::mm_out(scores_n, probs_t, sig.narrow(1, 0, n));
         if (overall) {
           gated_sigmoids(src_b.const_data_ptr<float>(), sig_b, b, r0, r1);
           auto scores_b_n = scores_b.narrow(1, 0, n);
-          at::mm_out(scores_b_n, pb[b].t(), sig_b.narrow(1, 0, n));
+          at::mm_out(scores_b_n, probs_b_t, sig_b.narrow(1, 0, n));
         }
         const float* sc = scores.const_data_ptr<float>();
         auto* argmax = &argmax_pixels;
@@ -346,7 +379,8 @@ at::Tensor semantic_inference_cpu(const at::Tensor& mask, const at::Tensor& mask
             for (int64_t j = 0; j < len; ++j) best[j] = 0.0f;  // the running foreground sum
             for (int64_t k = 0; k < classes; ++k) {
               class_scores(k, begin, end, value);
-              for (int64_t j = 0; j < len; ++j) best[j] += fg_ptr[k] * value[j];
+              const float weight = fg_ptr != nullptr ? fg_ptr[k] : 1.0f;
+              for (int64_t j = 0; j < len; ++j) best[j] += weight * value[j];
             }
             float* o = out.mutable_data_ptr<float>() + b * pixels + p0 + begin;
             for (int64_t j = 0; j < len; ++j) o[j] = best[j];

@@ -5,8 +5,10 @@
 // Forward: grid (query tiles, B). Each block reduces its sample's marker scores to the presence state (any marker
 // over the threshold, top-scoring marker; warp shuffles, then shared memory and __syncthreads), writes gate and
 // active for its kRowsPerBlock queries, then the prompted queries of those rows with the threads spread over D.
-// Backward: one launch, three block ranges: d_query_feat (sum over B), d_audio (sum over Q), d_scores (one warp
-// per (sample, marker); zeros unless soft).
+// Backward: one launch, three block ranges: d_query_feat (32 elements of [Q,D] per block, the 8 warps split the
+// batch), d_audio (32 columns of one sample per block, the 8 warps split the queries; 160 blocks at B=20, D=256,
+// where one thread per element looping over all Q gave 20), d_scores (one warp per (sample, marker); zeros unless
+// soft). The warps' partial sums meet in shared memory in a fixed order, so results are deterministic.
 // The arithmetic is csrc/common/assign_queries.h, shared with the CPU kernel.
 #pragma once
 
@@ -108,6 +110,20 @@ __device__ T warp_sum(T value) {
   return value;
 }
 
+// Sums of a column over the 8 warps of the block: each warp adds its share, lane `lane` of warp 0 adds the 8
+// partial sums in warp order (a fixed order: deterministic). Every thread of the block must call it.
+template <typename acc_t>
+__device__ acc_t block_column_sum(acc_t partial, int warp, int lane) {
+  __shared__ acc_t parts[kWarps][kWarp];
+  parts[warp][lane] = partial;
+  __syncthreads();
+  acc_t total = 0;
+  if (warp == 0) {
+    for (int w = 0; w < kWarps; ++w) total += parts[w][lane];
+  }
+  return total;
+}
+
 template <typename scalar_t, typename score_t>
 __global__ void __launch_bounds__(kThreads)
     assign_queries_backward_kernel(const scalar_t* __restrict__ grad_queries, const score_t* __restrict__ grad_gate,
@@ -119,30 +135,40 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = opmath_t<scalar_t>;
   using score_acc = opmath_t<score_t>;
   const int64_t block = blockIdx.x;
-  if (block < feat_blocks) {  // d_query_feat[q, j] = sum_b g[b, q, j]
-    const int64_t i = block * kThreads + threadIdx.x;
-    if (i >= num_queries * width) return;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  if (block < feat_blocks) {
+    // d_query_feat[i] = sum_b g[b, i] over the 32 consecutive elements i of [Q*D] of this block (one per lane,
+    // coalesced); the 8 warps split the batch.
+    const int64_t elements = num_queries * width;
+    const int64_t i = block * kWarp + lane;
     acc_t sum = 0;
-    for (int64_t b = 0; b < batch; ++b) sum += static_cast<acc_t>(grad_queries[b * num_queries * width + i]);
-    d_query_feat[i] = static_cast<scalar_t>(sum);
+    if (i < elements) {
+      for (int64_t b = warp; b < batch; b += kWarps) sum += static_cast<acc_t>(grad_queries[b * elements + i]);
+    }
+    const acc_t total = block_column_sum(sum, warp, lane);
+    if (warp == 0 && i < elements) d_query_feat[i] = static_cast<scalar_t>(total);
     return;
   }
-  if (block < feat_blocks + audio_blocks) {  // d_audio[b, j] = sum_q gate[b, q] g[b, q, j]
-    const int64_t i = (block - feat_blocks) * kThreads + threadIdx.x;
-    if (i >= batch * width) return;
-    const int64_t b = i / width, j = i - b * width;
+  if (block < feat_blocks + audio_blocks) {
+    // d_audio[b, j] = sum_q gate[b, q] g[b, q, j] over 32 consecutive columns j of sample b (one per lane); the
+    // 8 warps split the queries.
+    const int64_t column_tiles = (width + kWarp - 1) / kWarp;
+    const int64_t a = block - feat_blocks;
+    const int64_t b = a / column_tiles, j = (a % column_tiles) * kWarp + lane;
     acc_t sum = 0;
-    for (int64_t q = 0; q < num_queries; ++q) {
-      const auto g = static_cast<acc_t>(static_cast<score_acc>(gate[b * num_queries + q]));
-      sum += g * static_cast<acc_t>(grad_queries[(b * num_queries + q) * width + j]);
+    if (j < width) {
+      for (int64_t q = warp; q < num_queries; q += kWarps) {
+        const auto g = static_cast<acc_t>(static_cast<score_acc>(gate[b * num_queries + q]));
+        sum += g * static_cast<acc_t>(grad_queries[(b * num_queries + q) * width + j]);
+      }
     }
-    d_audio[i] = static_cast<scalar_t>(sum);
+    const acc_t total = block_column_sum(sum, warp, lane);
+    if (warp == 0 && j < width) d_audio[b * width + j] = static_cast<scalar_t>(total);
     return;
   }
   // d_scores[b, s]: one warp per (sample, marker).
-  const int64_t pair = (block - feat_blocks - audio_blocks) * kWarps + threadIdx.x / kWarp;
+  const int64_t pair = (block - feat_blocks - audio_blocks) * kWarps + warp;
   if (pair >= batch * num_markers) return;  // whole warps exit together
-  const int lane = threadIdx.x % kWarp;
   const int64_t b = pair / num_markers, s = pair - b * num_markers;
   acc_t dot = 0;
   score_acc gate_grad = 0;
@@ -162,7 +188,8 @@ __global__ void __launch_bounds__(kThreads)
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Blocks of the backward launch: d_query_feat, then d_audio, then d_scores.
+// Blocks of the backward launch: d_query_feat (32 elements of [Q*D] each, the warps split B), then d_audio (32
+// columns of one sample each, the warps split Q), then d_scores (8 (sample, marker) pairs each).
 struct BackwardBlocks {
   int64_t feat;
   int64_t audio;
@@ -171,8 +198,7 @@ struct BackwardBlocks {
 };
 
 inline BackwardBlocks backward_blocks(int64_t batch, int64_t num_queries, int64_t width, int64_t num_markers) {
-  return {ceil_div(num_queries * width, kThreads), ceil_div(batch * width, kThreads),
-          ceil_div(batch * num_markers, kWarps)};
+  return {ceil_div(num_queries * width, kWarp), batch * ceil_div(width, kWarp), ceil_div(batch * num_markers, kWarps)};
 }
 
 }  // namespace assign_kernel

@@ -56,7 +56,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < kItemsPerThread; ++k) {
       const int64_t i = base + int64_t(k) * kThreads;
       if (i < mask_numel) {
-        const acc_t a = mask_strength(alpha, static_cast<acc_t>(mask_b[i]), uncertainty);
+        // The fixed strategy's gradient never reads mask_b (it may be empty).
+        const acc_t a = uncertainty ? mask_strength(alpha, static_cast<acc_t>(mask_b[i]), true) : alpha;
         const acc_t x = static_cast<acc_t>(mask[i]);
         if constexpr (kBackward) {
           const DebiasGrad<acc_t> d = debias_grad(x, a);

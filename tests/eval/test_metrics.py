@@ -360,3 +360,18 @@ def test_avss_bad_inputs():
     with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
         SemanticAVSMetrics(1)
     assert math.isnan(SemanticAVSMetrics().compute()["miou"])
+
+
+def test_nan_scores_are_refused_not_counted_as_background():
+    """semantic_inference gives score NaN to a sample with non-finite outputs (no host-side check in the op):
+    the metric must say so instead of scoring it as background."""
+    import coavs.ops as ops
+    mask = torch.randn(2, 3, 4, 4)
+    mask[1, 0, 0, 0] = float("nan")
+    fg = ops.semantic_inference(mask, None, (8, 8), mode="binary")
+    assert fg[1].isnan().all() and not fg[0].isnan().any()
+    with pytest.raises(ValueError, match="NaN scores"):
+        BinaryAVSMetrics(scores="probabilities").update(fg, torch.zeros(2, 8, 8))
+    labels = ops.semantic_inference(mask, torch.randn(2, 3, 5), (8, 8))
+    with pytest.raises(ValueError, match=r"predicted labels must lie in \[0, 71\)"):
+        SemanticAVSMetrics().update(labels, torch.zeros(2, 8, 8, dtype=torch.long))

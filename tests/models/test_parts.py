@@ -1,4 +1,4 @@
-"""Config, audio encoders, perception (k-means, classifier, marker files), backbone and pixel decoder."""
+"""Config, audio encoders, perception (k-means, classifier), backbone and pixel decoder."""
 
 import importlib.util
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coavs.models import (AudioEncoder, ModelConfig, Perception, PixelDecoder, SmallCNN, build_backbone, fit_kmeans,
-                          load_kmeans, load_reference_markers, markers_from_reference, save_kmeans)
+                          load_kmeans, save_kmeans)
 from coavs.models.audio import LogMel, logmel_stats
 from coavs.models.biased import DiffusionSchedule, other_semantic_partner
 from coavs.models.layers import sine_positions
@@ -135,19 +135,6 @@ def test_unfitted_clusters_warn_and_fitted_state_survives_state_dict():
     other = Perception(8, 0, 3, 2)
     other.load_state_dict(perception.state_dict())
     assert other.fitted
-
-
-def test_reference_marker_files_in_every_form(tmp_path):
-    scores = torch.tensor([[0.9, 0.1], [0.2, 0.5]])
-    torch.testing.assert_close(markers_from_reference(scores, 4), torch.tensor([[0.9, 0.1, 0, 0], [0.2, 0.5, 0, 0]]))
-    assert markers_from_reference(torch.tensor([2, 0]), 3).tolist() == [[0, 0, 1], [1, 0, 0]]
-    assert markers_from_reference(torch.tensor([[1, 3], [2, -1]]), 4).tolist() == [[0, 1, 0, 1], [0, 0, 1, 0]]
-    torch.save([[0, 2], torch.tensor([1])], tmp_path / "vid.pth")
-    assert load_reference_markers(tmp_path / "vid.pth", 3).tolist() == [[1, 0, 1], [0, 1, 0]]
-    with pytest.raises(ValueError, match="out of range"):
-        markers_from_reference(torch.tensor([5]), 3)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        markers_from_reference(torch.tensor([[2.0]]), 3)
 
 
 # ------------------------------------------------------------------------------------ backbone and decoder

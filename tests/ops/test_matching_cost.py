@@ -161,8 +161,6 @@ def test_no_gradient_and_inputs_detached():
         (lambda a: a.update(allowed=a["allowed"].float()), ValueError, "allowed must be a bool"),
         (lambda a: a.update(allowed=a["allowed"][:, :, :1]), ValueError, r"allowed must be a bool \[B,Q,G\]"),
         (lambda a: a.update(num_targets=a["num_targets"][:1]), ValueError, r"num_targets must be a long \[B\]"),
-        (lambda a: a.update(num_targets=a["num_targets"] + 9), ValueError, r"num_targets must be in \[0, G=4\]"),
-        (lambda a: a["target_labels"].__setitem__((0, 0), 6), ValueError, r"class indices in \[0, K\+1=6\)"),
         (lambda a: a.update(mask_logits=a["mask_logits"].long()), TypeError, "mask_logits must be a floating"),
         (lambda a: a.update(allowed=a["allowed"].to("meta")), ValueError, "allowed must be on the device"),
         (lambda a: a.update(cost_dice=math.inf), ValueError, "cost_dice must be finite"),
@@ -179,9 +177,9 @@ def test_bad_input_names_the_argument(change, error, message):
 
 def test_native_kernel_checks_its_arguments():
     mask_logits, target, class_logits, labels, allowed, counts = make_inputs((2, 12, 40, 4, 6))
-    labels[0, 0] = 99
-    with pytest.raises(RuntimeError, match=r"target_labels\[0, 0\] = 99 is not a class index"):
-        torch.ops.coavs_C.matching_cost(mask_logits, target, class_logits, labels, allowed, counts, 2.0, 5.0, 5.0)
+    labels[0, 0] = 99  # a bad value is the NaN policy's business, not an error (the GPU cannot raise on it)
+    cost = torch.ops.coavs_C.matching_cost(mask_logits, target, class_logits, labels, allowed, counts, 2.0, 5.0, 5.0)
+    assert torch.equal(cost[0, :, 0].isnan(), allowed[0, :, 0])
     with pytest.raises(RuntimeError, match="allowed must be a bool"):
         torch.ops.coavs_C.matching_cost(mask_logits, target, class_logits, labels, allowed.int(), counts, 2.0, 5.0,
                                         5.0)

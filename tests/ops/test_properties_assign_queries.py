@@ -4,6 +4,13 @@ shapes (0 and 1 where the op allows them), random memory layouts, extreme values
 Non-finite policy (the reference's, identical on every backend): a NaN score is never ``>= threshold`` but is
 the row's top score for the fallback (``torch.argmax`` ranks NaN highest); gate and queries follow IEEE
 arithmetic of ``query_feat + gate·audio`` elementwise.
+
+Gradients (tested with NaN/±inf in the inputs and in the upstream gradients): ``d_query_feat[q] = Σ_b g[b,q]``,
+``d_audio[b] = Σ_q gate[b,q]·g[b,q]`` (every query, dormant ones too: a dormant gate of 0 times an infinite
+gradient is NaN) and, soft, ``d_scores[b,s] = Σ_{active q of s} (⟨g[b,q], audio[b]⟩ + g_gate[b,q])`` (inactive
+queries are left out, whatever their values). Each sum is NaN when a term is NaN or when +inf and −inf terms meet,
+±inf when only infinite terms of one sign are, whatever the order of summation: the same NaN/±inf positions on
+every backend.
 """
 
 import math
@@ -121,3 +128,49 @@ def test_nan_score_ranks_highest(backend):
     with ops.use_backend(backend):
         out = ops.assign_queries(scores, torch.randn(2, 4), torch.randn(3, 4), 1, 0.5, 0.0, True)
     assert out.active.tolist() == [[False, True, False], [True, False, False]]
+
+
+@st.composite
+def gradient_problems(draw, dtypes=DTYPES):
+    """Inputs and upstream gradients (queries and gate), both with NaN/±inf sprinkled in (moderate magnitudes:
+    sums of large finite terms may overflow in one summation order and not another)."""
+    scores, audio, query_feat, *options = draw(problems(dtypes=dtypes, special=True))
+    audio = torch.where(audio.abs() < 1e4, audio, audio.sign() * math.inf).to(audio.dtype)
+    query_feat = torch.where(query_feat.abs() < 1e4, query_feat, query_feat.sign() * math.inf).to(query_feat.dtype)
+    args = (scores, audio, query_feat, *options)
+    special = {"special": SPECIAL, "special_fraction": 0.15}
+    batch, queries, width = audio.shape[0], query_feat.shape[0], audio.shape[1]
+    grads = (draw(tensors((batch, queries, width), query_feat.dtype, **special)),
+             draw(tensors((batch, queries), scores.dtype, **special)))
+    return args, grads
+
+
+def gradients(backend, args, grads):
+    scores, audio, query_feat, *options = args
+    leaves = [t.detach().clone().requires_grad_(True) for t in (scores, audio, query_feat)]
+    with ops.use_backend(backend):
+        out = ops.assign_queries(*leaves, *options)
+        return torch.autograd.grad([out.queries, out.gate], leaves, list(grads), allow_unused=True,
+                                   materialize_grads=True)
+
+
+def check_gradients(backend, args, grads):
+    got, expected = gradients(backend, args, grads), gradients("reference", args, grads)
+    dtype = args[2].dtype
+    arithmetic = torch.float64 if dtype == torch.float64 and args[0].dtype == torch.float64 else torch.float32
+    score_tol = arithmetic if args[0].dtype in (torch.float64, torch.float32) else args[0].dtype
+    for name, g, e, dt in zip(("d_scores", "d_audio", "d_query_feat"), got, expected, (score_tol, dtype, dtype)):
+        assert_same(g, e, dt, scale=4, what=f"{backend} {name}")
+
+
+@pytest.mark.parametrize("backend", FAST)
+@given(problem=gradient_problems())
+def test_gradient_nonfinite_policy(backend, problem):
+    check_gradients(backend, *problem)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton unavailable")
+@settings(max_examples=6)
+@given(problem=gradient_problems(dtypes=(torch.float32, torch.float16)))
+def test_triton_gradient_nonfinite_policy(problem):
+    check_gradients("triton", *problem)

@@ -6,6 +6,12 @@ Non-finite policy (the reference's, identical on every backend): elementwise IEE
 finite result that overflows the input dtype is ±inf. Under the uncertainty strategy a mask confidence of a NaN
 logit is NaN (its element only), and a class row whose softmax is undefined (a NaN or +inf biased logit) has
 confidence 1 (the entropy's ``nan_to_num``), so only the non-finite elements themselves become non-finite.
+
+Gradients follow the same rule (tested with NaN/±inf in the inputs and in the upstream gradient): elementwise
+``dx = (1 + a)·g`` and ``dx_b = −a·g`` with the forward's strength ``a`` (no gradient through it), so a NaN or ±inf
+upstream gradient, or a NaN strength (uncertainty, NaN biased mask logit), makes its own element non-finite only,
+on every backend alike; an upstream gradient of 0 against an infinite strength cannot occur (``a`` is finite
+unless NaN).
 """
 
 import math
@@ -121,3 +127,43 @@ def test_float64_confidence_is_float64(backend):
     a_cls = 0.7 * (1 + (p * p.log()).sum(-1, keepdim=True) / math.log(6))
     torch.testing.assert_close(out.mask, (1 + a_mask) * mask - a_mask * mask_b, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(out.cls, (1 + a_cls) * cls - a_cls * cls_b, atol=1e-12, rtol=1e-12)
+
+
+@st.composite
+def gradient_problems(draw, dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64)):
+    """Inputs and upstream gradients, both with NaN/±inf sprinkled in."""
+    args = draw(problems(dtypes=dtypes, special=True))
+    mask, cls = args[0], args[1]
+    special = {"special": SPECIAL, "special_fraction": 0.15}
+    grads = (draw(tensors(mask.shape, mask.dtype, **special)), draw(tensors(cls.shape, cls.dtype, **special)))
+    return args, grads
+
+
+def gradients(backend, args, grads):
+    mask, cls, mask_b, cls_b, alpha, scheme, strategy = args
+    leaves = [t.detach().clone().requires_grad_(True) for t in (mask, cls, mask_b, cls_b)]
+    with ops.use_backend(backend):
+        out = ops.debias_logits(*leaves, alpha=alpha, scheme=scheme, strategy=strategy)
+        pairs = [(o, g) for o, g, used in zip(out, grads, (scheme != "class", scheme != "mask")) if used]
+        return torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True,
+                                   materialize_grads=True)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@given(problem=gradient_problems())
+def test_gradient_nonfinite_policy(backend, problem):
+    """NaN/±inf in the inputs and in the upstream gradients: the reference's gradients, NaN for NaN."""
+    args, grads = problem
+    for name, got, expected in zip(("d_mask", "d_cls", "d_mask_biased", "d_cls_biased"), gradients(backend, *problem),
+                                   gradients("reference", *problem)):
+        assert_same(got, expected, args[0].dtype, what=f"{backend} {name}")
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton unavailable")
+@settings(max_examples=6)
+@given(problem=gradient_problems(dtypes=(torch.float32, torch.float16)))
+def test_triton_gradient_nonfinite_policy(problem):
+    args, grads = problem
+    for name, got, expected in zip(("d_mask", "d_cls", "d_mask_biased", "d_cls_biased"), gradients("triton", *problem),
+                                   gradients("reference", *problem)):
+        assert_same(got, expected, args[0].dtype, what=f"triton {name}")

@@ -135,3 +135,38 @@ def test_nonfinite_class_logit_is_nan(backend, bad):
     args = (torch.zeros(1, 1, 3), torch.ones(1, 1, 3), torch.tensor([[[bad, 1.0, 2.0]]]), torch.zeros(1, 1,
             dtype=torch.long), torch.ones(1, 1, 1, dtype=torch.bool), torch.ones(1, dtype=torch.long))
     assert run(backend, args).isnan().all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_labels_and_counts_are_nan_not_out_of_bounds_reads(backend):
+    """Values the op cannot check without reading them back to the host: a real ground truth's label outside
+    [0, K+1) costs NaN for its allowed pairs (padding labels are ignored); a count outside [0, G] makes every
+    column real and every allowed pair NaN. Identical on every backend; nothing is read out of bounds."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 10, generator=gen)
+    t = (torch.rand(3, 2, 10, generator=gen) > 0.5).float()
+    c = torch.randn(3, 4, 5, generator=gen)
+    labels = torch.tensor([[0, 7], [-3, 99], [1, 2]])  # sample 0: label 7 real; sample 1: only padding is bad
+    allowed = torch.rand(3, 4, 2, generator=gen) > 0.3
+    allowed[:, 0] = True
+    counts = torch.tensor([2, 0, 5])  # sample 2: more than G = 2
+    got = run(backend, (x, t, c, labels, allowed, counts))
+    assert torch.equal(got[0, :, 1].isnan(), allowed[0, :, 1]) and not got[0, :, 0].isnan().any()
+    assert (got[1] == math.inf).all()
+    assert torch.equal(got[2].isnan(), allowed[2]) and (got[2][~allowed[2]] == math.inf).all()
+    assert_same_policy(got, float64_cost((x, t, c, labels, allowed, counts)))
+    counts[2] = -1
+    got = run(backend, (x, t, c, labels, allowed, counts))
+    assert torch.equal(got[2].isnan(), allowed[2])
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton unavailable")
+@settings(max_examples=5)
+@given(args=problems(dtypes=(torch.float32,), special=(math.nan, math.inf, -math.inf)), splits=st.integers(2, 4))
+def test_triton_split_over_points_matches(args, splits):
+    """The two-launch path (points split over programs, partial sums added in a fixed order)."""
+    from coavs.kernels import matching_cost as kernel
+
+    x, t, c, labels, allowed, counts = args
+    got = kernel.matching_cost(x, t, c, labels, allowed, counts, *WEIGHTS, splits=splits)
+    assert_same_policy(got, float64_cost(args))

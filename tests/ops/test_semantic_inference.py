@@ -316,8 +316,8 @@ def test_native_kernel_checks_its_arguments():
     with pytest.raises(RuntimeError, match="mask_biased must have the shape of mask"):
         torch.ops.coavs_C.semantic_inference(mask, mask[:1], probs, empty, empty, empty, 5, 5, 1.0, False, True,
                                              False, 0)
-    with pytest.raises(RuntimeError, match="foreground must be a float32"):
-        torch.ops.coavs_C.semantic_inference(mask, empty, probs, empty, empty, empty, 5, 5, 1.0, False, False,
+    with pytest.raises(RuntimeError, match="foreground must be a float32"):  # empty means: every class weighs 1
+        torch.ops.coavs_C.semantic_inference(mask, empty, probs, empty, empty, torch.ones(2), 5, 5, 1.0, False, False,
                                              False, 1)
 
 
