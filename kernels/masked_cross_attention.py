@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from coavs.kernels._launch import launcher
+
 from .masked_cross_attention_plan import lane_geometry, patch_shape
 
 BLOCK_KEYS = 64
@@ -424,17 +426,23 @@ def _capturing() -> bool:
 
 def _launch(name, kernel, grid, args, constants):
     """Under the interpreter: as is. On a GPU: autotuned over ``CONFIGS`` once per ``KEY`` (and dtypes), never
-    while a CUDA graph is being captured (then the tuned config if there is one, else :func:`default_config`);
-    ``COAVS_TRITON_AUTOTUNE=0``: :func:`default_config` always."""
+    while a CUDA graph is being captured or the call is being traced by ``torch.compile`` (then the tuned config
+    if there is one, else :func:`default_config`, launched through ``kernels/_launch.launcher`` so that the graph
+    holds the kernel); ``COAVS_TRITON_AUTOTUNE=0``: :func:`default_config` always."""
     if _interpreting():
         kernel[grid](*args, **constants)
         return
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    run = launcher(kernel, *tensors)
+    traced = run is not kernel
     key = (name,) + tuple(constants[k] for k in KEY) + (str(args[0].dtype),)
-    if os.environ.get("COAVS_TRITON_AUTOTUNE", "1") == "0" or _capturing():
+    if os.environ.get("COAVS_TRITON_AUTOTUNE", "1") == "0" or traced or _capturing():
         config = BEST.get(key) or default_config(name, args[0].dtype, constants["BLOCK_D"])
-        SharedMemoryPrune(name)([triton.Config({}, num_warps=config["num_warps"], num_stages=config["num_stages"])],
-                                {"q_ptr": args[0], "head_dim": args[0].shape[3]}, **constants)
-        kernel[grid](*args, **constants, **config)
+        if not traced:  # the device's shared memory is known at run time only
+            SharedMemoryPrune(name)([triton.Config({}, num_warps=config["num_warps"],
+                                                   num_stages=config["num_stages"])],
+                                    {"q_ptr": args[0], "head_dim": args[0].shape[3]}, **constants)
+        run[grid](*args, **constants, **config)
         return
     if name not in _TUNERS:
         _TUNERS[name] = triton.autotune(CONFIGS, key=KEY,
@@ -460,7 +468,10 @@ def _arch() -> int:
     """The compile target's architecture (90 for sm_90); 0 under the interpreter."""
     if _interpreting():
         return 0
-    return int(triton.runtime.driver.active.get_current_target().arch)
+    try:
+        return int(triton.runtime.driver.active.get_current_target().arch)
+    except Exception:  # noqa: BLE001 - no driver (traced on fake tensors without a GPU): assume an H100
+        return 90
 
 
 def head_groups(programs: int, heads: int, multiprocessors: int) -> tuple[int, int]:

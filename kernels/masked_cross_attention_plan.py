@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from coavs.kernels._launch import launcher
+
 BLOCK_KEYS = 64
 ROW_BLOCK = 16  # rows per program of the rows kernel
 BLOCK_CHUNK = 64  # key blocks per step of the lists kernel
@@ -210,10 +212,10 @@ def attention_plan(bits: torch.Tensor, active: torch.Tensor, height: int, width:
     sort_key = torch.empty(batch, queries, dtype=torch.int64, device=device)
     klass = torch.empty(batch, tiles, blocks, dtype=torch.int8, device=device)
     bits = bits.contiguous()
-    _plan_rows_kernel[(batch, triton.cdiv(queries, ROW_BLOCK))](
+    launcher(_plan_rows_kernel, bits, block_bits)[(batch, triton.cdiv(queries, ROW_BLOCK))](
         bits, active.contiguous().view(torch.uint8), block_bits, sort_key, queries, bits.shape[2], height, width,
         patches_x, blocks, PH=ph, ROWS=ROW_BLOCK)
-    _plan_lists_kernel[(batch,)](
+    launcher(_plan_lists_kernel, sort_key, block_bits)[(batch,)](
         sort_key, block_bits, klass, row_order, row_count, tile_counts, tile_blocks, block_counts, block_tiles,
         queries, height, width, patches_x, blocks, tiles, PH=ph, R=rows_per_tile,
         Q_PAD=triton.next_power_of_2(queries), T_PAD=triton.next_power_of_2(tiles), CHUNK=BLOCK_CHUNK)

@@ -30,7 +30,6 @@ the Triton one (``kernels/masked_cross_attention_plan.py``, two launches, no hos
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -76,34 +75,40 @@ def num_blocks(height: int, width: int) -> int:
     return -(-height // ph) * -(-width // pw)
 
 
-def lane_offsets(height: int, width: int) -> tuple[list[int], list[int]]:
-    """``(dy, dx)`` of each of the 64 lanes inside a patch (the same for every block)."""
+def _lane_grid(height: int, width: int, device) -> tuple[Tensor, Tensor]:
+    """``(y, x)`` ``[KB, 64]`` int64 of each lane of each block (device arithmetic: no host data copied)."""
     ph, pw = patch_shape(height, width)
     sub_h = min(4, ph)
     sub_w = SUB_KEYS // sub_h
     per_row = pw // sub_w
-    dy, dx = [], []
-    for lane in range(BLOCK_KEYS):
-        sub, inner = divmod(lane, SUB_KEYS)
-        dy.append((sub // per_row) * sub_h + inner // sub_w)
-        dx.append((sub % per_row) * sub_w + inner % sub_w)
-    return dy, dx
-
-
-@functools.lru_cache(maxsize=64)
-def _lane_keys_cpu(height: int, width: int) -> Tensor:
-    ph, pw = patch_shape(height, width)
-    dy, dx = (torch.tensor(d, dtype=torch.int64) for d in lane_offsets(height, width))
+    lane = torch.arange(BLOCK_KEYS, dtype=torch.int64, device=device)
+    sub, inner = lane // SUB_KEYS, lane % SUB_KEYS
+    dy = (sub // per_row) * sub_h + inner // sub_w
+    dx = (sub % per_row) * sub_w + inner % sub_w
     patches_x = -(-width // pw)
-    kb = torch.arange(num_blocks(height, width), dtype=torch.int64)[:, None]
-    y = (kb // patches_x) * ph + dy
-    x = (kb % patches_x) * pw + dx
-    return torch.where((y < height) & (x < width), y * width + x, torch.full_like(y, -1))
+    kb = torch.arange(num_blocks(height, width), dtype=torch.int64, device=device)[:, None]
+    return (kb // patches_x) * ph + dy, (kb % patches_x) * pw + dx
 
 
 def lane_keys(height: int, width: int, device=None) -> Tensor:
     """``[KB, 64]`` int64: the key of each lane of each block, −1 for lanes past the map's edge."""
-    return _lane_keys_cpu(height, width).to(device)
+    y, x = _lane_grid(height, width, device)
+    return torch.where((y < height) & (x < width), y * width + x, -1)
+
+
+def key_slots(height: int, width: int, device=None) -> Tensor:
+    """``[N]`` int64: ``kb·64 + j`` for the lane ``j`` of block ``kb`` that holds key ``n`` (the inverse of
+    :func:`lane_keys` over the valid lanes)."""
+    ph, pw = patch_shape(height, width)
+    sub_h = min(4, ph)
+    sub_w = SUB_KEYS // sub_h
+    per_row = pw // sub_w
+    key = torch.arange(height * width, dtype=torch.int64, device=device)
+    y, x = key // width, key % width
+    py, px = y % ph, x % pw
+    block = (y // ph) * -(-width // pw) + x // pw
+    lane = ((py // sub_h) * per_row + px // sub_w) * SUB_KEYS + (py % sub_h) * sub_w + px % sub_w
+    return block * BLOCK_KEYS + lane
 
 
 def valid_lanes(height: int, width: int, device=None) -> Tensor:
@@ -224,12 +229,14 @@ _dispatch.register(_dispatch.OpSpec(
 ))
 
 
-@torch.library.custom_op("coavs::masked_attention_plan", mutates_args=())
-def masked_attention_plan_op(bits: Tensor, active: Tensor, height: int, width: int,
-                             rows_per_tile: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _masked_attention_plan(bits: Tensor, active: Tensor, height: int, width: int,
+                           rows_per_tile: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The plan's tensors (:class:`AttentionPlan`) for mask ``bits [B,Q,ceil(N/32)] int32`` and ``active [B,Q]``
     over an ``(height, width)`` key map."""
     return _dispatch.run("masked_attention_plan", bits.device, bits, active, height, width, rows_per_tile)
+
+
+masked_attention_plan_op = _dispatch.define_op("coavs::masked_attention_plan", _masked_attention_plan)
 
 
 @masked_attention_plan_op.register_fake

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from coavs import _native
 from coavs.ops import _dispatch, reference
-from coavs.ops.attention_plan import (AttentionPlan, ROWS_PER_TILE, build_plan, lane_keys, unpack_lanes)
+from coavs.ops.attention_plan import AttentionPlan, ROWS_PER_TILE, build_plan, key_slots, unpack_lanes
 
 BITS_PER_WORD = 32
 OCCUPANCY_BLOCK = 64  # keys per occupancy flag (row-major blocks of the key index)
@@ -157,10 +157,7 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def plan_visibility(block_bits: Tensor, row_order: Tensor, row_count: Tensor, height: int,
                     width: int) -> tuple[Tensor, Tensor]:
     """``(visible [B,Q,N], works [B,Q])`` as the plan holds them (the reference backend reads nothing else)."""
-    lanes = lane_keys(height, width, block_bits.device)
-    valid = lanes >= 0
-    in_lane_order = unpack_lanes(block_bits)[:, :, valid]  # [B,Q,N], keys in lane order
-    visible = in_lane_order[..., torch.argsort(lanes[valid])]
+    visible = unpack_lanes(block_bits).flatten(-2)[..., key_slots(height, width, block_bits.device)]
     batch, queries = row_order.shape
     position = torch.arange(queries, device=row_order.device).expand(batch, queries)
     works = torch.zeros(batch, queries, dtype=torch.bool, device=row_order.device)
@@ -231,8 +228,7 @@ _BACKWARD = _dispatch.register(
 
 
 # ---------------------------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("coavs::masked_cross_attention", mutates_args=())
-def masked_cross_attention_op(
+def _masked_cross_attention(
     q: Tensor, k: Tensor, v: Tensor, block_bits: Tensor, row_order: Tensor, row_count: Tensor, tile_counts: Tensor,
     tile_blocks: Tensor, block_counts: Tensor, block_tiles: Tensor, scale: float, height: int, width: int,
     rows_per_tile: int,
@@ -244,6 +240,9 @@ def masked_cross_attention_op(
                          tile_blocks, block_counts, block_tiles, scale, height, width, rows_per_tile)
 
 
+masked_cross_attention_op = _dispatch.define_op("coavs::masked_cross_attention", _masked_cross_attention)
+
+
 @masked_cross_attention_op.register_fake
 def _fake_forward(q, k, v, block_bits, row_order, row_count, tile_counts, tile_blocks, block_counts, block_tiles,
                   scale, height, width, rows_per_tile):
@@ -251,8 +250,7 @@ def _fake_forward(q, k, v, block_bits, row_order, row_count, tile_counts, tile_b
     return out, q.new_empty(q.shape[:3], dtype=_accumulation_dtype(q.dtype))
 
 
-@torch.library.custom_op("coavs::masked_cross_attention_backward", mutates_args=())
-def masked_cross_attention_backward_op(
+def _masked_cross_attention_backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, block_bits: Tensor,
     row_order: Tensor, row_count: Tensor, tile_counts: Tensor, tile_blocks: Tensor, block_counts: Tensor,
     block_tiles: Tensor, scale: float, height: int, width: int, rows_per_tile: int,
@@ -261,6 +259,10 @@ def masked_cross_attention_backward_op(
     return _dispatch.run("masked_cross_attention_backward", q.device, grad_out, q, k, v, out, lse, block_bits,
                          row_order, row_count, tile_counts, tile_blocks, block_counts, block_tiles, scale, height,
                          width, rows_per_tile)
+
+
+masked_cross_attention_backward_op = _dispatch.define_op("coavs::masked_cross_attention_backward",
+                                                         _masked_cross_attention_backward)
 
 
 @masked_cross_attention_backward_op.register_fake
@@ -274,6 +276,7 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *plan)
     ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # lse has no gradient: no zero-filled tensor for it
 
 
 def _backward(ctx, grad_out, grad_lse):
