@@ -13,6 +13,8 @@ forward and forward+backward; median time, peak extra memory (GPU) and ours' spe
 Masks as Mask2Former's decoder sees them: per query one smooth blob of logits (random centre, radii and
 strength) on a coarse grid, bilinearly upsampled to the keys and thresholded at 0 by build_attention_mask;
 ``visible`` is the mean fraction of keys an active query sees (about 20%).
+Before any timing, ours' forward is checked against sdpa's on the same inputs (float32: 1e-4, float16/bfloat16:
+2e-2); a mismatch is reported as an error row and ours is not timed there.
 On CPU the providers are timed interleaved (one call of each in turn, medians over the rounds), so a busy
 machine slows them alike.
 Work of the block-sparse plan, per (N, active): ``tile_ratio`` = scores the Triton kernels compute (every
@@ -114,6 +116,18 @@ def make_inputs(keys, fraction, dtype, device, batch=BATCH, seed=0):
     return qkv, mask, visible, active.to(device)
 
 
+def check_against_sdpa(ours, qkv, visible, active, scale) -> str | None:
+    """None when ours' forward matches sdpa's (the dormant rows zeroed in both), else what differs."""
+    with torch.no_grad():
+        got = ours(*qkv).float()
+        expected = sdpa_attention(*qkv, visible, active, scale).float()
+    tolerance = 1e-4 if qkv[0].dtype in (torch.float32, torch.float64) else 2e-2
+    error = (got - expected).abs().max().item() if got.numel() else 0.0
+    if got.shape == expected.shape and error <= tolerance * (1 + expected.abs().max().item()):
+        return None
+    return f"wrong: max |ours - sdpa| = {error:.3g} (tolerance {tolerance:g})"
+
+
 def _timed(fn, qkv, grad, backward: bool):
     if not backward:
         def step():
@@ -192,7 +206,12 @@ def main(argv=None):
                 except Exception as exc:  # a baseline that cannot run here is reported, not fatal
                     rows.append({"N": keys, "active": fraction, "provider": "flex", "error": repr(exc)[:80]})
             # last: its row gets the ratios
-            providers["ours"] = lambda q, k, v: ops.masked_cross_attention(q, k, v, mask, active, scale)
+            ours = lambda q, k, v: ops.masked_cross_attention(q, k, v, mask, active, scale)  # noqa: E731
+            wrong = check_against_sdpa(ours, qkv, visible, active, scale)
+            if wrong is None:
+                providers["ours"] = ours
+            else:
+                rows.append({"N": keys, "active": fraction, "provider": "ours", "error": wrong})
             for mode in ("fwd", "fwd+bwd"):
                 steps = {name: _timed(fn, qkv, grad, backward=mode == "fwd+bwd") for name, fn in providers.items()}
                 fields = {"N": keys, "active": fraction, "visible": round(seen, 3), "mode": mode,
