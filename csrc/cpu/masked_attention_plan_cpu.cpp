@@ -32,6 +32,43 @@ std::pair<int32_t, int32_t> ordered_list(const std::vector<int8_t>& klass, int32
   return {full, total};
 }
 
+// A run of lanes of one block whose keys are consecutive (one row of a sub-patch, cut at the map's right edge):
+// lanes [lane, lane + length) hold keys [key, key + length).
+struct LaneRun {
+  int64_t key;
+  int32_t lane, length;
+};
+
+// The runs of every block, block by block (`first[kb]` .. `first[kb + 1]`); lanes past the map's edge are in none.
+void lane_runs(const KeyGeometry& geo, std::vector<LaneRun>& runs, std::vector<int64_t>& first) {
+  first.assign(geo.blocks + 1, 0);
+  int64_t keys_of[kPlanBlockKeys];
+  for (int64_t kb = 0; kb < geo.blocks; ++kb) {
+    first[kb] = static_cast<int64_t>(runs.size());
+    geo.block_keys(kb, keys_of);
+    for (int64_t lane = 0; lane < kPlanBlockKeys;) {
+      if (keys_of[lane] < 0) {
+        ++lane;
+        continue;
+      }
+      int64_t end = lane + 1;
+      while (end < kPlanBlockKeys && keys_of[end] == keys_of[end - 1] + 1 && end - lane < 32) ++end;
+      runs.push_back({keys_of[lane], static_cast<int32_t>(lane), static_cast<int32_t>(end - lane)});
+      lane = end;
+    }
+  }
+  first[geo.blocks] = static_cast<int64_t>(runs.size());
+}
+
+// Bits [key, key + length) of a row's mask words (length <= 32; every key < N, so every word read is the row's).
+COAVS_ALWAYS_INLINE uint64_t mask_bits(const int32_t* words, int64_t key, int32_t length) {
+  const int64_t word = key >> 5;
+  const int shift = static_cast<int>(key & 31);
+  uint64_t value = static_cast<uint32_t>(words[word]) >> shift;
+  if (shift + length > 32) value |= static_cast<uint64_t>(static_cast<uint32_t>(words[word + 1])) << (32 - shift);
+  return value & ((uint64_t(1) << length) - 1);
+}
+
 }  // namespace
 
 using Plan = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -71,6 +108,9 @@ Plan masked_attention_plan_cpu(const at::Tensor& bits, const at::Tensor& active,
   int32_t* bt = block_tiles.data_ptr<int32_t>();
   std::vector<uint64_t> valid(blocks);
   for (int64_t kb = 0; kb < blocks; ++kb) valid[kb] = geo.valid(kb);
+  std::vector<LaneRun> runs;
+  std::vector<int64_t> first_run;
+  lane_runs(geo, runs, first_run);
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> sort_keys(queries);
     std::vector<int8_t> klass(blocks * tiles), column;
@@ -81,11 +121,8 @@ Plan masked_attention_plan_cpu(const at::Tensor& bits, const at::Tensor& active,
         int64_t seen = 0, sum_y2 = 0, sum_x2 = 0;
         for (int64_t kb = 0; kb < blocks; ++kb) {
           uint64_t lanes = 0;
-          int64_t keys_of[kPlanBlockKeys];
-          geo.block_keys(kb, keys_of);
-          for (int64_t lane = 0; lane < kPlanBlockKeys; ++lane) {
-            const int64_t key = keys_of[lane];
-            if (key >= 0 && ((static_cast<uint32_t>(w[key >> 5]) >> (key & 31)) & 1u)) lanes |= uint64_t(1) << lane;
+          for (int64_t r = first_run[kb]; r < first_run[kb + 1]; ++r) {
+            lanes |= mask_bits(w, runs[r].key, runs[r].length) << runs[r].lane;
           }
           bb[(b * queries + q) * blocks + kb] = static_cast<int64_t>(lanes);
           const int64_t n = __builtin_popcountll(lanes);
