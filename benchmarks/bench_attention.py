@@ -1,6 +1,7 @@
 """Benchmark of ``masked_cross_attention`` against the ways a Mask2Former decoder computes masked attention.
 
     python -m benchmarks.bench_attention [--quick] [--device cuda] [--dtype float16]
+    python -m benchmarks.bench_attention --work-only   # the plan's work ratios only (no timing, seconds)
 
 Providers, on the same inputs in one run (the mask is built before timing; the baselines compute every query
 and zero the dormant ones, since they cannot skip rows):
@@ -170,6 +171,9 @@ def main(argv=None):
     parser.add_argument("--flex", choices=("auto", "on", "off"), default="auto",
                         help="FlexAttention baseline: auto = on GPU only (it compiles for minutes on a CPU)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--work-only", action="store_true",
+                        help="only the plan's computed/visible score ratios at every N and fraction "
+                             "(attention_work.{json,md}); no timing")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -186,6 +190,9 @@ def main(argv=None):
         keys_list = [int(n) for n in args.keys.split(",")]
     if args.fractions:
         fractions = [float(f) for f in args.fractions.split(",")]
+    if args.work_only:
+        return work_ratios(args, device, [int(n) for n in args.keys.split(",")] if args.keys else list(KEY_MAPS),
+                           [float(f) for f in args.fractions.split(",")] if args.fractions else list(FRACTIONS))
     use_flex = args.flex == "on" or (args.flex == "auto" and device.type == "cuda")
     scale = HEAD_DIM ** -0.5
     rows: list[dict] = []
@@ -224,6 +231,26 @@ def main(argv=None):
         write_results(args.out, "attention", device, rows, _header(dtype, batch))
     report(rows, device, args.out, "attention", _header(dtype, batch, _summary(rows, device)),
            lambda row: work(row, batch, dtype))
+    return rows
+
+
+def work_ratios(args, device, keys_list, fractions) -> list[dict]:
+    """Computed ÷ visible scores of the plan at the benchmark masks (B=20), written as ``attention_work``."""
+    rows = []
+    for keys in keys_list:
+        for fraction in fractions:
+            _, mask, visible, active = make_inputs(keys, fraction, torch.float32, device, BATCH)
+            stats = plan_statistics(attention_plan(mask, active), *key_map(mask))
+            rows.append({"N": keys, "key_map": "x".join(map(str, key_map(mask))), "active": fraction,
+                         "visible": round(visible[active].float().mean().item(), 3) if active.any() else 0.0,
+                         "visible_scores": stats["visible_scores"], "tile_ratio": round(stats["tile_ratio"], 2),
+                         "cpu_ratio": round(stats["cpu_ratio"], 2)})
+            print(rows[-1])
+    notes = (f"B={BATCH}, Q={QUERIES}, one blob per query. tile_ratio: scores the Triton kernels compute (16-row "
+             "tiles x 64-key blocks) / visible scores of the working rows; cpu_ratio: the C++ kernel (4-row groups "
+             "x 16-key sub-patches) / visible scores. Goal (issue 22): <= 2.")
+    if args.out:
+        write_results(args.out, "attention_work", device, rows, notes)
     return rows
 
 
