@@ -38,6 +38,7 @@ from torch import Tensor
 from coavs import _native
 from coavs.ops import _dispatch
 
+BITS_PER_WORD = 32  # mask bits per int32 word of AttentionMask.bits
 BLOCK_KEYS = 64  # lanes of a key block
 SUB_KEYS = 16  # lanes of a sub-patch
 ROWS_PER_TILE = 16  # R
@@ -123,6 +124,14 @@ def _pack_lanes(flags: Tensor) -> Tensor:
     return (flags.to(torch.int64) * weights).sum(-1)
 
 
+def unpack_bits(bits: Tensor, num_keys: int) -> Tensor:
+    """``[B,Q,W] int32`` mask words → ``[B,Q,num_keys]`` bool (bit ``n % 32`` of word ``n // 32`` is key ``n``;
+    the inverse of ``coavs.ops.masked_cross_attention.pack_visibility``)."""
+    shifts = torch.arange(BITS_PER_WORD, dtype=torch.int32, device=bits.device)
+    expanded = torch.bitwise_and(torch.bitwise_right_shift(bits[..., None], shifts), 1).bool()
+    return expanded.flatten(-2)[..., :num_keys]
+
+
 def unpack_lanes(block_bits: Tensor) -> Tensor:
     """``[...]`` int64 → ``[..., 64]`` bool (the inverse of the packing of ``block_bits``)."""
     shifts = torch.arange(BLOCK_KEYS, dtype=torch.int64, device=block_bits.device)
@@ -150,8 +159,6 @@ def centre_twice(height: int, width: int, device=None) -> tuple[Tensor, Tensor]:
 def reference_plan(bits: Tensor, active: Tensor, height: int, width: int,
                    rows_per_tile: int = ROWS_PER_TILE) -> AttentionPlan:
     """The plan in plain PyTorch (dense intermediates ``[B,Q,KB,64]``): the definition the kernels match."""
-    from coavs.ops.masked_cross_attention import unpack_bits
-
     batch, queries = active.shape
     keys = height * width
     device = bits.device

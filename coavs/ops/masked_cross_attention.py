@@ -34,9 +34,10 @@ from torch import Tensor
 
 from coavs import _native
 from coavs.ops import _dispatch, reference
-from coavs.ops.attention_plan import AttentionPlan, ROWS_PER_TILE, build_plan, key_slots, unpack_lanes
+# unpack_bits is also public here: the inverse of pack_visibility
+from coavs.ops.attention_plan import (BITS_PER_WORD, AttentionPlan, ROWS_PER_TILE, build_plan, key_slots, unpack_bits,
+                                     unpack_lanes)
 
-BITS_PER_WORD = 32
 OCCUPANCY_BLOCK = 64  # keys per occupancy flag (row-major blocks of the key index)
 
 
@@ -82,13 +83,6 @@ def pack_visibility(visible: Tensor, size: tuple[int, int] | None = None) -> Att
     # amax, not any: any() of a uint8 tensor is uint8 in eager but bool under inductor.
     occupancy = padded.reshape(batch, queries, blocks, OCCUPANCY_BLOCK).amax(-1)
     return AttentionMask(bits, occupancy, keys, _checked_size(size, keys))
-
-
-def unpack_bits(bits: Tensor, num_keys: int) -> Tensor:
-    """``[B,Q,W] int32`` words → ``[B,Q,num_keys]`` bool (the inverse of :func:`pack_visibility`)."""
-    shifts = torch.arange(BITS_PER_WORD, dtype=torch.int32, device=bits.device)
-    expanded = torch.bitwise_and(torch.bitwise_right_shift(bits[..., None], shifts), 1).bool()
-    return expanded.flatten(-2)[..., :num_keys]
 
 
 def build_attention_mask(mask_logits: Tensor, size: tuple[int, int]) -> AttentionMask:
