@@ -385,13 +385,14 @@ def default_config(name: str, dtype: torch.dtype, block_d: int) -> dict:
     """The launch options when not autotuning, chosen so that no default launch spills on sm_80/sm_90
     (benchmarks/compile_check.py): float16/bfloat16 products run on tensor cores with 4 warps (8 from a head
     dimension of 64 up, and there the dk/dv pass unpipelined on sm_80, where it spilled 8 B; below 64 the bfloat16
-    dq pass unpipelined on sm_80, where it spilled 56 B); float32 ones are IEEE FMAs whose operands each thread
+    dq pass on sm_80 on 8 warps unpipelined: 4 warps spilled 8-56 B there, pipelined or not); float32 ones are IEEE FMAs whose operands each thread
     holds whole: 8 warps, no software pipelining (its buffers spilled up to 60 B at dh=64), and ``maxnreg=255``
     (the hardware limit) so that ptxas does not cap them lower."""
     if dtype in (torch.float16, torch.bfloat16):
         if block_d < 64:
-            unpipelined = name == "backward_dq" and dtype == torch.bfloat16 and _arch() < 90
-            return {"num_warps": 4, "num_stages": 1 if unpipelined else 2}
+            if name == "backward_dq" and dtype == torch.bfloat16 and _arch() < 90:
+                return {"num_warps": 8, "num_stages": 1}
+            return {"num_warps": 4, "num_stages": 2}
         return {"num_warps": 8, "num_stages": 1 if name == "backward_dkv" and _arch() < 90 else 2}
     return {"num_warps": 8, "num_stages": 1, "maxnreg": 255}
 
