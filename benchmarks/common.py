@@ -10,7 +10,6 @@ and writes ``benchmarks/results/<device>/<name>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import re
 import statistics
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from coavs import jsonio
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -214,7 +215,7 @@ def write_results(out: Path, name: str, device: torch.device, rows: list[dict], 
     """Writes ``<out>/<device>/<name>.json`` and ``.md`` (a table of every row) and returns the folder."""
     folder = out / device_label(device)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps({"env": environment(device), "rows": rows}, indent=2))
+    jsonio.write_json(folder / f"{name}.json", {"env": environment(device), "rows": rows})  # NaN -> null
     columns = list(dict.fromkeys(k for row in rows for k in row))
     lines = [f"# {name} on {environment(device)['device']}", "", notes, "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -2,30 +2,34 @@
 
 User mistakes (bad paths, bad values, unreadable files) end with one clear line on stderr and exit code 1, not a
 traceback: every layer raises :class:`coavs.errors.UserError` (or a subclass) and :func:`main` alone prints it.
+Mistakes in the arguments themselves follow the same rule (:mod:`coavs.arguments`: one parser class, and checks by
+option name that every command inherits).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from coavs import demo, info
+from coavs import jsonio
+from coavs.arguments import ArgumentParser, check_arguments
 from coavs.analysis.commands import register as register_analysis
 from coavs.data.errors import DataError
-from coavs.data.splits import open_split
+from coavs.data.splits import check_same_classes, open_split
 from coavs.data.synth import CLASS_NAMES, SynthConfig, generate
 from coavs.data.verify import report_json, verify_dataset
 from coavs.devices import resolve_device
 from coavs.errors import EXIT_USER_ERROR, UserError, one_line  # UserError re-exported: coavs.cli.UserError
 from coavs.eval import predict
 from coavs.eval.gate import build_gate, load_gate, save_gate
-from coavs.eval.runner import evaluate, format_table
-from coavs.inference.combine import INFERENCE_MODES, logit_strategy
+from coavs.eval.runner import evaluate, evaluation_notes, format_table
+from coavs.inference.combine import INFERENCE_MODES, check_mode, logit_strategy
 from coavs.preprocess.commands import register as register_preprocess
 from coavs.training.checkpoint import load_model
 from coavs.training.config import TrainConfig
@@ -35,7 +39,7 @@ from coavs.training.trainer import train
 
 def cmd_info(args) -> int:
     data = info.collect()
-    print(json.dumps(data, indent=2, default=str) if args.json else info.format_report(data))
+    print(jsonio.dumps(data, indent=2, default=str) if args.json else info.format_report(data))
     return 0
 
 
@@ -104,7 +108,7 @@ def cmd_verify(args) -> int:
     try:
         report = verify_dataset(args.root, args.kind, deep=not args.quick, workers=args.workers, limit=args.limit,
                                 progress=not args.quiet and not args.json)
-    except DataError as exc:
+    except (DataError, ValueError) as exc:
         raise UserError(str(exc)) from None
     print(report_json(report) if args.json else report.format(max_problems=args.max_problems))
     return 0 if report.ok else 1
@@ -115,6 +119,10 @@ def cmd_train(args) -> int:
     overrides = list(args.set or [])
     if args.no_progress:
         overrides.append("run.progress=false")
+    if args.init_from is not None:
+        if args.resume:
+            raise UserError("--init-from starts a new run from another run's weights; a resumed run has its own")
+        overrides.append(f"run.init_from={json.dumps(str(Path(args.init_from).absolute()))}")
     if args.config is None:
         if not args.resume:
             raise UserError("give a CONFIG file (YAML or JSON), or --resume to continue the run in --out")
@@ -143,8 +151,10 @@ def _eval_settings(args, config):
     debias = config.debias_config()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else config.eval_modes()
     for mode in modes:
-        if mode not in INFERENCE_MODES:
-            raise UserError(f"--modes: {mode!r} is not {', '.join(INFERENCE_MODES[:-1])} or {INFERENCE_MODES[-1]}")
+        try:
+            check_mode(mode)
+        except ValueError as exc:
+            raise UserError(f"--modes: {exc}") from None
     strategy = args.strategy or logit_strategy(debias.strategy)
     gate = None if getattr(args, "no_gate", False) else load_gate(args.run)  # the run's calibrated gate.json
     return dict(modes=modes, biased=args.biased or debias.biased_audio,
@@ -161,22 +171,29 @@ def cmd_eval(args) -> int:
     protocol = args.protocol or config.eval.protocol
     batch_size = args.batch_size or (config.eval.batch_size if protocol == "per_batch" else 8)
     if args.data:
-        config.data.root = args.data
+        config.data.root, config.data.kind = args.data, "auto"
     settings = _eval_settings(args, config)
     dataset = open_split(config, args.split)
     if len(dataset) == 0:
         raise UserError(f"the {args.split} split of {config.data.root} has no clips")
+    check_same_classes(dataset, config.resolved.get("class_names"), model.config.num_classes, config.data.root)
     rows = evaluate(model, dataset, batch_size=batch_size, device=device, bias=not args.no_bias,
                     max_clips=args.max_clips, seed=args.seed, precision=config.run.precision,
                     progress=not args.quiet and not args.json, protocol=protocol, **settings)
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+        jsonio.write_json(args.out, rows)
+    notes = evaluation_notes(dataset, rows[settings["modes"][0]])  # what this dataset could not measure
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(jsonio.dumps(rows, indent=2))
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     else:
         title = (f"{args.split} split of {config.data.root}: {rows[settings['modes'][0]]['frames']} frames; "
-                 "mIoU/F higher is better, FPR (sounding pixels under negative audio) lower is better")
+                 "mIoU/F higher is better, FPR (sounding pixels under negative audio) and FP swapped (the silent "
+                 "object's pixels called sounding while another visible object sounds) lower is better")
         print(format_table(rows, title=title))
+        for note in notes:
+            print(f"note: {note}")
     return 0
 
 
@@ -224,8 +241,10 @@ def cmd_predict(args) -> int:
         markers = predict.clip_markers(config, args.markers, len(frames), model.config.num_markers)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    mode = args.mode or ("debias" if config.debias_enabled else "vanilla")
-    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device, markers=markers)
+    mode = args.mode or config.inference_mode()
+    gate = None if args.no_gate else load_gate(args.run)  # the run's calibrated gate.json, as coavs eval
+    labels, scores = predict.predict_clip(model, config, frames, audio, mode=mode, device=device, gate=gate,
+                                          markers=markers)
     class_names = config.resolved.get("class_names") or [str(i) for i in range(model.config.num_classes)]
     summary = predict.write_predictions(args.out, frames, names, labels, scores, class_names,
                                         bool(config.resolved.get("binary", False)))
@@ -245,6 +264,21 @@ def find_benchmarks(repo: str | None = None):
     return None
 
 
+def writable_folder(path, option: str) -> Path:
+    """``path`` resolved, created if missing, and proven writable (a file is created and removed in it); a
+    :class:`UserError` naming ``option`` otherwise."""
+    folder = Path(path).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{option} {path} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".coavs-write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+    return folder
+
+
 def cmd_bench(args) -> int:
     root = find_benchmarks(args.repo)
     if root is None:
@@ -259,6 +293,7 @@ def cmd_bench(args) -> int:
     unknown = [n for n in chosen if n not in available]
     if unknown:
         raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    out = writable_folder(args.out, "--out")  # before minutes of benchmarking, not after
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     failed = []
@@ -266,7 +301,7 @@ def cmd_bench(args) -> int:
         command = [sys.executable, "-m", f"benchmarks.bench_{name}"] + (["--quick"] if args.quick else [])
         if args.device:
             command += ["--device", args.device]
-        command += ["--out", str(Path(args.out).resolve())]  # never into the source checkout by default
+        command += ["--out", str(out)]  # never into the source checkout by default
         print(f"== {' '.join(command[1:])}", flush=True)
         if subprocess.run(command, cwd=root, env=env).returncode != 0:
             failed.append(name)
@@ -277,11 +312,11 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    return demo.run(out=args.out, quick=args.quick, keep=args.keep, progress=sys.stderr.isatty())
+    return demo.run_from_arguments(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="coavs",
         description="Audio-visual segmentation that resists audio priming bias and visual prior: data, training, "
                     "evaluation, analyses and kernel benchmarks.")
@@ -347,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.root=data/coavs --set run.seed=1 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from the model weights of this run folder or checkpoint (fresh optimizer and "
+                        "schedule), e.g. a debias fine-tuning of a vanilla run")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this step (checkpoint saved; resumable; the schedule is unchanged)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -356,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--modes", help=f"inference modes, comma-separated: {', '.join(INFERENCE_MODES)} "
                                        "(default: vanilla, plus debias for a debias-trained model)")
         p.add_argument("--biased", choices=("mute", "noise", "ddpm", "random_semantic"),
-                       help="audio of the biased branch for debias/ensemble (default: the training config's)")
+                       help="audio of the biased branch for debias (default: the training config's)")
         p.add_argument("--alpha", type=float, help="debias strength (default: the training config's)")
         p.add_argument("--scheme", choices=("separate", "mask", "class", "overall"), help="debias scheme")
         p.add_argument("--strategy", choices=("fixed", "uncertainty"), help="debias strength strategy")
@@ -408,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=INFERENCE_MODES,
                    help="default: debias for a debias-trained model, else vanilla")
     p.add_argument("--out", required=True, help="output folder (masks/, overlays/, predictions.json)")
+    p.add_argument("--no-gate", action="store_true", help="ignore the run's calibrated gate (gate.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_predict)
 
@@ -423,9 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="make a Co-AVS set with a strong visual prior, train vanilla and debias models "
                                     "on CPU, and print their metrics table (a few minutes)")
-    p.add_argument("--out", default=None, help="work folder (default: a temporary folder, removed afterwards)")
-    p.add_argument("--quick", action="store_true", help="a much smaller run (seconds; numbers mean nothing)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    demo.add_arguments(p)  # the same options as python -m coavs.demo
     p.set_defaults(func=cmd_demo)
 
     register_analysis(sub)  # coavs analyze area|semantics|queries, coavs ablate
@@ -435,8 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) exits; argparse's mistakes were printed as one line (coavs.arguments)
+        if exc.code in (0, None):
+            raise
+        return EXIT_USER_ERROR
+    try:
+        check_arguments(args)
         return int(args.func(args) or 0)
     except UserError as exc:  # DataError and ConfigError included
         message = one_line(exc)

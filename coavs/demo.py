@@ -3,19 +3,25 @@
 1. ``coavs synth``: a Co-AVS set with a **strong visual prior**: in training a visible object is almost always
    sounding (silent with probability 0.05), in val/test each featured object is silent with probability 0.5
    (at least one sounds per clip, so about a third end up silent);
-2. trains one model per row, each from its ``configs/demo_<name>.yaml`` (same model, data, steps and seed):
-   ``vanilla``; ``debias`` (the paper: muted biased branch, debiased loss, debiased inference); ``negatives``
-   (negative-audio training: silence and noise teach the audio classifier that nothing sounds, another
-   clip's audio with an empty target teaches the segmentation; plus the classifier's gate, calibrated on the
-   val split); ``combined`` (both). Two models train at a time, one process and one thread each;
+2. trains one model per row from its ``configs/demo_<name>.yaml`` (same model, data and seed): ``vanilla``;
+   ``debias`` — the paper's recipe: the vanilla run fine-tuned with the debias strategy (muted biased branch,
+   debiased loss) at a tenth of the learning rate (``coavs train configs/demo_debias.yaml --init-from`` the vanilla
+   run; ``configs/demo_debias_stages.yaml`` is the same recipe as one two-stage config); ``negatives``
+   (negative-audio training: silence and noise teach the audio classifier that nothing sounds, another clip's
+   audio with an empty target and counterfactual audio — one of a frame's sources alone, with only its pixels as
+   the target — teach the segmentation; plus the classifier's gate, calibrated on the val split); ``combined``
+   (the negatives run fine-tuned with the paper's debias). Two models train at a time, one process and one
+   thread each; a fine-tuning starts when the run it starts from is done;
 3. evaluates each on the test split as it is meant to be used and prints one table: mIoU, F, the
-   false-positive rates (share of pixels called sounding) under silence, white noise and misaligned audio, and
-   the counterfactual IoU (two sources visible, one played alone: IoU with the one playing).
+   false-positive rates (share of pixels called sounding) under silence, white noise and misaligned audio, the
+   swapped false positives (the share of a visible but silent object's pixels called sounding while another
+   visible object sounds alone — the visual-prior condition) and the counterfactual IoU (two sources visible, one
+   played alone: IoU with the one playing).
 
-``--seeds N`` repeats every training with seeds 0 … N−1 and reports mean ± std (N × 4 trainings; one seed took
-4 minutes on an idle 2-core machine, three seeds 14; docs/analysis.md holds the 3-seed table). The numbers are
-whatever training gives; ``--out`` keeps the data, run folders, ``results.{json,md}`` (the JSON also holds every
-seed's row and the gated models' numbers without their gate) and ``results.png`` (the table as bars).
+``--seeds N`` repeats every training with seeds 0 … N−1 and reports mean ± std (docs/analysis.md holds the 3-seed
+table and the timings). The numbers are whatever training gives; ``--out`` keeps the data, run folders,
+``results.{json,md}`` (the JSON also holds every seed's row and the gated models' numbers without their gate) and
+``results.png`` (the table as bars).
 """
 
 from __future__ import annotations
@@ -35,18 +41,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from coavs import jsonio
+from coavs.arguments import ArgumentParser, check_arguments
 from coavs.analysis.plots import figure, save
 from coavs.data.splits import open_split
 from coavs.data.synth import SynthConfig, generate
+from coavs.errors import EXIT_USER_ERROR, UserError, one_line
 from coavs.eval.gate import load_gate
 from coavs.eval.runner import evaluate
 from coavs.training.checkpoint import load_model
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 MODELS = ("vanilla", "debias", "negatives", "combined")
-ROW_NAMES = {"vanilla": "vanilla", "debias": "paper debias", "negatives": "negative-audio training + gate",
-             "combined": "paper debias + negative audio + gate"}
-METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou")
+ROW_NAMES = {"vanilla": "vanilla", "debias": "paper debias (fine-tuned from vanilla)",
+             "negatives": "negative + swapped audio + gate",
+             "combined": "negative + swapped audio + gate, then paper debias"}
+INIT_FROM = {"debias": "vanilla", "combined": "negatives"}  # fine-tunings start from these rows' runs
+METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped", "counterfactual_iou")
 
 
 def synth_config(quick: bool):
@@ -89,9 +100,10 @@ def _last_step(run_dir: Path) -> tuple[int, int | None]:
     return step, total
 
 
-def train_side_by_side(jobs: dict[str, tuple[Path, list[str]]], work: Path, progress: bool) -> dict[str, float]:
-    """Trains every ``name: (config file, overrides)`` as its own ``coavs train`` process on one thread, all at
-    once when the CPU has a core per job (else one after the other); returns the seconds each took."""
+def train_side_by_side(jobs: dict[str, tuple], work: Path, progress: bool) -> dict[str, float]:
+    """Trains every ``name: (config file, overrides[, init_from job])`` as its own ``coavs train`` process on one
+    thread, as many at once as the CPU has cores (a job with ``init_from`` waits for that job, then starts from
+    its run: ``--init-from``); returns the seconds each took."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     at_once = max(1, min(len(jobs), _cores()))
     pending, running, seconds = list(jobs), {}, {}
@@ -101,11 +113,18 @@ def train_side_by_side(jobs: dict[str, tuple[Path, list[str]]], work: Path, prog
                 for i, name in enumerate(jobs)}
     try:
         while pending or running:
-            while pending and len(running) < at_once:
-                name = pending.pop(0)
-                path, overrides = jobs[name]
+            for name in list(pending):
+                if len(running) >= at_once:
+                    break
+                path, overrides, *rest = jobs[name]
+                source = rest[0] if rest else None
+                if source is not None and source not in seconds:
+                    continue  # its starting run is not trained yet
+                pending.remove(name)
                 command = [sys.executable, "-m", "coavs", "train", str(path), "--out", str(work / "runs" / name),
                            "--no-progress"] + [arg for o in overrides for arg in ("--set", o)]
+                if source is not None:
+                    command += ["--init-from", str(work / "runs" / source)]
                 log = open(work / f"train_{name}.log", "w")
                 running[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log,
                                  time.perf_counter())
@@ -140,7 +159,7 @@ def evaluate_run(run_dir: Path, gated: bool = True) -> dict:
     its calibrated gate when it has one; ``gated`` False: without the gate)."""
     model, config = load_model(run_dir)
     debias = config.debias_config()
-    mode = "debias" if debias.enabled else "vanilla"
+    mode = config.inference_mode()
     gate = load_gate(run_dir) if gated else None
     result = evaluate(model, open_split(config, "test"), batch_size=8, modes=(mode,), bias=True,
                       gate=gate, **debias.inference_settings())
@@ -162,7 +181,7 @@ def summarize(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
 
 def format_summary(summary: dict[str, dict], title: str) -> str:
     """A Markdown table of :func:`summarize`'s rows (mean ± std when more than one seed)."""
-    labels = ("mIoU", "F", "FPR silence", "FPR noise", "FPR misaligned", "CF IoU")
+    labels = ("mIoU", "F", "FPR silence", "FPR noise", "FPR misaligned", "FP swapped", "CF IoU")
     width = max(len(n) for n in summary)
     cells = {}
     for name, row in summary.items():
@@ -179,8 +198,8 @@ def format_summary(summary: dict[str, dict], title: str) -> str:
 def plot_summary(summary: dict[str, dict], path) -> Path:
     """Grouped bars of :func:`summarize`'s rows: mIoU, counterfactual IoU and the three false-positive rates, in
     %, the error bar one standard deviation over seeds. Written as PNG to ``path``."""
-    keys = ("miou", "counterfactual_iou", "fpr_silence", "fpr_noise", "fpr_misaligned")
-    labels = ("mIoU ↑", "CF IoU ↑", "FPR silence ↓", "FPR noise ↓", "FPR misaligned ↓")
+    keys = ("miou", "counterfactual_iou", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped")
+    labels = ("mIoU ↑", "CF IoU ↑", "FPR\nsilence ↓", "FPR\nnoise ↓", "FPR\nmisaligned ↓", "FP\nswapped ↓")
     fig, axes = figure(8.0, 3.4)
     ax = axes[0, 0]
     width = 0.8 / max(len(summary), 1)
@@ -194,7 +213,7 @@ def plot_summary(summary: dict[str, dict], path) -> Path:
     ax.set_ylabel("% (test split)")
     ax.set_ylim(0, 100)
     ax.set_title(f"Co-AVS demo, mean of {seeds} seed(s)" + (" ± std" if seeds > 1 else ""))
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, frameon=False)
     return save(fig, path)
 
 
@@ -217,6 +236,7 @@ def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True
         print(f"[demo] Co-AVS set ({counts} clips): visible-but-silent rate {stats['train']['silent_rate']:.2f} in "
               f"train, {stats['test']['silent_rate']:.2f} in test ({timings['synth']:.0f} s)", flush=True)
 
+        models = tuple(dict.fromkeys(m for name in models for m in (INIT_FROM.get(name), name) if m))
         jobs = {}
         for seed in range(seeds):
             for name in models:
@@ -224,7 +244,9 @@ def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True
                 if not path.is_file():
                     raise FileNotFoundError(2, "demo config not found (the demo runs from a source checkout)",
                                             str(path))
-                jobs[f"{name}-s{seed}"] = (path, demo_overrides(data, work / "cache", quick) + [f"run.seed={seed}"])
+                source = f"{INIT_FROM[name]}-s{seed}" if name in INIT_FROM else None
+                jobs[f"{name}-s{seed}"] = (path, demo_overrides(data, work / "cache", quick) + [f"run.seed={seed}"],
+                                           source)
         step = time.perf_counter()
         took = train_side_by_side(jobs, work, progress)
         timings["train"] = time.perf_counter() - step
@@ -251,12 +273,13 @@ def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True
                  f"{stats['test']['silent_rate']:.0%} of the featured objects are visible but silent (train: "
                  f"{stats['train']['silent_rate']:.0%}). mIoU, F, CF IoU (counterfactual: one of two sources "
                  "played alone): higher is better. FPR: share of pixels called sounding under silence / white "
-                 "noise / another clip's audio: lower is better.")
+                 "noise / another clip's audio; FP swapped: share of a visible but silent object's pixels called "
+                 "sounding while another visible object sounds alone: lower is better.")
         table = format_summary(rows, title)
         timings["total"] = time.perf_counter() - started
-        (work / "results.json").write_text(json.dumps(
-            {"rows": rows, "per_seed": per_seed, "without_gate": summarize(ungated) if ungated else {},
-             "timings_s": timings, "train_seconds": took}, indent=2))
+        jsonio.write_json(work / "results.json",
+                          {"rows": rows, "per_seed": per_seed, "without_gate": summarize(ungated) if ungated else {},
+                           "timings_s": timings, "train_seconds": took})
         (work / "results.md").write_text(table + "\n")
         plot_summary(rows, work / "results.png")
         print()
@@ -270,23 +293,42 @@ def run(out=None, quick: bool = False, keep: bool = False, progress: bool = True
             shutil.rmtree(work, ignore_errors=True)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coavs.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="work folder to keep (default: a temporary folder)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options, shared by ``coavs demo`` and ``python -m coavs.demo``."""
+    parser.add_argument("--out", help="work folder to keep (default: a temporary folder, removed afterwards)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds; the numbers mean nothing)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--seeds", type=int, default=1, help="train every model with seeds 0..N-1 (mean ± std)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines while the models train")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train every model with seeds 0..N-1 and report mean ± std (default 1)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"rows to run (default: {','.join(MODELS)})")
-    args = parser.parse_args(argv)
+
+
+def run_from_arguments(args) -> int:
+    """Runs the demo as ``args`` (from :func:`add_arguments`) say; a bad ``--models`` is a :class:`UserError`."""
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
-        parser.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+        raise UserError(f"--models: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}")
     return run(args.out, args.quick, args.keep, progress=not args.no_progress and sys.stderr.isatty(),
                seeds=args.seeds, models=models)
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog="python -m coavs.demo", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help exits 0; a mistake was printed as one line
+        if exc.code in (0, None):
+            raise
+        return EXIT_USER_ERROR
+    try:
+        check_arguments(args)
+        return run_from_arguments(args)
+    except UserError as exc:
+        print(f"python -m coavs.demo: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

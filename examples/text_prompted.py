@@ -134,7 +134,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     model, _, _ = train(args.steps, args.batch, args.debias, args.seed)
-    for mode in ("vanilla",) if args.debias == "none" else ("vanilla", "debias", "ensemble"):
+    for mode in ("vanilla",) if args.debias == "none" else ("vanilla", "debias"):
         scores = evaluate(model, mode=mode)
         print(f"{mode:8s}  IoU of the referred object: {scores['right_sentence']:.3f}   "
               f"with a sentence naming a distractor: {scores['swapped_sentence']:.3f}")

@@ -1,8 +1,9 @@
 """The supplementary's ablations (D.1–D.3, plus the dilation of B.1) as one command: train the same base
 configuration under each variant, evaluate each the same way, write one Markdown table.
 
-Every variant changes one thing of the base run (debias ``fixed``, biased branch ``mute``, scheme ``separate``, the
-base config's dilation — 2 in the ``small`` preset):
+Every variant changes one thing of the base run (debias ``fixed``, biased branch ``mute``, scheme ``auto`` — the
+dataset's: ``mask`` for binary S4/MS3 (supplementary B.2), ``separate`` otherwise —, the base config's dilation, 2
+in the ``small`` preset):
 
 ======================  =====================================================  ===================================
 variant                 training                                               inference
@@ -18,14 +19,17 @@ biased/mute, /noise,    biased-branch audio (D.2; random_semantic: the audio   d
 strategy/fixed,         debias strategy (D.1)                                  debias with α fixed / α scaled by
 /uncertainty,                                                                  the biased branch's confidence
 /bias_only
-strategy/ensemble       as strategy/fixed                                      mean of vanilla and debiased logits
+strategy/ensemble       D.1's logits ensemble: L(b) + λ·L(v + sg(b)), a        vanilla (the branch trained in
+                        product of experts with the biased branch              ensemble with the prior)
 dilation/1, /2, /5      queries per marker d (B.1)                             debias
 biased_queries/shared   the biased branch reuses the vanilla markers (the      debias
                         pre-D.2 behaviour; the base perceives its own)
 negatives/none, /fixed, negative-audio training (the demo's recipe: ratio      vanilla (none) / debias
-/uncertainty,           0.15; silence and noise train only the audio
+/uncertainty,           0.2; silence and noise train only the audio
 /bias_only              classifier, misaligned audio with an empty target
+                        and swapped audio with the playing source's pixels
                         the segmentation) with no debias or each strategy
+negatives/unswapped     the recipe without swapped audio (ratio 0.15)          vanilla
 negatives/segmentation  every kind through the segmentation loss (ratio 0.25)  vanilla
 gate/probe              as vanilla (no retraining)                             vanilla + the ``any`` gate on a
                                                                                sounding probe fitted on train
@@ -36,8 +40,9 @@ gate/any, gate/class    as negatives/none                                      v
 ``--seeds N`` (``seeds=``) trains every run with seeds 0 … N−1 and reports the mean ± std over seeds of every
 metric (the counterfactual IoU included).
 
-Variants whose training configs are identical share one training run (``scheme/separate``, ``biased/mute``,
-``strategy/fixed``, ``strategy/ensemble``, ``scheme/overall`` and the base dilation are one run). Runs live in
+Variants whose training configs are identical share one training run (the base scheme — ``scheme/separate`` on
+semantic data, ``scheme/mask`` on binary data —, ``biased/mute``, ``strategy/fixed`` and the base dilation are one
+run). Runs live in
 ``<out>/runs/<name>/`` and are reused when their config matches and they finished (``--fresh`` retrains).
 
 Columns: mIoU and F (the dataset's community metric: AVSS-style for Co-AVS/AVSS, S4/MS3-style for binary sets),
@@ -60,13 +65,17 @@ from pathlib import Path
 
 import numpy as np
 
+from coavs import jsonio
 from coavs.analysis import plots
 from coavs.analysis.common import open_eval_dataset
 from coavs.analysis.tables import fmt, markdown_table, write_csv
+from coavs.data.avsbench import detect_layout
+from coavs.data.errors import DataError
+from coavs.data.splits import BINARY_KINDS
 from coavs.devices import resolve_device
 from coavs.eval.gate import build_gate
 from coavs.eval.runner import evaluate
-from coavs.inference.combine import logit_strategy
+from coavs.inference.combine import logit_strategy, resolve_scheme
 from coavs.training.checkpoint import load_model
 from coavs.training.config import ConfigError, TrainConfig
 from coavs.training.trainer import train
@@ -77,14 +86,17 @@ STRATEGIES = ("fixed", "uncertainty", "bias_only", "ensemble")
 DILATIONS = (1, 2, 5)
 NEGATIVE_STRATEGIES = ("none", "fixed", "uncertainty", "bias_only")
 GATES = ("any", "class")
-# the demo's recipe: silence and noise train only the audio classifier, misaligned audio the segmentation
-NEGATIVES = {"ratio": 0.15, "kinds": ["silence", "noise", "misaligned"], "audio_only": ["silence", "noise"],
+# the demo's recipe: silence and noise train only the audio classifier, misaligned and swapped audio the segmentation
+NEGATIVES = {"ratio": 0.2, "kinds": ["silence", "noise", "misaligned", "swapped"], "audio_only": ["silence", "noise"],
              "mode": "add"}
+# the recipe before swapped (counterfactual) audio
+UNSWAPPED_NEGATIVES = {"ratio": 0.15, "kinds": ["silence", "noise", "misaligned"], "audio_only": ["silence", "noise"],
+                       "mode": "add"}
 SEGMENTATION_NEGATIVES = {"ratio": 0.25, "kinds": ["silence", "noise", "misaligned"], "mode": "add"}
-METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou")
+METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped", "counterfactual_iou")
 WARMUP_STEPS = 3  # steps left out of the step time (first-call overheads), when the run is long enough
 
-BASE_DEBIAS = {"strategy": "fixed", "biased_audio": "mute", "scheme": "separate"}
+BASE_DEBIAS = {"strategy": "fixed", "biased_audio": "mute", "scheme": "auto"}  # auto: B.2 from the dataset
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,7 @@ class Variant:
     debias: dict
     model: dict = field(default_factory=dict)
     mode: str = "debias"
-    scheme: str = "separate"
+    scheme: str = "auto"  # auto: the run's resolved scheme (mask for binary datasets, separate otherwise)
     strategy: str = "fixed"
     note: str = ""
     negatives: dict = field(default_factory=dict)  # the training config's negatives section ({}: off)
@@ -118,11 +130,9 @@ def all_variants() -> list[Variant]:
     for kind in BIASED:
         out.append(Variant(f"biased/{kind}", "biased-branch audio (D.2)", {**BASE_DEBIAS, "biased_audio": kind}))
     for strategy in STRATEGIES:
-        mode = "ensemble" if strategy == "ensemble" else "debias"
-        train_mode = "fixed" if strategy == "ensemble" else strategy
-        out.append(Variant(f"strategy/{strategy}", "strategy (D.1)", {**BASE_DEBIAS, "strategy": train_mode},
-                           mode=mode, strategy=logit_strategy(strategy),
-                           note="trained as fixed" if strategy == "ensemble" else ""))
+        out.append(Variant(f"strategy/{strategy}", "strategy (D.1)", {**BASE_DEBIAS, "strategy": strategy},
+                           mode="vanilla" if strategy == "ensemble" else "debias", strategy=logit_strategy(strategy),
+                           note="product of experts; vanilla branch at inference" if strategy == "ensemble" else ""))
     for d in DILATIONS:
         out.append(Variant(f"dilation/{d}", "dilation (B.1)", dict(BASE_DEBIAS), model={"dilation": d}))
     out.append(Variant("biased_queries/shared", "biased-branch queries (D.2)", dict(BASE_DEBIAS),
@@ -132,6 +142,8 @@ def all_variants() -> list[Variant]:
         out.append(Variant(f"negatives/{strategy}", "negative audio", debias, negatives=dict(NEGATIVES),
                            mode="vanilla" if strategy == "none" else "debias",
                            strategy=logit_strategy(strategy)))
+    out.append(Variant("negatives/unswapped", "negative audio", {"strategy": "none"},
+                       negatives=dict(UNSWAPPED_NEGATIVES), mode="vanilla", note="without swapped audio"))
     out.append(Variant("negatives/segmentation", "negative audio", {"strategy": "none"},
                        negatives=dict(SEGMENTATION_NEGATIVES), mode="vanilla",
                        note="every kind through the segmentation loss"))
@@ -163,10 +175,11 @@ def select_variants(spec: str | None) -> list[Variant]:
 
 
 def default_base_config(data_root: str, device: str = "auto") -> dict:
-    """The base run of the ablation, the demo's CPU recipe (``configs/demo_debias.yaml``): the ``small`` preset
-    with 3 k-means clusters on log-mel audio, 64×64 frames, 4 clips × 2 annotated frames per step, AdamW at
-    1e-3 with 10 warm-up steps, poly decay and gradient clipping; debias ``fixed`` with muted audio, λ = 10; one
-    thread on a CPU (small models train faster so)."""
+    """The base run of the ablation, the demo's CPU model and data (``configs/demo_vanilla.yaml``) trained with
+    debias from the first step (not the demo's vanilla-then-fine-tune recipe): the ``small`` preset with 3 k-means
+    clusters on log-mel audio, 64×64 frames, 4 clips × 2 annotated frames per step, AdamW at 1e-3 with 10 warm-up
+    steps, poly decay and gradient clipping; debias ``fixed`` with muted audio, λ = 10; one thread on a CPU (small
+    models train faster so)."""
     return {
         "data": {"root": str(data_root), "image_size": 64, "audio": "logmel", "batch_size": 4,
                  "frames_per_clip": 2, "cache_dir": "auto"},
@@ -225,19 +238,52 @@ def plan_trainings(base: dict, variants: list[Variant], steps: int, out_dir: Pat
     """Group ``variants`` by identical training config (per seed of ``seeds``; None: the base's seed, as
     before); one :class:`TrainingRun` each, in first-use order."""
     resolved = TrainConfig.from_dict(base).model_config().to_dict()
+    binary = _binary_data(base)
     runs: dict[str, TrainingRun] = {}
     for seed in (list(seeds) if seeds is not None else [None]):
         for variant in variants:
             # a model override equal to the base's resolved value (e.g. the preset's dilation) is no change
             same = {k: v for k, v in variant.model.items() if resolved.get(k) != v}
             config = training_config(base, dataclasses.replace(variant, model=same), steps, progress, seed)
+            if config["debias"].get("scheme") == "auto":  # B.2: the dataset's scheme, so equal trainings are shared
+                config["debias"]["scheme"] = resolve_scheme("auto", binary)
             key = _key(config)
             if key not in runs:
                 name = variant.name.replace("/", "-")
-                runs[key] = TrainingRun(key, config, [], out_dir / "runs" / f"{name}-{key}",
-                                        seed=int(config["run"].get("seed", 0)))
+                run_dir = _existing_run_dir(out_dir, key) or out_dir / "runs" / f"{name}-{key}"
+                runs[key] = TrainingRun(key, config, [], run_dir, seed=int(config["run"].get("seed", 0)))
             runs[key].variants.append(variant)
     return list(runs.values())
+
+
+def _binary_data(base: dict) -> bool:
+    """Whether the base config's dataset is binary (S4/MS3); False when its folder cannot be read yet."""
+    data = base.get("data", {})
+    kind = data.get("kind", "auto")
+    if kind in ("auto", None):
+        try:
+            kind = detect_layout(data.get("root", ""))
+        except (DataError, OSError, ValueError):
+            return False
+    return kind in BINARY_KINDS
+
+
+def _existing_run_dir(out_dir: Path, key: str) -> Path | None:
+    """The folder under ``<out>/runs`` that already holds the training of ``key`` (named after whichever variant
+    first needed it, perhaps in an earlier call with other variants), finished ones first; None when there is none."""
+    found = [path for path in sorted((Path(out_dir) / "runs").glob(f"*-{key}"))
+             if (path / "ablation_run.json").is_file()]
+    finished = [path for path in found if _stored_info(path).get("finished")]
+    return (finished or found or [None])[0]
+
+
+def _stored_info(run_dir: Path) -> dict:
+    """A run folder's ``ablation_run.json`` ({} when it is missing or unreadable)."""
+    try:
+        info = json.loads((run_dir / "ablation_run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _finished(run: TrainingRun) -> dict | None:
@@ -251,12 +297,17 @@ def _finished(run: TrainingRun) -> dict | None:
     return stored
 
 
+def _nan_if_none(value) -> float:
+    """A number read back from JSON, where an undefined one (NaN) is written as null."""
+    return math.nan if value is None else float(value)
+
+
 def train_one(run: TrainingRun, fresh: bool = False) -> None:
     """Train ``run``, recording the step time. A finished identical run is reused, an interrupted one resumed
     (unless ``fresh``). Ctrl-C or SIGTERM saves the run's checkpoint and raises KeyboardInterrupt."""
     stored = None if fresh else _finished(run)
     if stored is not None:
-        run.step_ms, run.seconds, run.reused = stored["step_ms"], stored["seconds"], True
+        run.step_ms, run.seconds, run.reused = _nan_if_none(stored["step_ms"]), _nan_if_none(stored["seconds"]), True
         return
     info = run.run_dir / "ablation_run.json"
     resume = (not fresh and (run.run_dir / "checkpoints" / "last.pt").is_file() and info.is_file()
@@ -281,9 +332,8 @@ def train_one(run: TrainingRun, fresh: bool = False) -> None:
     if len(gaps) > 2 * WARMUP_STEPS:
         gaps = gaps[WARMUP_STEPS - 1:]
     run.step_ms = 1e3 * statistics.median(gaps) if gaps else math.nan
-    info.write_text(json.dumps(
-        {"key": run.key, "finished": bool(summary.get("finished")), "steps": summary.get("step"),
-         "step_ms": run.step_ms, "seconds": run.seconds, "variants": [v.name for v in run.variants]}, indent=2))
+    jsonio.write_json(info, {"key": run.key, "finished": bool(summary.get("finished")), "steps": summary.get("step"),
+                             "step_ms": run.step_ms, "seconds": run.seconds, "variants": [v.name for v in run.variants]})
     if summary.get("stopped") in ("SIGINT", "SIGTERM"):
         raise KeyboardInterrupt(f"stopped during {run.run_dir.name}; run the same command again to resume")
 
@@ -306,9 +356,10 @@ def evaluate_variant(run: TrainingRun, variant: Variant, split: str, device: str
         gate, _ = build_gate(model, dataset_cache[gate_key], "any" if probe else variant.gate,
                              training=open_eval_dataset(config, "train") if probe else None,
                              device=resolve_device(device))
+    scheme = resolve_scheme(variant.scheme, bool(config.resolved.get("binary", False)))
     rows = evaluate(model, dataset_cache[data_key], batch_size=batch_size, device=resolve_device(device),
                     modes=(variant.mode,), bias=True, biased=debias.biased_audio, alpha=debias.alpha,
-                    scheme=variant.scheme, strategy=variant.strategy, max_clips=max_clips,
+                    scheme=scheme, strategy=variant.strategy, max_clips=max_clips,
                     overall_reading=variant.overall_reading, gate=gate)
     return rows[variant.mode]
 
@@ -376,7 +427,8 @@ def aggregate_seeds(rows: list[dict]) -> dict:
 
 # ------------------------------------------------------------------------------------------------- output
 COLUMNS = [("miou", "mIoU ↑"), ("fscore", "F ↑"), ("fpr_silence", "FPR silence ↓"),
-           ("fpr_noise", "FPR noise ↓"), ("fpr_misaligned", "FPR misaligned ↓"), ("counterfactual_iou", "CF IoU ↑")]
+           ("fpr_noise", "FPR noise ↓"), ("fpr_misaligned", "FPR misaligned ↓"), ("fp_swapped", "FP swapped ↓"),
+           ("counterfactual_iou", "CF IoU ↑")]
 
 
 def ablation_markdown(result: AblationResult, base: dict) -> str:
@@ -413,8 +465,13 @@ def write_ablation_outputs(result: AblationResult, out_dir, base: dict) -> dict[
             "figure": plot_ablation(result, out_dir / "ablation.png")}
 
 
+def _number(value) -> float:
+    """A metric for a bar: 0 where it is missing or NaN (the table says "-")."""
+    return 0.0 if value is None or value != value else float(value)
+
+
 def plot_ablation(result: AblationResult, path) -> Path:
-    """Horizontal bars per variant: mIoU (left) and the three FPRs (right)."""
+    """Horizontal bars per variant: mIoU (left), the three FPRs and the swapped false positives (right)."""
     rows = result.rows
     y = np.arange(len(rows))
     fig, axes = plots.figure(9.0, 0.32 * len(rows) + 1.4, 1, 2, sharey=True, layout="constrained")
@@ -430,13 +487,15 @@ def plot_ablation(result: AblationResult, path) -> Path:
         if rows[i]["group"] != rows[i - 1]["group"]:
             for ax in (left, right):
                 ax.axhline(i - 0.5, color="black", linewidth=0.6, alpha=0.5)
-    width = 0.27
+    width = 0.2
     for k, (key, name, colour) in enumerate((("fpr_silence", "silence", "tab:gray"),
                                               ("fpr_noise", "noise", "tab:orange"),
-                                              ("fpr_misaligned", "misaligned", "tab:red"))):
-        right.barh(y + (k - 1) * width, [100 * (r[key] or 0) for r in rows], height=width, color=colour, label=name)
-    right.set_xlabel("false-positive rate (% of pixels) — lower is better")
-    right.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+                                              ("fpr_misaligned", "misaligned", "tab:red"),
+                                              ("fp_swapped", "swapped (silent object)", "tab:purple"))):
+        right.barh(y + (k - 1.5) * width, [100 * _number(r.get(key)) for r in rows], height=width, color=colour,
+                   label=name)
+    right.set_xlabel("false positives (% of pixels; swapped: of the silent object) — lower is better")
+    right.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     right.grid(axis="x", alpha=0.3)
     fig.suptitle(f"ablation: {result.steps} steps per run, {result.split} split")
     return plots.save(fig, path)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coavs.analysis.ablate import default_base_config, run_ablation, select_variants
+from coavs.analysis.ablate import all_variants, default_base_config, run_ablation, select_variants
 from coavs.analysis.area import run_area
 from coavs.analysis.common import inference_settings, open_eval_dataset
 from coavs.analysis.queries import analyze_queries, default_frames, parse_frame_spec
 from coavs.analysis.rescale import check_target
 from coavs.analysis.semantics import run_semantics
 from coavs.analysis.stats import parse_edges
+from coavs.data.splits import check_same_classes
 from coavs.devices import resolve_device
 from coavs.errors import UserError
 from coavs.eval.runner import AUDIO_CONDITIONS
@@ -36,10 +37,8 @@ def _load(args):
     dataset = open_eval_dataset(config, args.split, args.data)
     if len(dataset) == 0:
         raise _user_error(f"the {args.split} split of {args.data or config.data.root} has no clips")
-    if dataset.num_classes != model.config.num_classes:
-        raise _user_error(f"{args.data or config.data.root} has {dataset.num_classes} classes (with background), "
-                          f"the model was trained on {model.config.num_classes}: analyse it on data with the "
-                          "same label map")
+    check_same_classes(dataset, config.resolved.get("class_names"), model.config.num_classes,
+                       args.data or config.data.root)
     settings = inference_settings(config, args.mode)
     run = Path(args.run)
     out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "analysis"
@@ -149,6 +148,15 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def variant_names() -> str:
+    """Every ablation variant, grouped: ``vanilla; scheme/mask|class|...; ...`` (from the variant list itself)."""
+    groups: dict[str, list[str]] = {}
+    for variant in all_variants():
+        group, _, name = variant.name.partition("/")
+        groups.setdefault(group, []).append(name)
+    return "; ".join(group if names == [""] else f"{group}/{'|'.join(names)}" for group, names in groups.items())
+
+
 def _range(text: str) -> tuple[float, float]:
     parts = text.split("-")
     try:
@@ -211,13 +219,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("ablate", help="train the small model under each debias variant and write one Markdown "
                                       "table (supplementary D.1-D.3, dilation)",
-                       description="Variants (comma-separated names or groups with --variants): vanilla; "
-                                   "scheme/mask|class|separate|overall|overall_product; "
-                                   "biased/mute|noise|ddpm|random_semantic; "
-                                   "strategy/fixed|uncertainty|bias_only|ensemble; dilation/1|2|5; "
-                                   "biased_queries/shared; negatives/none|fixed|uncertainty|bias_only; "
-                                   "gate/any|class. Variants with the same training share one run; finished runs "
-                                   "in OUT/runs are reused. --seeds N: mean ± std over seeds 0..N-1.")
+                       description=f"Variants (comma-separated names or groups with --variants): {variant_names()}. "
+                                   "Variants with the same training share one run; finished runs in OUT/runs are "
+                                   "reused. --seeds N: mean ± std over seeds 0..N-1.")
     p.add_argument("--data", help="dataset folder (default base config: the small preset on it)")
     p.add_argument("--config", help="base training config instead of the default (YAML/JSON); its stages are "
                                     "replaced by one stage of --steps steps")

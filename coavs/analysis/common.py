@@ -10,14 +10,10 @@ from coavs.data.splits import is_binary, open_split
 
 def inference_settings(config, mode: str | None = None) -> dict:
     """Keyword arguments of :func:`coavs.eval.runner.predict_batches` that evaluate a run as it was trained:
-    ``mode`` (``debias`` for a debias-trained run, else ``vanilla``, unless given), ``biased`` (the biased
-    branch's audio), ``alpha``, ``scheme`` and ``strategy``."""
+    ``mode`` (the run's inference mode — ``debias`` for a debias-trained run — unless given), ``biased`` (the
+    biased branch's audio), ``alpha``, ``scheme``, ``strategy`` and ``overall_reading``."""
     debias = config.debias_config()
-    if mode is None:
-        mode = "debias" if debias.enabled else "vanilla"
-    settings = debias.inference_settings()
-    del settings["overall_reading"]  # the analyses read the score map (predict_batches' default)
-    return {"mode": mode, **settings}
+    return {"mode": mode or config.inference_mode(), **debias.inference_settings()}
 
 
 def open_eval_dataset(config, split: str = "test", root: str | None = None):

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from coavs import jsonio
 from coavs.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -153,7 +154,7 @@ class LabelMap:
             raise DataError(path, str(exc)) from None
 
     def to_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps({name: i + 1 for i, name in enumerate(self.names)}, indent=1) + "\n")
+        Path(path).write_text(jsonio.dumps({name: i + 1 for i, name in enumerate(self.names)}, indent=1) + "\n")
 
 
 BINARY_LABELS = LabelMap(("background", "sounding"))
@@ -241,6 +242,28 @@ def _split_field(path: Path, line: int, row: dict) -> str:
     return split
 
 
+def check_split(split: str | None) -> None:
+    """A ``split`` argument must name a split (or be None: every split); anything else would read no clip."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)} (or None: all), got {split!r}")
+
+
+class _Listing:
+    """Which metadata row listed each clip: one clip (a uid within its subset) on two rows would be served twice,
+    or by two splits (a test clip trained on), so the second row is an error."""
+
+    def __init__(self, meta: Path):
+        self.meta, self.rows = meta, {}
+
+    def check(self, line: int, subset: str, uid: str, split: str) -> None:
+        first_line, first_split = self.rows.setdefault((subset, uid), (line, split))
+        if first_line == line:
+            return
+        where = (f"in the {first_split} split (line {first_line}) and the {split} split (line {line})"
+                 if first_split != split else f"twice in the {split} split (lines {first_line} and {line})")
+        raise DataError(self.meta, f"clip {uid!r} is listed {where}; a clip belongs to one split, once")
+
+
 def _collect(problems: list | None, exc: DataError) -> None:
     if problems is None:
         raise exc
@@ -257,17 +280,20 @@ def read_s4_records(root, split: str | None = None, problems: list | None = None
         raise DataError(meta, f"expected columns name, start_time, category, split; header is {header}")
     name_col = header[0]
     category_col = "category" if "category" in header else header[2]
+    check_split(split)
     data = root / "s4_data"
     records = []
+    listing = _Listing(meta)
     for line, row in rows:
         try:
             row_split = _split_field(meta, line, row)
-            if split is not None and row_split != split:
-                continue
             name = _field(meta, line, row, name_col)
             category = _field(meta, line, row, category_col)
+            listing.check(line, "s4", name, row_split)
         except DataError as exc:
             _collect(problems, exc)
+            continue
+        if split is not None and row_split != split:
             continue
         frames_dir = data / "visual_frames" / row_split / category / name
         masks_dir = data / "gt_masks" / row_split / category / name
@@ -287,16 +313,19 @@ def read_ms3_records(root, split: str | None = None, problems: list | None = Non
     meta = root / METADATA_FILES["ms3"]
     header, rows = _read_csv(meta, ("split",))
     name_col = header[0]
+    check_split(split)
     data = root / "ms3_data"
     records = []
+    listing = _Listing(meta)
     for line, row in rows:
         try:
             row_split = _split_field(meta, line, row)
-            if split is not None and row_split != split:
-                continue
             name = _field(meta, line, row, name_col)
+            listing.check(line, "ms3", name, row_split)
         except DataError as exc:
             _collect(problems, exc)
+            continue
+        if split is not None and row_split != split:
             continue
         records.append(ClipRecord(
             uid=name, split=row_split, subset="ms3", mask_format="binary",
@@ -346,7 +375,9 @@ def read_avss_records(root, split: str | None = None, subsets: tuple[str, ...] |
         unknown = [s for s in subsets if s not in rules]
         if unknown:
             raise ValueError(f"unknown AVSS subset(s) {unknown}; known: {sorted(rules)}")
+    check_split(split)
     records = []
+    listing = _Listing(meta)
     for line, row in rows:
         try:
             row_split = _split_field(meta, line, row)
@@ -354,6 +385,7 @@ def read_avss_records(root, split: str | None = None, subsets: tuple[str, ...] |
             uid = _field(meta, line, row, "uid")
             if label not in rules:
                 raise DataError(meta, f"line {line}: label {label!r} is not one of {sorted(rules)}")
+            listing.check(line, label, uid, row_split)
         except DataError as exc:
             _collect(problems, exc)
             continue

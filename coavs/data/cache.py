@@ -20,12 +20,16 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+
+from coavs import jsonio
+from coavs.data.errors import DataError
 
 CACHE_VERSION = 1
 _STALE_TMP_SECONDS = 3600
@@ -66,8 +70,8 @@ class ClipCache:
         self.root.mkdir(parents=True, exist_ok=True)
         info = self.root / "cache.json"
         if not info.exists():
-            self._atomic_write_bytes(info, (json.dumps({"cache_version": CACHE_VERSION, **identity}, indent=1,
-                                                       default=str) + "\n").encode())
+            self._atomic_write_bytes(info, (jsonio.dumps({"cache_version": CACHE_VERSION, **identity}, indent=1,
+                                                         default=str) + "\n").encode())
         self.hits = 0
         self.misses = 0
         self._remove_stale_tmp()
@@ -94,6 +98,9 @@ class ClipCache:
             with open(tmp, "wb") as f:
                 np.save(f, np.ascontiguousarray(array), allow_pickle=False)
             os.replace(tmp, path)
+        except OSError as exc:  # numpy says only "18432 requested and 8160 written" on a full disk
+            tmp.unlink(missing_ok=True)
+            raise self._write_error(path, exc) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -122,8 +129,21 @@ class ClipCache:
 
     def _atomic_write_bytes(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._write_error(path, exc) from None
+
+    def _write_error(self, path: Path, exc: OSError) -> DataError:
+        """A failed cache write as a :class:`DataError` naming the cache entry, the reason and the space left."""
+        try:
+            free = f"{shutil.disk_usage(self.root).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        return DataError(path, f"cannot write to the decode cache ({exc.strerror or exc}; {free}): free some space, "
+                               "or point data.cache_dir elsewhere (null: no cache)")
 
     def _remove_stale_tmp(self) -> None:
         cutoff = time.time() - _STALE_TMP_SECONDS

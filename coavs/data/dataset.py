@@ -192,17 +192,7 @@ class ClipDataset(Dataset):
                 break
         else:
             raise DataError(self.vggish_dir / f"{record.uid}.npy", "missing VGGish feature file (.npy or .pt)")
-        try:
-            if path.suffix == ".npy":
-                feats = np.load(path, allow_pickle=False)
-            else:
-                feats = torch.load(path, map_location="cpu", weights_only=True)
-                feats = feats.numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
-        except Exception as exc:  # np.load / torch.load raise many types for damaged files
-            raise DataError(path, f"unreadable VGGish features ({type(exc).__name__}: {exc})") from None
-        feats = np.asarray(feats, dtype=np.float32).reshape(-1, feats.shape[-1]) if feats.ndim >= 2 else feats
-        if feats.ndim != 2 or feats.shape[1] != VGGISH_DIM or feats.shape[0] == 0:
-            raise DataError(path, f"VGGish features must be [T, {VGGISH_DIM}], got {tuple(feats.shape)}")
+        feats = read_vggish_features(path)
         t = record.num_frames
         if feats.shape[0] < t:  # short clip: repeat the last second, as AVSBench's preprocessing does
             feats = np.concatenate([feats, np.repeat(feats[-1:], t - feats.shape[0], axis=0)])
@@ -229,33 +219,109 @@ class ClipDataset(Dataset):
         return out
 
 
+class ClassIndex:
+    """Which classes each clip sounds, for the bias metrics and the negatives that need it: the
+    ``sounding_classes`` / ``visible_classes`` of a clip and :meth:`misaligned_index` (a clip that sounds none of
+    them). Subclasses fill ``_heard`` and ``_seen`` (lists of sets of label values, one per clip)."""
+
+    _heard: list[set[int]]
+    _seen: list[set[int]]
+
+    def sounding_classes(self, index: int) -> set[int]:
+        """Class indices heard in clip ``index``."""
+        return set(self._heard[index])
+
+    def visible_classes(self, index: int) -> set[int]:
+        """Class indices seen in some frame of clip ``index`` (as far as the dataset knows)."""
+        return set(self._seen[index])
+
+    def misaligned_index(self, index: int, seed: int = 0) -> int:
+        """A clip whose sound names none of the classes seen or heard in clip ``index`` (and that does sound),
+        chosen at random but reproducibly from ``(seed, index)``: its audio is a negative for clip ``index``'s
+        frames. A ValueError when no clip qualifies."""
+        candidates = self._misaligned_candidates(index)
+        if not candidates:
+            raise ValueError(f"no clip in this split sounds only classes absent from clip {index} "
+                             f"({self.records[index].uid}); use more clips or more classes")
+        return int(candidates[np.random.default_rng([seed, index]).integers(len(candidates))])
+
+    def misaligned_indices(self, seed: int = 0) -> list[int]:
+        """:meth:`misaligned_index` for every clip."""
+        return [self.misaligned_index(i, seed) for i in range(len(self))]
+
+    def _misaligned_candidates(self, index: int) -> list[int]:
+        avoid = self._seen[index] | self._heard[index]
+        return [j for j, heard in enumerate(self._heard) if j != index and heard and not heard & avoid]
+
+
 class S4Dataset(ClipDataset):
-    """AVSBench S4 (single source, binary masks; train clips have frame 1 annotated). ``root``: ``Single-source/``."""
+    """AVSBench S4 (single source, binary masks; train clips have frame 1 annotated). ``root``: ``Single-source/``.
+
+    Each clip's sound has one category (``s4_meta_data.csv``), so :meth:`misaligned_index` can pick a clip of
+    another category; the binary masks cannot name classes, so there is no ``sounding_classes``."""
 
     def __init__(self, root, split: str = "train", **kwargs):
         super().__init__(read_s4_records(root, split), BINARY_LABELS, root=root, kind="s4", **kwargs)
 
+    def misaligned_index(self, index: int, seed: int = 0) -> int:
+        """A clip of another sound category, chosen reproducibly from ``(seed, index)``."""
+        own = self.records[index].category
+        candidates = [j for j, r in enumerate(self.records) if r.category != own]
+        if not candidates:
+            raise ValueError(f"every clip of this split is of category {own!r}")
+        return int(candidates[np.random.default_rng([seed, index]).integers(len(candidates))])
+
 
 class MS3Dataset(ClipDataset):
-    """AVSBench MS3 (multiple sources, binary masks, all 5 frames annotated). ``root``: ``Multi-sources/``."""
+    """AVSBench MS3 (multiple sources, binary masks, all 5 frames annotated). ``root``: ``Multi-sources/``. Its
+    metadata names no sound categories: which classes a clip sounds is unknown."""
 
     def __init__(self, root, split: str = "train", **kwargs):
         super().__init__(read_ms3_records(root, split), BINARY_LABELS, root=root, kind="ms3", **kwargs)
 
 
-class AVSSDataset(ClipDataset):
+class AVSSDataset(ClassIndex, ClipDataset):
     """AVSBench-semantic (AVSS): ``metadata.csv`` + ``label2idx.json``; ``subsets`` picks labels (v1s, v1m, v2).
-    v1s/v1m clips have 5 frames and v2 clips 10: pass ``num_frames=10`` to batch them together."""
+    v1s/v1m clips have 5 frames and v2 clips 10: pass ``num_frames=10`` to batch them together.
+
+    The classes a clip sounds are the classes its labels show (only sounding objects are labelled): read from the
+    masks of its annotated frames the first time they are asked for (cached with the decoded clips). A visible but
+    silent object is unlabelled, so ``visible_classes`` is the sounding ones: a misaligned clip is checked against
+    the classes that sound, not against every visible object."""
 
     def __init__(self, root, split: str = "train", subsets: tuple[str, ...] | None = None, **kwargs):
         records = read_avss_records(root, split, subsets=subsets)
         super().__init__(records, LabelMap.from_json(Path(root) / "label2idx.json"), root=root, kind="avss",
                          **kwargs)
+        self._labelled: list[set[int]] | None = None
+
+    @property
+    def _heard(self) -> list[set[int]]:
+        if self._labelled is None:
+            self._labelled = [self._labelled_classes(r) for r in self.records]
+        return self._labelled
+
+    @property
+    def _seen(self) -> list[set[int]]:
+        return self._heard
+
+    def _labelled_classes(self, record: ClipRecord) -> set[int]:
+        masks = [p for p in record.mask_paths if p is not None]
+
+        def build():
+            found: set[int] = set()
+            for path in masks:
+                found |= set(np.unique(read_mask(path, record.mask_format, self.num_classes)).tolist())
+            return np.array(sorted(found - {0, IGNORE_INDEX}), dtype=np.int64)
+
+        signature = source_signature(masks) if self.cache is not None else None
+        return {int(c) for c in self._cached(record, signature, "classes", build)}
 
 
 class CoAVSDataset(AVSSDataset):
     """The synthetic Co-AVS set (AVSS layout + ``coavs_synth.json``), with per-frame class annotations for the
-    bias metrics and :meth:`misaligned_index` for "audio of another clip" tests."""
+    bias metrics (which classes sound, which are visible — silent ones included) and :meth:`misaligned_index` for
+    "audio of another clip" tests."""
 
     def __init__(self, root, split: str = "train", **kwargs):
         super().__init__(root, split, **kwargs)
@@ -279,38 +345,42 @@ class CoAVSDataset(AVSSDataset):
                 raise DataError(Path(root) / "coavs_synth.json", f"clip {record.uid!r}: bad entry ({exc})") from None
             self._sounding.append(sounding)
             self._visible.append(visible)
-        self._heard = [set(np.flatnonzero(s.any(axis=0)).tolist()) for s in self._sounding]
-        self._seen = [set(np.flatnonzero(v.any(axis=0)).tolist()) for v in self._visible]
+        self._labelled = [set(np.flatnonzero(s.any(axis=0)).tolist()) for s in self._sounding]
+        self._visible_sets = [set(np.flatnonzero(v.any(axis=0)).tolist()) for v in self._visible]
+
+    @property
+    def _seen(self) -> list[set[int]]:
+        return self._visible_sets
 
     def extras(self, index: int) -> dict:
         sounding = torch.from_numpy(self._sounding[index])
         visible = torch.from_numpy(self._visible[index])
         return {"sounding": sounding, "visible": visible, "silent": visible & ~sounding}
 
-    def sounding_classes(self, index: int) -> set[int]:
-        """Class indices heard in clip ``index``."""
-        return set(self._heard[index])
 
-    def visible_classes(self, index: int) -> set[int]:
-        """Class indices seen in some frame of clip ``index``."""
-        return set(self._seen[index])
-
-    def misaligned_index(self, index: int, seed: int = 0) -> int:
-        """A clip whose sound names none of the classes visible in clip ``index`` (and that does sound), chosen
-        at random but reproducibly from ``(seed, index)``: its audio is a negative for clip ``index``'s frames."""
-        candidates = self._misaligned_candidates(index)
-        if not candidates:
-            raise ValueError(f"no clip in this split sounds only classes absent from clip {index} "
-                             f"({self.records[index].uid}); use more clips or more classes")
-        return int(candidates[np.random.default_rng([seed, index]).integers(len(candidates))])
-
-    def misaligned_indices(self, seed: int = 0) -> list[int]:
-        """:meth:`misaligned_index` for every clip."""
-        return [self.misaligned_index(i, seed) for i in range(len(self))]
-
-    def _misaligned_candidates(self, index: int) -> list[int]:
-        avoid = self._seen[index] | self._heard[index]
-        return [j for j, heard in enumerate(self._heard) if j != index and heard and not heard & avoid]
+def read_vggish_features(path) -> np.ndarray:
+    """A VGGish feature file (``.npy``, or a ``.pt`` tensor) as ``[T,128] float32``. A damaged file, another shape,
+    no rows, or NaN / infinite values (as for wavs) raise :class:`DataError` naming the file."""
+    path = Path(path)
+    try:
+        if path.suffix == ".pt":
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+            feats = feats.numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
+        else:
+            feats = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(path, "missing VGGish feature file") from None
+    except Exception as exc:  # np.load / torch.load raise many types for damaged files
+        raise DataError(path, f"unreadable VGGish features ({type(exc).__name__}: {exc})") from None
+    if not np.issubdtype(np.asarray(feats).dtype, np.number):
+        raise DataError(path, f"VGGish features must be numbers, got dtype {np.asarray(feats).dtype}")
+    feats = np.asarray(feats, dtype=np.float32).reshape(-1, feats.shape[-1]) if feats.ndim >= 2 else feats
+    if feats.ndim != 2 or feats.shape[1] != VGGISH_DIM or feats.shape[0] == 0:
+        raise DataError(path, f"VGGish features must be [T, {VGGISH_DIM}], got {tuple(feats.shape)}")
+    if not np.isfinite(feats).all():
+        bad = int((~np.isfinite(feats)).sum())
+        raise DataError(path, f"the VGGish features hold NaN or infinite values ({bad} of {feats.size})")
+    return feats
 
 
 def open_dataset(root, split: str = "train", kind: str = "auto", **kwargs) -> ClipDataset:

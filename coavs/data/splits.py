@@ -78,4 +78,18 @@ def marker_files(folder, model: dict) -> dict:
     return {"marker_dir": folder, "num_markers": classes + clusters}
 
 
-__all__ = ["BINARY_KINDS", "base_dataset", "default_cache_dir", "is_binary", "marker_files", "open_split"]
+def check_same_classes(dataset, class_names, num_classes: int, where: str) -> None:
+    """Raises :class:`ConfigError` when ``dataset`` (at ``where``) has other classes than a model trained on
+    ``class_names`` (``num_classes`` with background): its predictions would be scored against another label map."""
+    names = list(getattr(base_dataset(dataset), "class_names", []))
+    if int(dataset.num_classes) != int(num_classes):
+        raise ConfigError(f"{where} has {dataset.num_classes} classes (with background), the model was trained on "
+                          f"{num_classes}: evaluate it on data with the same label map")
+    if class_names and names and list(class_names) != names:
+        k = next(i for i, (a, b) in enumerate(zip(class_names, names)) if a != b)
+        raise ConfigError(f"{where} names class {k} {names[k]!r}, the model was trained with {class_names[k]!r} "
+                          "there: evaluate it on data with the same label map")
+
+
+__all__ = ["BINARY_KINDS", "base_dataset", "check_same_classes", "default_cache_dir", "is_binary",
+           "marker_files", "open_split"]

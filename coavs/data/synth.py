@@ -41,6 +41,7 @@ from PIL import Image
 from scipy.io import wavfile
 from tqdm import tqdm
 
+from coavs import jsonio
 from coavs.data.avsbench import SPLITS, SYNTH_INFO_FILE, LabelMap, palette
 
 SYNTH_VERSION = 1
@@ -543,6 +544,13 @@ def _generate_one(args) -> dict:
     return generate_clip(config, index, split, Path(root) / config.label / _clip_uid(index))
 
 
+def _folder_mode() -> int:
+    """The permissions ``mkdir`` gives a new folder under the process's umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
 def generate(root: str | os.PathLike, config: SynthConfig = SynthConfig(), *, workers: int = 1,
              overwrite: bool = False, progress: bool = False) -> dict:
     """Write a synthetic Co-AVS set to ``root`` and return its summary (``coavs_synth.json`` without the clips).
@@ -554,6 +562,7 @@ def generate(root: str | os.PathLike, config: SynthConfig = SynthConfig(), *, wo
         raise FileExistsError(f"{root} already exists (pass overwrite=True / --overwrite to replace it)")
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    staging.chmod(_folder_mode())  # mkdtemp makes it private (0700); the set gets a normal folder's permissions
     try:
         splits = _split_of_clips(config)
         jobs = [(config, i, splits[i], str(staging)) for i in range(config.num_clips)]
@@ -612,7 +621,7 @@ def _write_index(root: Path, config: SynthConfig, clips: list[dict]) -> None:
         "stats": _stats(config, clips),
         "clips": {c["uid"]: {k: v for k, v in c.items() if k != "uid"} for c in clips},
     }
-    (root / SYNTH_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    (root / SYNTH_INFO_FILE).write_text(jsonio.dumps(info, indent=1) + "\n")
 
 
 def _stats(config: SynthConfig, clips: list[dict]) -> dict:

@@ -5,12 +5,12 @@ mask and frame sizes, and audio length. Problems are collected (not raised) and 
 from __future__ import annotations
 
 import collections
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from coavs import jsonio
 from coavs.data import audio as audio_io
 from coavs.data.avsbench import (AVSS_NUM_CLASSES, OFFICIAL_COUNTS, SPLITS, SYNTH_INFO_FILE, ClipRecord, detect_layout,
                                  label_map_for, read_frame, read_mask, read_records, read_synth_info, resolve_frame)
@@ -41,6 +41,8 @@ class VerifyReport:
     audio_rates: dict = field(default_factory=dict)  # "16000" -> files
     num_classes: int = 0
     synthetic: bool = False
+    clips_checked: int = 0  # clips whose files were checked (fewer than clips_listed with a limit)
+    clips_listed: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -51,9 +53,15 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def partial(self) -> bool:
+        """Whether only some of the listed clips were checked (``limit``)."""
+        return self.clips_checked < self.clips_listed
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["ok"] = self.ok
+        out["partial"] = self.partial
         return out
 
     def format(self, max_problems: int = 50) -> str:
@@ -64,6 +72,8 @@ class VerifyReport:
             detail = ", ".join(f"{k} {v}" for k, v in sorted(per.items()))
             lines.append(f"  {split:5s}: {sum(per.values()):6d} clips" + (f" ({detail})" if len(per) > 1 else ""))
         lines.append(f"  classes: {self.num_classes} (incl. background); files checked: {self.files_checked}")
+        if self.partial:
+            lines.append(f"  only the first {self.clips_checked} of {self.clips_listed} clips were checked (--limit)")
         if self.frame_sizes:
             top = sorted(self.frame_sizes.items(), key=lambda kv: -kv[1])[:5]
             lines.append("  frame sizes: " + ", ".join(f"{k} ({v})" for k, v in top)
@@ -76,8 +86,9 @@ class VerifyReport:
         if len(self.problems) > max_problems:
             lines.append(f"  ... and {len(self.problems) - max_problems} more problems")
         n_err, n_warn = len(self.errors), len(self.problems) - len(self.errors)
-        lines.append("OK" + (f" ({n_warn} warnings)" if n_warn else "") if self.ok
-                     else f"FAILED: {n_err} errors, {n_warn} warnings")
+        scope = f"the first {self.clips_checked} of {self.clips_listed} clips" if self.partial else ""
+        lines.append("OK" + (f" for {scope}" if scope else "") + (f" ({n_warn} warnings)" if n_warn else "")
+                     if self.ok else f"FAILED: {n_err} errors, {n_warn} warnings" + (f" in {scope}" if scope else ""))
         return "\n".join(lines)
 
 
@@ -157,7 +168,10 @@ def verify_dataset(root: str | os.PathLike, kind: str = "auto", *, deep: bool = 
     """Check the dataset at ``root``. ``deep``: decode every file (else check existence only); ``limit``: check
     at most this many clips (the metadata is always read whole); ``workers``: processes for decoding.
 
-    Raises :class:`DataError` only when the layout cannot be read at all (no metadata file, bad header)."""
+    Raises :class:`DataError` only when the layout cannot be read at all (no metadata file, bad header), and
+    ValueError for a ``limit`` below 1."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an int >= 1 or None (every clip), got {limit!r}")
     root = Path(root)
     kind = detect_layout(root) if kind == "auto" else kind
     report = VerifyReport(root=str(root), kind=kind, deep=deep)
@@ -202,6 +216,7 @@ def verify_dataset(root: str | os.PathLike, kind: str = "auto", *, deep: bool = 
         report.problems.append(Problem("error", "", "the metadata lists no clips"))
 
     checked = records if limit is None else records[:limit]
+    report.clips_checked, report.clips_listed = len(checked), len(records)
     chunk = 16
     jobs = [(checked[i:i + chunk], label_map.num_classes, deep) for i in range(0, len(checked), chunk)]
     with progress_bar(len(checked), desc="coavs verify", unit="clip", disable=not progress) as bar:
@@ -230,4 +245,4 @@ def verify_dataset(root: str | os.PathLike, kind: str = "auto", *, deep: bool = 
 
 
 def report_json(report: VerifyReport) -> str:
-    return json.dumps(report.to_dict(), indent=2)
+    return jsonio.dumps(report.to_dict(), indent=2)

@@ -7,6 +7,9 @@
 - **Counterfactual score** on frames with two visible sources: play the audio of one source only and measure the
   IoU of the prediction with *that* source's mask (and, as a leak measure, with the other source's mask). A model
   with audio priming bias segments both, or the wrong one.
+- **Swapped audio** (the visual-prior condition): the same plays, read from the silent source's side — a visible
+  object of a class that usually sounds is silent while another visible object sounds; ``fp_swapped`` is the
+  share of the silent object's pixels still called sounding, averaged over cases (0 = the prior is ignored).
 
 Everything is built on predictions: ``FalsePositiveRate`` and ``CounterfactualScore`` take predicted masks and
 ``BiasMeters`` holds one of each per negative kind (the one state that both ``BiasEvaluator`` and the evaluation
@@ -19,6 +22,7 @@ negative-audio helpers keep the shape.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -70,9 +74,10 @@ def white_noise_like(audio: Tensor, rms: float | None = None, generator: torch.G
 
 
 def _label_sets(labels: Tensor, batch: int, name: str) -> Tensor:
-    """``[B, C]`` bool class sets from ``[B]`` int class ids or ``[B, C]`` multi-hot labels."""
+    """``[B, C]`` bool class sets from ``[B]`` int class ids, ``[B, C]`` multi-hot labels, or ``[B,H,W]`` label maps
+    (the classes present, without background 0 and the ignore value 255; C = 256)."""
     if not isinstance(labels, Tensor):
-        raise TypeError(f"{name} must be a Tensor of class ids [B] or multi-hot labels [B, C]")
+        raise TypeError(f"{name} must be a Tensor of class ids [B], multi-hot labels [B, C] or label maps [B,H,W]")
     if labels.shape[0] != batch:
         raise ValueError(f"{name} must have one entry per audio item ({batch}), got shape {tuple(labels.shape)}")
     if labels.dim() == 1:
@@ -81,7 +86,16 @@ def _label_sets(labels: Tensor, batch: int, name: str) -> Tensor:
         return labels.long()[:, None]
     if labels.dim() == 2:
         return labels != 0
-    raise ValueError(f"{name} must be [B] class ids or [B, C] multi-hot, got shape {tuple(labels.shape)}")
+    if labels.dim() == 3 and not labels.is_floating_point():
+        maps = labels.long().flatten(1)
+        if bool(((maps < 0) | (maps > 255)).any()):
+            raise ValueError(f"{name} label maps must hold values in [0, 255]")
+        present = torch.zeros(batch, 256, dtype=torch.bool, device=labels.device)
+        present.scatter_(1, maps, True)
+        present[:, 0] = present[:, 255] = False  # background, not annotated
+        return present
+    raise ValueError(f"{name} must be [B] class ids, [B, C] multi-hot or [B,H,W] label maps, got shape "
+                     f"{tuple(labels.shape)}")
 
 
 def other_class_donors(labels: Tensor, pool_labels: Tensor | None = None,
@@ -217,8 +231,9 @@ class FalsePositiveRate:
 class CounterfactualScore:
     """Multi-source frames with the audio swapped to one visible source: how much of the prediction follows it.
 
-    Per frame ``IoU(pred, mask of the source that plays)`` (``follow``) and ``IoU(pred, mask of the silent
-    source)`` (``leak``), with AVSBench's per-frame IoU (1e-7 epsilon); means over frames.
+    Per frame ``IoU(pred, mask of the source that plays)`` (``follow``), ``IoU(pred, mask of the silent
+    source)`` (``leak``), with AVSBench's per-frame IoU (1e-7 epsilon), and the share of the silent source's pixels
+    called sounding (``silent_fp``, the swapped-audio false positives); means over frames.
     """
 
     def __init__(self):
@@ -228,6 +243,7 @@ class CounterfactualScore:
         self.frames = 0
         self._follow_sum = 0.0
         self._leak_sum = 0.0
+        self._silent_fp_sum = 0.0
 
     def update(self, sounding: Tensor, playing_mask: Tensor, silent_mask: Tensor) -> None:
         """``sounding [B,H,W]`` bool prediction; ``playing_mask``/``silent_mask [B,H,W]`` binary source masks."""
@@ -239,6 +255,9 @@ class CounterfactualScore:
             return
         self._follow_sum += float(frame_iou(sounding, playing).sum())
         self._leak_sum += float(frame_iou(sounding, silent).sum())
+        silent_pixels = silent.flatten(1).sum(1).double()
+        called = (sounding & silent).flatten(1).sum(1).double()
+        self._silent_fp_sum += float((called / silent_pixels.clamp_min(1)).sum())
         self.frames += sounding.shape[0]
 
     def merge(self, other: "CounterfactualScore") -> None:
@@ -246,11 +265,13 @@ class CounterfactualScore:
         self.frames += other.frames
         self._follow_sum += other._follow_sum
         self._leak_sum += other._leak_sum
+        self._silent_fp_sum += other._silent_fp_sum
 
     def compute(self) -> dict:
         n = self.frames
         return {"follow_iou": self._follow_sum / n if n else math.nan,
-                "leak_iou": self._leak_sum / n if n else math.nan, "frames": n}
+                "leak_iou": self._leak_sum / n if n else math.nan,
+                "silent_fp": self._silent_fp_sum / n if n else math.nan, "frames": n}
 
 
 class BiasEvaluator:
@@ -304,10 +325,20 @@ class BiasEvaluator:
         with torch.no_grad():
             return sounding_pixels(self.predict(frames, audio), self.output, self.background)
 
-    def update_negative(self, frames, audio: Tensor, labels: Tensor | None = None) -> None:
-        """Runs ``predict`` once per negative kind on this batch and accumulates the false-positive rates."""
+    def update_negative(self, frames, audio: Tensor, classes: Tensor | None = None, *,
+                        labels: Tensor | None = None) -> None:
+        """Runs ``predict`` once per negative kind on this batch and accumulates the false-positive rates.
+
+        ``classes``: what each clip sounds, for ``misaligned`` audio (another clip's, of a different class): class
+        ids ``[B]``, multi-hot ``[B, C]`` or the frames' label maps ``[B,H,W]`` (the classes present). ``labels=``
+        is its former name (a FutureWarning)."""
+        if labels is not None:
+            if classes is not None:
+                raise TypeError("give classes (labels is its former name), not both")
+            warnings.warn("BiasEvaluator.update_negative(labels=...) is now classes=...", FutureWarning, stacklevel=2)
+            classes = labels
         for kind in self.kinds:
-            negative = negative_audio(kind, audio, labels, self.noise_rms, self.pool_audio, self.pool_labels,
+            negative = negative_audio(kind, audio, classes, self.noise_rms, self.pool_audio, self.pool_labels,
                                       self.generator)
             self.meters.update_negative(kind, self._sounding(frames, negative))
 
@@ -357,12 +388,13 @@ class BiasMeters:
 
     def compute(self) -> dict:
         """``fpr_<kind>`` and ``fpr_<kind>_frames`` per kind; ``counterfactual_iou`` (follow),
-        ``counterfactual_leak_iou`` and ``counterfactual_frames`` (frames × 2 swaps)."""
+        ``counterfactual_leak_iou``, ``fp_swapped`` (the silent source's pixels called sounding) and
+        ``counterfactual_frames`` (frames × 2 swaps)."""
         result = {}
         for kind, meter in self.fpr.items():
             result[f"fpr_{kind}"] = meter.compute()
             result[f"fpr_{kind}_frames"] = meter.frames
         cf = self.counterfactual.compute()
         result.update(counterfactual_iou=cf["follow_iou"], counterfactual_leak_iou=cf["leak_iou"],
-                      counterfactual_frames=cf["frames"])
+                      fp_swapped=cf["silent_fp"], counterfactual_frames=cf["frames"])
         return result

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from coavs import jsonio
 from coavs.data.splits import is_binary
 from coavs.errors import ConfigError
 from coavs.eval.runner import _clip_indices, _model_batches
@@ -205,8 +206,8 @@ def save_gate(run_dir, gate: Gate, stats: dict | None = None, split: str | None 
         probe_file = PROBE_FILE
         torch.save({"dim": gate.probe.dim, "state_dict": gate.probe.state_dict()}, run_dir / PROBE_FILE)
     path = run_dir / GATE_FILE
-    path.write_text(json.dumps({"mode": gate.mode, "threshold": gate.threshold, "split": split,
-                                "probe": probe_file, "stats": stats or {}}, indent=2))
+    jsonio.write_json(path, {"mode": gate.mode, "threshold": gate.threshold, "split": split, "probe": probe_file,
+                             "stats": stats or {}})
     return path
 
 

@@ -13,7 +13,6 @@ share, and the sounding share).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -21,9 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from coavs import jsonio
 from coavs.data import audio as audio_io
 from coavs.data.audio import SAMPLE_RATE
 from coavs.data.avsbench import palette
+from coavs.data.dataset import read_vggish_features
 from coavs.data.markers import load_reference_markers
 from coavs.inference.combine import logit_strategy
 from coavs.inference.postprocess import postprocess
@@ -116,10 +117,15 @@ def audio_features(kind: str, num_frames: int, wav=None, waveform: torch.Tensor 
     """Per-frame audio input of a model: ``logmel [T,1,96,64]``, ``waveform [T,16000]`` or ``vggish [T,128]``,
     from a wav file, a 16 kHz waveform, or (``vggish``) a ``[T,128]`` ``.npy`` file. Short audio is padded with
     silence."""
+    if kind != "vggish" and vggish is not None:
+        raise ValueError(f"this model takes {kind} audio computed from a wav, not VGGish features (--vggish): "
+                         "pass --audio FILE.wav (or --video with a sound track)")
     if kind == "vggish":
         if vggish is None:
-            raise ValueError("this model takes VGGish features: pass --vggish FILE.npy ([T,128])")
-        feats = np.load(vggish, allow_pickle=False).astype(np.float32).reshape(-1, 128)
+            given = " (--audio and --video give waveforms, which it cannot use)" if wav is not None or \
+                waveform is not None else ""
+            raise ValueError(f"this model takes VGGish features: pass --vggish FILE.npy ([T,128]){given}")
+        feats = read_vggish_features(vggish)
         if feats.shape[0] < num_frames:
             feats = np.concatenate([feats, np.repeat(feats[-1:], num_frames - feats.shape[0], axis=0)])
         return torch.from_numpy(feats[:num_frames])
@@ -164,10 +170,12 @@ def clip_markers(config, path, num_frames: int, num_markers: int) -> torch.Tenso
 
 
 def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *, mode: str = "vanilla",
-                 device="cpu", batch_size: int = 8, markers: torch.Tensor | None = None) -> tuple[np.ndarray,
-                                                                                                    np.ndarray]:
-    """Labels ``[T,H,W] int64`` and sounding scores ``[T,H,W] float32`` at the frames' own size; ``markers``
-    ``[T,S]``: marker scores to use instead of the model's perception (:func:`clip_markers`)."""
+                 device="cpu", batch_size: int = 8, gate=None, markers: torch.Tensor | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels ``[T,H,W] int64`` and sounding scores ``[T,H,W] float32`` at the frames' own size, predicted as the
+    run's config says (debias settings, ``overall_reading``) and, with ``gate`` (the run's calibrated
+    :class:`coavs.inference.gate.Gate`), gated as ``coavs eval`` gates; ``markers`` ``[T,S]``: marker scores to use
+    instead of the model's perception (:func:`clip_markers`)."""
     debias = config.debias_config()
     binary = bool(config.resolved.get("binary", False))
     height, width = frames[0].shape[:2]
@@ -186,10 +194,10 @@ def predict_clip(model, config, frames: list[np.ndarray], audio: torch.Tensor, *
             sound = audio[start:start + batch_size].to(device)
             with autocast(torch.device(device), config.run.precision):
                 outputs = model(images, sound, biased=debias.biased_audio if mode != "vanilla" else None,
-                                marker_scores=None if markers is None else markers[start:start + batch_size].to(device))
-            scheme = debias.scheme
-            strategy = logit_strategy(debias.strategy)
-            lab, fg = postprocess(outputs, (height, width), mode, binary, debias.alpha, scheme, strategy)
+                                marker_scores=None if markers is None else markers[start:start + batch_size].to(device),
+                                clip_index=torch.zeros(images.shape[0], dtype=torch.long))  # one clip
+            lab, fg = postprocess(outputs, (height, width), mode, binary, debias.alpha, debias.scheme,
+                                  logit_strategy(debias.strategy), debias.overall_reading, gate)
             labels.append(lab.cpu())
             scores.append(fg.float().cpu())
     return torch.cat(labels).numpy(), torch.cat(scores).numpy()
@@ -216,5 +224,5 @@ def write_predictions(out, frames, names, labels, scores, class_names, binary: b
                         "classes": {class_names[c] if c < len(class_names) else str(c): round(share, 4)
                                     for c, share in sorted(present.items())}})
     summary = {"frames": records, "class_names": list(class_names)}
-    (out / "predictions.json").write_text(json.dumps(summary, indent=2))
+    jsonio.write_json(out / "predictions.json", summary)
     return summary

@@ -10,12 +10,14 @@ Audio conditions (``audio=``): ``normal`` (the clip's own), and three negatives 
 sounding is a false positive (docs/design.md, "Bias metrics"): ``silence`` (the features of a silent wav: zeros for
 waveforms and VGGish, the log-mel of silence), ``noise`` (white noise at the clip's level, through the model's
 ``noise_like`` when its audio encoder has one; seeded per clip), ``misaligned`` (the audio of another clip that
-sounds none of the classes of this one — Co-AVS's :meth:`misaligned_index`; for other datasets, and for a Co-AVS
-clip that has no such partner, the clip half a dataset away, which is only *likely* to differ).
+sounds none of the classes of this one — the dataset's ``misaligned_index``: Co-AVS from its annotations, AVSS from
+its labels, S4 from its sound categories; a frame whose clip has no such partner is left out of the misaligned FPR,
+and on a dataset that cannot say which classes a clip sounds — MS3 — the misaligned FPR is not measured).
+:func:`evaluation_notes` says in one line each what a dataset could not measure.
 
 Inference modes (``mode=``): ``vanilla``; ``debias``: the vanilla and biased branch combined by
 ``coavs.ops.semantic_inference``'s debias (``alpha``, ``scheme``, ``strategy``; the biased branch's audio is
-``biased``, ``mute`` by default); ``ensemble``: the average of the vanilla and debiased logits.
+``biased``, ``mute`` by default). (A model trained with the ``ensemble`` strategy predicts with ``vanilla``.)
 
 Only annotated frames are evaluated. Semantic datasets (AVSS, Co-AVS) are scored with
 :class:`coavs.eval.metrics.SemanticAVSMetrics` on the argmax labels, binary ones (S4, MS3) with
@@ -74,28 +76,28 @@ def noise_audio(model, audio: Tensor, clip_index: Tensor, seed: int = 0) -> Tens
     return out
 
 
-def misaligned_donor(dataset, clip: int, seed: int = 0) -> int:
-    """The clip whose audio plays over clip ``clip``'s frames in the ``misaligned`` condition."""
-    if hasattr(dataset, "misaligned_index"):
-        try:
-            return dataset.misaligned_index(clip, seed)
-        except ValueError:  # no clip sounds only other classes (tiny sets): fall back as below
-            pass
-    return (clip + max(len(dataset) // 2, 1)) % len(dataset)
-
-
-def misaligned_audio(dataset, clip_index: Tensor, frame_index: Tensor, seed: int = 0, load=None) -> Tensor:
-    """For every frame, the same second of another clip's audio (see the module docstring); ``load(index)``
-    (default ``dataset.load_audio``) gives a clip's per-frame rows, e.g. ``dataset.load_markers``."""
+def misaligned_audio(dataset, clip_index: Tensor, frame_index: Tensor, seed: int = 0,
+                     load=None) -> tuple[Tensor, Tensor]:
+    """For every frame, the same second of a clip that sounds none of the classes of this one (the dataset's
+    ``misaligned_index``) → ``(audio [N,...], checked [N] bool)``. A frame whose clip has no such partner (or a
+    dataset without ``misaligned_index``) gets silence-shaped zeros and ``checked`` False: the FPR leaves it out.
+    ``load(index)`` (default ``dataset.load_audio``) gives a clip's per-frame rows, e.g. ``dataset.load_markers``."""
     load = load or dataset.load_audio
-    rows, cache = [], {}
+    rows, checked, cache = [], [], {}
     for clip, t in zip(clip_index.tolist(), frame_index.tolist()):
-        donor = misaligned_donor(dataset, clip, seed)
-        if donor not in cache:
-            cache[donor] = load(donor)
-        audio = cache[donor]
-        rows.append(audio[t % audio.shape[0]])
-    return torch.stack(rows)
+        donor = None
+        if hasattr(dataset, "misaligned_index"):
+            try:
+                donor = dataset.misaligned_index(clip, seed)
+            except ValueError:  # no clip sounds only other classes
+                donor = None
+        checked.append(donor is not None)
+        source = clip if donor is None else donor
+        if source not in cache:
+            cache[source] = load(source)
+        audio = cache[source]
+        rows.append(audio[t % audio.shape[0]] if donor is not None else torch.zeros_like(audio[0]))
+    return torch.stack(rows), torch.tensor(checked, dtype=torch.bool)
 
 
 def condition_markers(condition: str, dataset, batch: dict, seed: int) -> Tensor | None:
@@ -110,7 +112,7 @@ def condition_markers(condition: str, dataset, batch: dict, seed: int) -> Tensor
         return batch["markers"]
     if condition == "misaligned":
         return misaligned_audio(dataset, batch["clip_index"], batch["frame_index"], seed,
-                                load=dataset.load_markers).to(device)
+                                load=dataset.load_markers)[0].to(device)
     return files.condition(condition).to(device).expand(batch["frames"].shape[0], -1)
 
 
@@ -123,13 +125,16 @@ def _condition_audio(condition: str, model, dataset, batch: dict, seed: int) -> 
     if condition == "noise":
         return noise_audio(model, audio, batch["clip_index"], seed)
     if condition == "misaligned":
-        return misaligned_audio(dataset, batch["clip_index"], batch["frame_index"], seed).to(audio.device,
-                                                                                             audio.dtype)
+        donors, checked = misaligned_audio(dataset, batch["clip_index"], batch["frame_index"], seed)
+        batch["misaligned_checked"] = checked.to(audio.device)  # frames with a class-checked partner
+        return donors.to(audio.device, audio.dtype)
     raise ValueError(f"audio must be one of {AUDIO_CONDITIONS}, got {condition!r}")
 
 
 # ----------------------------------------------------------------------------------------------- running
 def _clip_indices(dataset, max_clips: int | None, distributed: bool | None) -> list[int]:
+    if max_clips is not None and (isinstance(max_clips, bool) or not isinstance(max_clips, int) or max_clips < 1):
+        raise ValueError(f"max_clips must be an int >= 1 or None (all clips), got {max_clips!r}")
     indices = list(range(len(dataset)))
     if max_clips is not None:
         indices = indices[:max_clips]
@@ -180,7 +185,7 @@ def _model_batches(model, dataset, indices, *, batch_size, device, conditions, n
                     with autocast(device, precision):
                         outputs[condition] = (model.audio_outputs(audio) if audio_only else
                                               model(batch["frames"], audio, biased=biased if needs_biased else None,
-                                                    marker_scores=markers))
+                                                    marker_scores=markers, clip_index=batch["clip_index"]))
                 yield batch, outputs
     finally:
         model.train(was_training)
@@ -197,7 +202,7 @@ def predict_batches(model, dataset, *, batch_size: int = 8, device="cpu", audio:
     unannotated, ``annotated [N]``, ``uid`` list, ``clip_index [N]``, ``frame_index [N]``, and dataset extras
     such as Co-AVS's ``sounding``/``visible``/``silent [N,K]``), plus ``pred_labels [N,H,W]`` long (semantic
     labels; binary datasets 0/1), ``fg_score [N,H,W]`` in [0,1] (the "sounding" score), ``outputs`` (the raw model
-    outputs under this audio condition, with ``"biased"`` for ``debias``/``ensemble``), ``audio_condition`` and
+    outputs under this audio condition, with ``"biased"`` for ``debias``), ``audio_condition`` and
     ``mode``. ``indices``: evaluate only these clips (default: all, or the first ``max_clips``).
     """
     _check_args(audio, mode, batch_size)
@@ -227,14 +232,16 @@ class _ModeMeters:
         self.bias = BiasMeters(tuple(c for c in conditions if c != "normal"))
         self.counterfactual = counterfactual
 
-    def update(self, condition: str, labels: Tensor, fg: Tensor, gt: Tensor) -> None:
+    def update(self, condition: str, labels: Tensor, fg: Tensor, gt: Tensor, keep: Tensor | None = None) -> None:
+        """``keep [N]`` bool: the frames a negative condition counts (misaligned: those with a checked partner)."""
         if condition == "normal":
             if self.binary:
                 self.segmentation.update(fg.float().cpu(), (gt == 1).cpu())
             else:
                 self.segmentation.update(labels.cpu(), torch.where(gt == 255, -1, gt).cpu())
         else:
-            self.bias.update_negative(condition, (labels != 0).cpu())
+            sounding = (labels != 0).cpu()
+            self.bias.update_negative(condition, sounding if keep is None else sounding[keep.cpu()])
 
     def merge(self, other: "_ModeMeters") -> None:
         self.segmentation.merge(other.segmentation)
@@ -248,11 +255,13 @@ class _ModeMeters:
             row["fscore_present_classes"] = seg["fscore_present_classes"]
         bias = self.bias.compute()
         row.update({f"fpr_{kind}": bias[f"fpr_{kind}"] for kind in self.bias.fpr})
+        if "misaligned" in self.bias.fpr:
+            row["fpr_misaligned_frames"] = bias["fpr_misaligned_frames"]
         if self.counterfactual:  # the scores only where some frame had two sources (no NaN)
             row["counterfactual_frames"] = bias["counterfactual_frames"]
             if bias["counterfactual_frames"]:
                 row.update(counterfactual_iou=bias["counterfactual_iou"],
-                           counterfactual_leak_iou=bias["counterfactual_leak_iou"])
+                           counterfactual_leak_iou=bias["counterfactual_leak_iou"], fp_swapped=bias["fp_swapped"])
         return row
 
 
@@ -310,12 +319,14 @@ def _update_counterfactual(model, meters, batch: dict, case, mode: str, binary: 
     """Feeds ``meters`` (:class:`coavs.eval.bias.BiasMeters`) through :class:`coavs.eval.bias.BiasEvaluator`'s
     counterfactual update, with the model + postprocess of ``mode`` as the predict callable."""
 
+    rows, audio, masks = case
+    clips = batch["clip_index"][rows]
+
     def predict(frames, audio):
         with autocast(torch.device(device), precision):
-            out = model(frames, audio, biased=biased if mode != "vanilla" else None)
+            out = model(frames, audio, biased=biased if mode != "vanilla" else None, clip_index=clips)
         return postprocess(out, tuple(frames.shape[-2:]), mode, binary, **settings)[0]
 
-    rows, audio, masks = case
     evaluator = BiasEvaluator(predict, output="labels", meters=meters)
     evaluator.update_counterfactual(batch["frames"][rows], audio, masks)
 
@@ -347,10 +358,11 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
         raise ValueError(f"modes must name at least one of {', '.join(INFERENCE_MODES)}")
     for mode in modes:
         _check_args("normal", mode, batch_size)
-    conditions = AUDIO_CONDITIONS if bias else ("normal",)
-    binary = is_binary(dataset)
-    num_classes = base_dataset(dataset).num_classes
     base = base_dataset(dataset)
+    conditions = tuple(c for c in AUDIO_CONDITIONS if c != "misaligned" or hasattr(base, "misaligned_index")) \
+        if bias else ("normal",)
+    binary = is_binary(dataset)
+    num_classes = base.num_classes
     lone = _lone_sounders(base) if (bias if counterfactual is None else counterfactual) else None
     if getattr(base, "markers", None) is not None:
         lone = None  # donors' marker files are not threaded through the counterfactual pairs (yet)
@@ -364,9 +376,10 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
                                          progress=show):
         size = tuple(batch["labels"].shape[-2:])
         for condition, out in outputs.items():
+            keep = batch.get("misaligned_checked") if condition == "misaligned" else None
             for mode in modes:
                 labels, fg = postprocess(out, size, mode, binary, **settings)
-                meters[mode].update(condition, labels, fg, batch["labels"])
+                meters[mode].update(condition, labels, fg, batch["labels"], keep)
         case = counterfactual_cases(base, batch, lone, seed) if lone is not None else None
         if case is not None:
             with torch.no_grad():
@@ -385,9 +398,36 @@ def evaluate(model, dataset, *, batch_size: int = 8, device="cpu", modes=("vanil
     return {mode: meters[mode].row() for mode in modes}
 
 
+# ------------------------------------------------------------------------------------------------ notes
+def evaluation_notes(dataset, row: dict) -> list[str]:
+    """One line per bias metric that ``dataset`` could not support, or supported only in part, given an
+    :func:`evaluate` row (with the bias metrics) — what ``coavs eval`` prints instead of skipping silently."""
+    base = base_dataset(dataset)
+    name = getattr(base, "kind", type(base).__name__).upper()
+    notes = []
+    if "fpr_silence" not in row:
+        return notes
+    if "fpr_misaligned" not in row:
+        notes.append(f"FPR misaligned: not measured — {name} does not say which classes a clip sounds, so no "
+                     "clip can be checked to sound none of a frame's classes")
+    elif row.get("fpr_misaligned_frames", row.get("frames")) != row.get("frames"):
+        notes.append(f"FPR misaligned: over {row['fpr_misaligned_frames']} of {row['frames']} frames — the other "
+                     "frames' clips have no clip in the split that sounds none of their classes")
+    if "fpr_misaligned" in row and name == "AVSS" and not hasattr(base, "info"):
+        notes.append("FPR misaligned: partners are checked against each clip's labelled (sounding) classes; a "
+                     "visible but silent object of the partner's class is unlabelled in AVSS and cannot be ruled out")
+    if not hasattr(base, "sounding_classes"):
+        notes.append(f"counterfactual IoU, FP swapped: not measured — {name}'s binary masks cannot tell two sounding "
+                     "sources apart")
+    elif not row.get("counterfactual_frames"):
+        notes.append("counterfactual IoU, FP swapped: not measured — no frame has two sounding sources that each "
+                     "sound alone in another clip of the split")
+    return notes
+
+
 # ------------------------------------------------------------------------------------------------ table
 COLUMNS = (("miou", "mIoU"), ("fscore", "F"), ("fpr_silence", "FPR silence"), ("fpr_noise", "FPR noise"),
-           ("fpr_misaligned", "FPR misaligned"), ("counterfactual_iou", "CF IoU"))
+           ("fpr_misaligned", "FPR misaligned"), ("fp_swapped", "FP swapped"), ("counterfactual_iou", "CF IoU"))
 
 
 def format_table(rows: dict[str, dict], title: str | None = None) -> str:

@@ -1,7 +1,11 @@
-"""Combining the vanilla and the biased branch at inference: the inference modes ``vanilla``, ``debias`` (the
-debiased logits, :func:`coavs.ops.debias_logits`) and ``ensemble`` (the average of the vanilla and debiased
-logits); the ``overall`` scheme's per-pixel maps (:func:`overall_maps`); the debias scheme for a dataset
-(:func:`resolve_scheme`) and the ``debias_logits`` strategy of a training strategy (:func:`logit_strategy`).
+"""Combining the vanilla and the biased branch: the inference modes ``vanilla`` and ``debias`` (the debiased
+logits, :func:`coavs.ops.debias_logits`); the product of experts of the ``ensemble`` training strategy
+(:func:`ensemble_outputs`); the ``overall`` scheme's per-pixel maps (:func:`overall_maps`); the debias scheme for a
+dataset (:func:`resolve_scheme`) and the ``debias_logits`` strategy of a training strategy (:func:`logit_strategy`).
+
+There is no ``ensemble`` inference mode any more: the average of the vanilla and the debiased logits is the debias
+at α/2 (``x + α/2·(x − x_b)``), not a strategy of its own; supplementary D.1's "logits ensemble" is the training
+strategy ``ensemble`` (:mod:`coavs.training.debias`).
 
 Training (:mod:`coavs.training.debias`) builds its debiased loss from the same functions.
 """
@@ -13,18 +17,23 @@ from torch import Tensor
 
 import coavs.ops as ops
 
-INFERENCE_MODES = ("vanilla", "debias", "ensemble")
+INFERENCE_MODES = ("vanilla", "debias")
 OVERALL_READINGS = ("score", "product")
 
 
 def logit_strategy(strategy: str) -> str:
     """The ``debias_logits`` strategy of a training strategy (for the debiased loss and at inference):
-    ``uncertainty`` stays, every other one (``fixed``, ``bias_only``) combines the branches with a fixed α."""
+    ``uncertainty`` stays, every other one (``fixed``, ``bias_only``; ``ensemble`` predicts with its vanilla branch
+    alone) combines the branches with a fixed α."""
     return "uncertainty" if strategy == "uncertainty" else "fixed"
 
 
 def check_mode(mode: str) -> str:
     """``mode`` if it is one of :data:`INFERENCE_MODES`, else a ValueError that lists them."""
+    if mode == "ensemble":
+        raise ValueError("the inference mode 'ensemble' (the mean of vanilla and debiased logits) was the debias at "
+                         "alpha/2 and is gone: use mode debias with --alpha; D.1's logits ensemble is the training "
+                         "strategy debias.strategy: ensemble, predicted with mode vanilla")
     if mode not in INFERENCE_MODES:
         raise ValueError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
     return mode
@@ -93,18 +102,35 @@ def debiased_outputs(outputs: dict, alpha: float = 1.0, scheme: str = "separate"
     return result
 
 
+def ensemble_outputs(outputs: dict, aux: bool = False) -> dict:
+    """The product of experts of the two branches (the ``ensemble`` strategy's training prediction): the sum of
+    their logits, with the biased branch detached — ``σ(m + sg(m_b))`` per mask pixel and ``softmax(c + sg(c_b))``
+    ∝ ``softmax(c)·softmax(sg(c_b))`` per query — with the vanilla branch's ``active``, ``gate`` and
+    ``query_marker``."""
+    if "biased" not in outputs:
+        raise ValueError("outputs hold no biased branch: call the model with biased='mute' (or another kind)")
+
+    def pair(vanilla: dict, biased: dict) -> dict:
+        return {"pred_masks": vanilla["pred_masks"] + biased["pred_masks"].detach(),
+                "pred_logits": vanilla["pred_logits"] + biased["pred_logits"].detach()}
+
+    result = pair(outputs, outputs["biased"])
+    result["aux_outputs"] = ([pair(v, b) for v, b in zip(outputs["aux_outputs"], outputs["biased"]["aux_outputs"])]
+                             if aux else [])
+    for key in ("active", "gate", "query_marker"):
+        if key in outputs:
+            result[key] = outputs[key]
+    return result
+
+
 def combine(outputs: dict, mode: str = "debias", alpha: float = 1.0, scheme: str = "separate",
             strategy: str = "fixed") -> tuple[Tensor, Tensor]:
-    """Inference logits ``(pred_masks, pred_logits)``: ``vanilla``, ``debias`` or ``ensemble`` (the average of
-    the vanilla and debiased logits)."""
+    """Inference logits ``(pred_masks, pred_logits)``: ``vanilla`` or ``debias``."""
     if check_mode(mode) == "vanilla":
         return outputs["pred_masks"], outputs["pred_logits"]
     debiased = debiased_outputs(outputs, alpha, scheme, strategy)
-    if mode == "debias":
-        return debiased["pred_masks"], debiased["pred_logits"]
-    return ((outputs["pred_masks"] + debiased["pred_masks"]) / 2,
-            (outputs["pred_logits"] + debiased["pred_logits"]) / 2)
+    return debiased["pred_masks"], debiased["pred_logits"]
 
 
-__all__ = ["INFERENCE_MODES", "OVERALL_READINGS", "check_mode", "combine", "debiased_outputs", "logit_strategy",
-           "overall_maps", "resolve_scheme"]
+__all__ = ["INFERENCE_MODES", "OVERALL_READINGS", "check_mode", "combine", "debiased_outputs", "ensemble_outputs",
+           "logit_strategy", "overall_maps", "resolve_scheme"]

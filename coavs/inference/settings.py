@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from coavs.inference.combine import OVERALL_READINGS, logit_strategy, resolve_scheme
 from coavs.models.biased import BIASED_AUDIO
 
-STRATEGIES = ("fixed", "uncertainty", "bias_only")  # training strategies (the config's debias.strategy, but none)
+STRATEGIES = ("fixed", "uncertainty", "bias_only", "ensemble")  # training strategies (debias.strategy, but none)
 TRAIN_SCHEMES = ("auto", "separate", "mask", "class", "overall")
 
 
@@ -24,7 +24,7 @@ class DebiasConfig:
 
     enabled: bool = True
     biased_audio: str = "mute"  # mute | noise | ddpm | random_semantic
-    strategy: str = "fixed"  # fixed | uncertainty | bias_only
+    strategy: str = "fixed"  # fixed | uncertainty | bias_only | ensemble
     weight: float = 10.0  # λ (the reference code uses 10)
     alpha: float = 1.0  # α of debias_logits (1 → 2x − x_b, the reference code)
     scheme: str = "auto"  # auto (from the dataset: mask for binary AVS, separate for semantic) | separate | mask |

@@ -7,7 +7,8 @@ Inputs (``ModelConfig.audio_input``):
 - ``waveform``: 16 kHz waveforms ``[N,L]`` → log-mel (torchaudio, VGGish parameters) → the same CNN.
 
 Each encoder also gives a fixed, non-learned ``descriptor`` of its input (what k-means clusters are fitted on)
-and ``noise_like`` (white noise in its input space, for the ``noise`` biased branch).
+and ``noise_like`` (white noise in its input space: at the clip's level for the noise condition, at a fixed level
+for the ``noise`` biased branch).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from coavs.audio_spec import LOG_OFFSET, MEL_BANDS, MEL_FRAMES, SAMPLE_RATE
 
 VGGISH_DIM = 128
+BIASED_NOISE_RMS = 0.05  # the ``noise`` biased branch's level (RMS, full scale 1): fixed, never the clip's
 
 
 class LogMel(nn.Module):
@@ -132,22 +134,32 @@ class AudioEncoder(nn.Module):
         return logmel_stats(self.to_logmel(audio))
 
     @torch.no_grad()
-    def noise_like(self, audio: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """White noise in this encoder's input space (the ``noise`` biased branch): no semantics, same level.
+    def noise_like(self, audio: Tensor, generator: torch.Generator | None = None,
+                   fixed_level: bool = False) -> Tensor:
+        """White noise in this encoder's input space, shaped like ``audio``: no semantics.
 
-        waveform: Gaussian noise with each clip's RMS; log-mel: the log-mel of white noise, shifted to each
-        patch's mean level; VGGish: Gaussian with the batch's per-dimension mean and std (no VGGish network
-        here to run noise through).
+        At the clip's level (the ``noise`` audio condition and negatives): waveform: Gaussian noise with each
+        clip's RMS; log-mel: the log-mel of white noise, shifted to each patch's mean level; VGGish: Gaussian with
+        the batch's per-dimension mean and std (no VGGish network here to run noise through).
+        ``fixed_level`` (the ``noise`` biased branch, which must not hear the clip, not even its loudness):
+        waveform and log-mel at the fixed RMS :data:`BIASED_NOISE_RMS` of full scale, VGGish standard normal —
+        the result depends on ``audio``'s shape, dtype and device only.
         """
         if self.input_kind == "waveform":
-            rms = audio.float().pow(2).mean(dim=1, keepdim=True).sqrt()
+            rms = (torch.full((audio.shape[0], 1), BIASED_NOISE_RMS, device=audio.device) if fixed_level
+                   else audio.float().pow(2).mean(dim=1, keepdim=True).sqrt())
             return (_randn(audio.shape, audio, generator) * rms).to(audio.dtype)
         if self.input_kind == "logmel":
             n, _, frames, _ = audio.shape
             hop_samples = 160 * (frames - 1) + 400
+            if fixed_level:
+                return self.logmel(BIASED_NOISE_RMS * _randn((n, hop_samples), audio, generator))[:, :, :frames] \
+                    .to(audio.dtype)
             noise = self.logmel(_randn((n, hop_samples), audio, generator))[:, :, :frames]
             level = audio.float().mean(dim=(1, 2, 3), keepdim=True) - noise.mean(dim=(1, 2, 3), keepdim=True)
             return (noise + level).to(audio.dtype)
+        if fixed_level:
+            return _randn(audio.shape, audio, generator).to(audio.dtype)
         mean = audio.float().mean(dim=0, keepdim=True)
         std = audio.float().std(dim=0, unbiased=False, keepdim=True)
         return (mean + std * _randn(audio.shape, audio, generator)).to(audio.dtype)

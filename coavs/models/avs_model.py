@@ -6,9 +6,10 @@
     features  = pixel_decoder(backbone(frames))                    once, shared by both branches
     outputs   = decoder([queries | biased queries], features)      one decoder pass over 2·Q queries
 
-The biased branch (``biased="mute" | "noise" | "ddpm" | "random_semantic"``) is prompted by bias-only audio
-(:mod:`coavs.models.biased`); its markers, active queries and gates are perceived from that audio itself
-(supplementary D.2, ``ModelConfig.biased_queries="own"``), or reused from the vanilla branch (``"shared"``).
+The biased branch (``biased="mute" | "noise" | "ddpm" | "random_semantic"``) is prompted by bias-only audio that
+never depends on the clip's audio (:mod:`coavs.models.biased`); by default every marker-owned query is active in
+it (``ModelConfig.biased_queries="all"``), or its markers are perceived from the bias-only audio (``"own"``) or
+reused from the vanilla branch (``"shared"``, an ablation that is not audio-free).
 Only ``coavs.ops`` is called for fused work; nothing here knows about backends.
 """
 
@@ -20,7 +21,8 @@ from torch import Tensor, nn
 import coavs.ops as ops
 from coavs.models.audio import AudioEncoder
 from coavs.models.backbone import build_backbone
-from coavs.models.biased import BIASED_AUDIO, DiffusionSchedule, biased_embedding, biased_input
+from coavs.models.biased import (BIASED_AUDIO, DiffusionSchedule, biased_embedding, biased_input, fixed_noise_input,
+                                 other_clip_rows)
 from coavs.models.config import ModelConfig
 from coavs.models.decoder import TransformerDecoder
 from coavs.models.perception import Perception, load_kmeans
@@ -136,7 +138,7 @@ class AVSModel(nn.Module):
 
     # ----------------------------------------------------------------------------------------- forward
     def forward(self, frames: Tensor, audio: Tensor, biased: str | None = None, marker_scores: Tensor | None = None,
-                class_presence: Tensor | None = None) -> dict:
+                class_presence: Tensor | None = None, clip_index: Tensor | None = None) -> dict:
         """Segment ``frames [N,3,H,W]`` (in [0,1]) prompted by ``audio`` (one input per frame, ``[N,…]``).
 
         Args:
@@ -145,6 +147,8 @@ class AVSModel(nn.Module):
             marker_scores: ``[N,S]`` markers to use instead of the perception module's (e.g. the paper's
                 marker files, :class:`coavs.data.markers.ReferenceMarkers`).
             class_presence: ``[N,C]`` ground-truth class presence for teacher forcing (training).
+            clip_index: ``[N]`` the clip of each frame: the ``random_semantic`` biased branch takes its audio from
+                another clip (default: every frame is its own clip).
 
         Returns a dict: ``pred_logits [N,Q,K+1]``, ``pred_masks [N,Q,H/4,W/4]``, ``aux_outputs`` (the same two
         keys for the initial queries and every layer but the last), ``active [N,Q]``, ``gate [N,Q]``,
@@ -162,7 +166,7 @@ class AVSModel(nn.Module):
         queries, active, branches = assigned.queries, assigned.active, 1
         biased_assigned = None
         if biased is not None:
-            biased_assigned = self._biased_queries(biased, embedding, audio, marker_scores, assigned)
+            biased_assigned = self.biased_assignment(biased, audio, embedding, marker_scores, clip_index)
             queries = torch.cat([queries, biased_assigned.queries], dim=1)
             active = torch.cat([active, biased_assigned.active], dim=1)
             branches = 2
@@ -178,19 +182,28 @@ class AVSModel(nn.Module):
             outputs["biased"].update(active=biased_assigned.active, gate=biased_assigned.gate)
         return outputs
 
-    def _biased_queries(self, kind: str, embedding: Tensor, audio: Tensor, marker_scores: Tensor, assigned):
-        """The biased branch's assigned queries: markers perceived from the bias-only audio (``own``, D.2; no
-        teacher forcing) or the vanilla branch's markers (``shared``)."""
+    def biased_assignment(self, kind: str, audio: Tensor, embedding: Tensor | None = None,
+                          marker_scores: Tensor | None = None, clip_index: Tensor | None = None):
+        """The biased branch's prompted queries (``queries [N,Q,D]``, ``gate``, ``active``, ``query_marker``, as
+        :func:`coavs.ops.assign_queries`) for bias-only audio ``kind`` — everything the branch receives besides
+        the image features. ``embedding``/``marker_scores``: the vanilla branch's (computed when None; only the
+        ``shared`` ablation reads the markers, and only ``random_semantic`` reads embeddings, of other clips)."""
         c = self.config
-        noise_input = self.prompt_encoder.noise_like(audio) if kind == "noise" and hasattr(
-            self.prompt_encoder, "noise_like") else None
-        bias_only = biased_embedding(kind, embedding, audio, self.prompt_encoder, marker_scores, self.diffusion,
-                                     c.marker_threshold, self.training, noise_input=noise_input)
+        if embedding is None:
+            embedding = self.prompt_encoder(audio)
+        n = embedding.shape[0]
+        partner = other_clip_rows(clip_index, n, embedding.device, self.training) if kind == "random_semantic" \
+            else None
+        noise_input = fixed_noise_input(audio, self.prompt_encoder) if kind == "noise" else None
+        bias_only = biased_embedding(kind, embedding, self.prompt_encoder, self.diffusion, partner, noise_input)
+        if c.biased_queries == "all":
+            return self.assign(torch.ones((n, c.num_markers), device=embedding.device), bias_only)
         if c.biased_queries == "shared":
+            if marker_scores is None:
+                marker_scores = self.perceive(embedding, audio).scores
             return self.assign(marker_scores, bias_only)
-        heard = biased_input(kind, audio, self.prompt_encoder, marker_scores, c.marker_threshold, noise_input)
-        scores = self.perceive(bias_only, heard).scores
-        return self.assign(scores, bias_only)
+        heard = biased_input(kind, audio, self.prompt_encoder, partner, noise_input)
+        return self.assign(self.perceive(bias_only, heard).scores, bias_only)
 
     def _check_inputs(self, frames, audio, biased, marker_scores, class_presence) -> None:
         if not isinstance(frames, Tensor) or frames.dim() != 4 or frames.shape[1] != 3:

@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 
 AUDIO_INPUTS = ("vggish", "logmel", "waveform")
-BIASED_QUERIES = ("own", "shared")
+BIASED_QUERIES = ("all", "own", "shared")
 SEGMENTERS = ("own", "hf_mask2former")
 TARGET_MARKERS = ("class", "any")
 FREEZABLE = ("backbone", "pixel_decoder", "decoder")
@@ -68,10 +68,11 @@ class ModelConfig:
     backbone_kwargs: dict | None = None  # extra timm.create_model arguments (e.g. img_size)
     pixel_decoder_layers: int = 1  # transformer-encoder layers on the coarsest feature level
     # biased branch
-    diffusion_steps: int = 100  # `ddpm` biased audio: betas linspace(1e-4, 0.02, steps), as the reference code
-    # "own" (supplementary D.2): the biased branch's markers, active queries and gates come from the biased audio
-    # itself; "shared": it reuses the vanilla branch's (the earlier behaviour, kept as an ablation)
-    biased_queries: str = "own"
+    diffusion_steps: int = 100  # `ddpm` biased audio: betas linspace(1e-4, 0.02, steps) rescaled to ᾱ_T = 0
+    # the biased branch's markers, active queries and gates (coavs/models/biased.py): "all" every marker-owned
+    # query active (gate 1) whatever the audio; "own" perceived from the bias-only audio; "shared" the vanilla
+    # branch's (the pre-D.2 behaviour, not audio-free; kept as an ablation)
+    biased_queries: str = "all"
 
     def __post_init__(self):
         self.audio_channels = tuple(self.audio_channels)

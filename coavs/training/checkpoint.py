@@ -8,11 +8,14 @@ mid-write never leaves a truncated checkpoint, and it loads with ``torch.load(we
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import pickle
 import random
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -20,8 +23,8 @@ import numpy as np
 import torch
 
 from coavs.errors import UserError, one_line
-from coavs.models import build_model
-from coavs.training.config import TrainConfig
+from coavs.models import AVSModel, build_model
+from coavs.training.config import ConfigError, TrainConfig, config_differences
 from coavs.training.runtime import RunFolder
 
 CHECKPOINT_FORMAT = "coavs-train-checkpoint"
@@ -53,20 +56,57 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` through a temporary file + rename (readers never see a partial file)."""
+    """``torch.save`` to ``path`` through a temporary file + rename (readers never see a partial file).
+
+    The checkpoint is serialised in memory first and written with checked writes: torch's own file writer turns
+    a full disk into ``RuntimeError: ... unexpected pos`` and does not check short writes. A write that fails
+    (disk full, quota, I/O error) leaves the previous checkpoint as it was and raises :class:`UserError` naming
+    the file, the reason and the space left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            written = f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if written != len(data) or tmp.stat().st_size != len(data):
+            raise OSError(errno.EIO, f"short write ({tmp.stat().st_size} of {len(data)} bytes)")
         os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        kept = "the previous checkpoint is unchanged" if path.exists() else "no checkpoint was written"
+        raise UserError(f"cannot write the checkpoint {path}: {exc.strerror or exc} ({len(data) / 2**20:.1f} MiB "
+                        f"needed, {free}); {kept}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def check_same_run(state: dict, run_id: str | None, config: TrainConfig, path) -> None:
+    """Refuses (:class:`ConfigError`) to resume from a checkpoint of another run: its run id differs from the run
+    folder's (``config.json``'s ``resolved.run_id``), or — for runs from before run ids — its config does."""
+    theirs = state.get("run_id")
+    if theirs != run_id:
+        raise ConfigError(f"{path} belongs to another run (run id {theirs or 'none'}; this run folder's config.json "
+                          f"says {run_id or 'none'}): a checkpoint copied from another run folder would mix the two "
+                          "runs; resume that run in its own folder, or start a new run in an empty one")
+    try:
+        written_with = TrainConfig.from_dict(json.loads(state["config"]))
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{path} does not record its run's config; it cannot be resumed") from None
+    changed = config_differences(written_with, config)
+    if changed:
+        raise ConfigError(f"{path} was written by a run with another config ({', '.join(changed[:4])} differ from "
+                          "this run folder's config.json): a checkpoint copied from another run folder would mix "
+                          "the two runs")
 
 
 def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -146,3 +186,33 @@ def load_model(run_dir_or_checkpoint, device="cpu"):
     model = build_model(config.model_config(), pretrained=False)  # the checkpoint holds every weight
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config
+
+
+# ModelConfig keys that change no weight: a run may start from another run's weights with other values of these
+_FREE_MODEL_KEYS = ("biased_queries", "marker_threshold", "dormant_gate", "soft_gate", "diffusion_steps", "dropout")
+
+
+def initialise_from(model: AVSModel, config: TrainConfig, source) -> Path:
+    """Loads the model weights (markers included) of the run folder or checkpoint ``source`` into ``model``, the
+    model of the resolved ``config`` (``run.init_from``). The two models must agree on every weight-bearing
+    setting and on the dataset's classes; a ConfigError names what differs. Returns the checkpoint path."""
+    try:
+        path = checkpoint_path(source)
+    except FileNotFoundError:
+        raise ConfigError(f"run.init_from: {source} holds no checkpoint (give a run folder of coavs train or its "
+                          "checkpoints/last.pt)") from None
+    state = load(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"run.init_from: {path} is not a coavs training checkpoint")
+    stored = TrainConfig.from_dict(json.loads(state["config"]))
+    mine, theirs = config.model_config().to_dict(), stored.model_config().to_dict()
+    differ = [k for k in mine if k not in _FREE_MODEL_KEYS and mine[k] != theirs.get(k)]
+    if differ:
+        shown = ", ".join(f"model.{k} {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ[:4])
+        raise ConfigError(f"run.init_from: {source} was trained with another model ({shown})")
+    names, their_names = config.resolved.get("class_names"), stored.resolved.get("class_names")
+    if names is not None and their_names is not None and list(names) != list(their_names):
+        raise ConfigError(f"run.init_from: {source} was trained on other classes ({', '.join(their_names[:6])}) "
+                          f"than this dataset's ({', '.join(names[:6])})")
+    model.load_state_dict(state["model"])
+    return path

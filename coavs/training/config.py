@@ -13,11 +13,13 @@ Config sections (YAML or JSON; every key optional; unknown keys are errors that 
   forcing of the class markers;
 - ``optim``: AdamW, learning-rate schedule (warm-up, then poly / cosine / constant), gradient clipping, and
   ``debias_lr_scale``: the learning-rate factor of debias training (see :class:`OptimSection`);
-- ``debias``: ``strategy: none`` (vanilla training) or ``strategy: fixed | uncertainty | bias_only`` (the training
+- ``debias``: ``strategy: none`` (vanilla training) or ``strategy: fixed | uncertainty | bias_only | ensemble`` (the
   strategy; the old key ``mode`` is accepted with a FutureWarning) with the other
   :class:`coavs.inference.settings.DebiasConfig` fields (``biased_audio``, ``weight``, ``alpha``, …);
-- ``stages``: training stages run in order, each with its epochs, AVSS ``subsets`` and learning-rate factor
-  (the AVSS curriculum v1s → v2 → v1m is three stages);
+- ``stages``: training stages run in order, each with its epochs, AVSS ``subsets``, learning-rate factor, whether it
+  trains with the debias section (``debias: false`` for a vanilla stage) and whether it restarts the schedule (the
+  AVSS curriculum v1s → v2 → v1m is three stages; the paper's recipe, a vanilla stage then a debias fine-tuning
+  stage at a smaller rate, is two — see :class:`StageSection`);
 - ``eval``: the split evaluated after epochs, how often, which inference modes, bias metrics or not;
 - ``run``: seed, device, precision (fp32 / bf16 / fp16 autocast), ``torch.compile``, logging and checkpoints.
 """
@@ -29,6 +31,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -41,7 +44,7 @@ import yaml
 from coavs.data.splits import base_dataset, is_binary
 from coavs.errors import ConfigError
 from coavs.eval.gate import GateSection
-from coavs.inference.combine import INFERENCE_MODES
+from coavs.inference.combine import check_mode
 from coavs.inference.precision import PRECISIONS
 from coavs.inference.settings import STRATEGIES, DebiasConfig
 from coavs.models.config import ModelConfig
@@ -56,8 +59,47 @@ SPLITS = ("train", "val", "test")
 T = TypeVar("T")
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two fixes for config files and ``--set`` values: floats written without a dot
+    (``1e-4``, ``5E3``) are numbers, as in YAML 1.2 and JSON, not strings (YAML 1.1 needs ``1.0e-4``); and a key
+    given twice in one mapping is an error (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise ConfigError(f"the key {key!r} is given twice in one mapping (lines {seen[key]} and "
+                                          f"{line}); keep one")
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeConstructor reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_implicit_resolver(  # 1e-4, -2E+3, 6e5: the exponent forms YAML 1.1 leaves as strings
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    """YAML text as Python values (see :class:`_ConfigLoader`)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _json_object(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ConfigError(f"the key(s) {', '.join(map(repr, twice))} are given twice in one object; keep one")
+    return dict(pairs)
+
+
 def read_file(path: str | Path) -> dict:
-    """A YAML (.yaml/.yml) or JSON (.json) file as a dict."""
+    """A YAML (.yaml/.yml) or JSON (.json) file as a dict (a key given twice is an error)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}" if not path.exists() else f"{path} is not a file")
@@ -69,14 +111,14 @@ def read_file(path: str | Path) -> dict:
         raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = parse_yaml(text)
         elif path.suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_json_object)
         else:
             raise ConfigError(f"config file must end in .yaml, .yml or .json: {path}")
     except (ValueError, ImportError) as exc:
         if isinstance(exc, ConfigError):
-            raise
+            raise ConfigError(f"{path}: {exc}") if str(path) not in str(exc) else exc from None
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
     except Exception as exc:  # yaml.YAMLError and friends
         problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
@@ -225,7 +267,7 @@ class LossSection:
 class OptimSection:
     """AdamW and the learning-rate schedule.
 
-    The learning rate is ``lr`` times ``debias_lr_scale`` when debias training is on: the debiased logits
+    The learning rate is ``lr`` times ``debias_lr_scale`` in the stages that train with debias: the debiased logits
     ``(1+α)·x − α·x_b`` move (1+α) times as fast as the vanilla logits for the same weight update, and the
     debiased loss is weighted λ = 10, so the step that suits vanilla training overshoots (the reference code
     also lowers it). Weight decay applies to weight matrices only (not to norms, biases and the query
@@ -248,12 +290,27 @@ class OptimSection:
 @dataclass
 class StageSection:
     """One training stage: ``epochs`` passes over the training split (restricted to the AVSS ``subsets`` when
-    given, e.g. ``[v1s]``), with the learning rate multiplied by ``lr_scale``."""
+    given, e.g. ``[v1s]``), with the learning rate multiplied by ``lr_scale``.
+
+    ``debias``: train this stage with the ``debias`` section (true) or as the vanilla model (false); None (the
+    default): as the ``debias`` section says. ``restart_schedule``: warm-up and decay start again at this stage and
+    run over the steps up to the next restart, as a separate run would (``coavs train --init-from``). The paper's
+    recipe — train the vanilla model to adequate performance, then fine-tune it with the debias strategy at a
+    smaller learning rate — is::
+
+        debias: {strategy: fixed, biased_audio: mute}
+        optim: {debias_lr_scale: 0.1}
+        stages:
+          - {name: vanilla, epochs: 30, debias: false}
+          - {name: debias, epochs: 10, debias: true, restart_schedule: true}
+    """
 
     name: str = "main"
     epochs: int = 1
     subsets: list[str] | None = None
     lr_scale: float = 1.0
+    debias: bool | None = None
+    restart_schedule: bool = False
 
 
 @dataclass
@@ -290,6 +347,9 @@ class RunSection:
     models and batches, where one thread was measured faster — see ``runtime.resolve_threads``). Small models on
     a busy CPU train faster on one thread than on several (the intra-op barriers cost more than the work): run
     one process per core instead.
+    init_from: a run folder (its last checkpoint) or checkpoint file of an earlier run whose model weights —
+    markers included — this run starts from, with a fresh optimizer and schedule (``coavs train --init-from RUN``;
+    e.g. a debias fine-tuning of a vanilla run). Its model must match this config's and its dataset's classes.
     """
 
     seed: int = 0
@@ -302,6 +362,65 @@ class RunSection:
     progress: bool = True
     ddp_find_unused: bool | None = None
     threads: int | str | None = "auto"
+    init_from: str | None = None  # a run folder or checkpoint whose model weights start this run (--init-from)
+
+
+# The allowed range of every number of the sections above and of ``gate`` and ``negatives`` (dotted key, list
+# items as ``[]``): (lowest, highest), None = unbounded, both ends included; lowest given as ("above", x) excludes x.
+# ``model`` and ``debias`` numbers are checked by ModelConfig and DebiasConfig. tests/training/test_config_ranges.py
+# fails on a number without a range, so a new field gets one.
+NUMBER_RANGES: dict[str, tuple] = {
+    "data.image_size": (1, None), "data.num_frames": (1, None), "data.batch_size": (1, None),
+    "data.frames_per_clip": (0, None), "data.num_workers": (0, None),
+    "loss.class_weight": (0, None), "loss.mask_weight": (0, None), "loss.dice_weight": (0, None),
+    "loss.no_object_weight": (0, None), "loss.num_points": (1, None), "loss.audio_class_weight": (0, None),
+    "optim.lr": (("above", 0), None), "optim.debias_lr_scale": (("above", 0), None), "optim.weight_decay": (0, None),
+    "optim.betas[]": (0, ("below", 1)), "optim.backbone_lr_scale": (0, None), "optim.warmup_steps": (0, None),
+    "optim.grad_clip": (0, None),
+    "stages[].epochs": (1, None), "stages[].lr_scale": (0, None),
+    "eval.every": (0, None), "eval.batch_size": (1, None), "eval.max_clips": (1, None),
+    "run.seed": (0, None), "run.max_steps": (1, None), "run.log_every": (1, None), "run.checkpoint_every": (0, None),
+    "run.threads": (1, None),
+    "gate.threshold": (0, 1), "gate.keep": (("above", 0), 1), "gate.max_clips": (1, None),
+    "negatives.ratio": (0, 8),
+}
+
+
+def _numbers(data, where: str = ""):
+    """(dotted key with list items as ``[]``, the item's own key, value) of every int or float in ``data``."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _numbers(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            for pattern, key, number in _numbers(value, f"{where}[{i}]"):
+                yield pattern.replace(f"{where}[{i}]", f"{where}[]", 1), key, number
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        yield where, where, data
+
+
+def _out_of_range(value, low, high) -> str | None:
+    """What is wrong with ``value`` for the range (low, high) of :data:`NUMBER_RANGES`, or None."""
+    if low is not None:
+        above = isinstance(low, tuple)
+        bound = low[1] if above else low
+        if value < bound or (above and value == bound):
+            return f"must be {'>' if above else '>='} {bound}"
+    if high is not None:
+        below = isinstance(high, tuple)
+        bound = high[1] if below else high
+        if value > bound or (below and value == bound):
+            return f"must be {'<' if below else '<='} {bound}"
+    return None
+
+
+def check_number_ranges(data: dict) -> None:
+    """Raises :class:`ConfigError` naming the first number outside its :data:`NUMBER_RANGES` range."""
+    for pattern, key, value in _numbers({k: v for k, v in data.items() if k not in ("model", "debias", "resolved")}):
+        bounds = NUMBER_RANGES.get(pattern)
+        problem = _out_of_range(value, *bounds) if bounds is not None else None
+        if problem:
+            raise ConfigError(f"{key} {problem}, got {value}")
 
 
 # Keys that may differ between a run and its resumption (they do not change what is computed).
@@ -402,18 +521,32 @@ class TrainConfig:
             binary = bool(self.resolved.get("binary", False))  # scheme auto: mask for binary AVS (B.2)
             if strategy == "none":
                 return DebiasConfig(enabled=False, **fields).resolved(binary)
-            return DebiasConfig(enabled=True, strategy=strategy, **fields).resolved(binary)
+            return DebiasConfig(enabled=self.debias_enabled, strategy=strategy, **fields).resolved(binary)
         except ValueError as exc:
             raise ConfigError(f"debias: {exc}") from None
 
+    def stage_trains_debias(self, stage: StageSection) -> bool:
+        """Whether ``stage`` trains with the debias section (its ``debias`` flag, else the section's strategy)."""
+        return self.debias.get("strategy", "none") != "none" if stage.debias is None else bool(stage.debias)
+
     @property
     def debias_enabled(self) -> bool:
-        return self.debias.get("strategy", "none") != "none"
+        """Whether the model is debias-trained: a debias strategy and at least one stage that trains with it
+        (such a model has a biased branch, and is evaluated debiased)."""
+        return self.debias.get("strategy", "none") != "none" and any(self.stage_trains_debias(s) for s in self.stages)
+
+    def inference_mode(self) -> str:
+        """How the trained model predicts: ``debias`` (the two branches combined) for a debias-trained model,
+        ``vanilla`` otherwise — and for the ``ensemble`` strategy, whose vanilla branch alone is the debiased model
+        (trained in a product of experts with the biased branch)."""
+        if self.debias_enabled and self.debias.get("strategy") != "ensemble":
+            return "debias"
+        return "vanilla"
 
     def eval_modes(self) -> list[str]:
         if self.eval.modes is not None:
             return list(self.eval.modes)
-        return ["vanilla", "debias"] if self.debias_enabled else ["vanilla"]
+        return ["vanilla", "debias"] if self.inference_mode() == "debias" else ["vanilla"]
 
     # ----------------------------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -469,6 +602,9 @@ class TrainConfig:
                 raise ConfigError(f"stages[{i}].epochs must be >= 1, got {stage.epochs}")
             if stage.lr_scale < 0:
                 raise ConfigError(f"stages[{i}].lr_scale must be >= 0, got {stage.lr_scale}")
+            if stage.debias and self.debias.get("strategy", "none") == "none":
+                raise ConfigError(f"stages[{i}].debias is true but debias.strategy is none: name the strategy "
+                                  "(fixed, uncertainty, bias_only or ensemble) in the debias section")
         if r.precision not in PRECISIONS:
             raise ConfigError(f"run.precision must be one of {', '.join(PRECISIONS)}, got {r.precision!r}")
         if r.device not in ("auto", "cpu", "cuda"):
@@ -477,6 +613,11 @@ class TrainConfig:
             raise ConfigError(f"run.max_steps must be >= 1, got {r.max_steps}")
         if not isinstance(r.compile, (bool, str)):
             raise ConfigError(f"run.compile must be true, false or a torch.compile backend name, got {r.compile!r}")
+        if isinstance(r.compile, str):
+            backends = torch.compiler.list_backends(exclude_tags=())  # imports torch._dynamo (seconds) when asked
+            if r.compile not in backends:
+                raise ConfigError(f"run.compile must be true, false or a torch.compile backend such as inductor, "
+                                  f"aot_eager or eager (see torch.compiler.list_backends()), got {r.compile!r}")
         if r.threads is not None and r.threads != "auto" and (not isinstance(r.threads, int) or r.threads < 1):
             raise ConfigError(f"run.threads must be >= 1, 'auto' or null, got {r.threads!r}")
         if r.log_every < 1 or r.checkpoint_every < 0:
@@ -487,9 +628,12 @@ class TrainConfig:
             raise ConfigError("eval.every must be >= 0 and eval.batch_size >= 1")
         if e.protocol not in EVAL_PROTOCOLS:
             raise ConfigError(f"eval.protocol must be {' or '.join(EVAL_PROTOCOLS)}, got {e.protocol!r}")
+        check_number_ranges(to_dict(self))  # every other number (the checks above have the more specific messages)
         for mode in self.eval_modes():
-            if mode not in INFERENCE_MODES:
-                raise ConfigError(f"eval.modes: {mode!r} is not one of {', '.join(INFERENCE_MODES)}")
+            try:
+                check_mode(mode)
+            except ValueError as exc:
+                raise ConfigError(f"eval.modes: {exc}") from None
         self.debias_config()
         self.model_config(num_classes=self.model.get("num_classes"))
 
@@ -523,7 +667,7 @@ def apply_overrides(data: dict, overrides) -> dict:
                 raise ConfigError(f"override {text!r} must look like section.key=value")
             key, value = text.split("=", 1)
             try:
-                parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else ""))
+                parsed.append((key.strip(), parse_yaml(value) if value.strip() else ""))
             except yaml.YAMLError as exc:
                 raise ConfigError(f"override {text!r}: cannot parse the value ({exc})") from None
         items = parsed

@@ -6,6 +6,12 @@ Training (``DebiasConfig.strategy``; the settings dataclass lives in :mod:`coavs
 - ``bias_only``:   ``L(biased) + λ·L(debias_logits(vanilla, sg(biased), α))``: the biased branch alone is fit
   to the targets (so it holds the visual prior), and the vanilla branch learns only through the debiased
   logits, i.e. the complement of what the bias explains (``sg`` = stop-gradient).
+- ``ensemble``:    ``L(biased) + λ·L(vanilla + sg(biased))``: supplementary D.1's "logits ensemble", read as the
+  ensemble-based debiasing of the VQA literature (product of experts: Clark et al. 2019, He et al. 2019; RUBi,
+  Cadene et al. 2019, in the same family): the biased branch is fit to the targets alone and holds the visual
+  prior, the vanilla branch is trained only *in ensemble* with it — the sum of their logits, a product of the two
+  experts' probabilities — so it needs to explain only what the prior does not; at inference the vanilla branch
+  alone predicts (``TrainConfig.inference_mode()`` is ``vanilla``). D.1 reports it below vanilla on Ref-VOS.
 Every debiased loss reuses the vanilla branch's matching (docs/design.md, "Training": "with the same matching").
 
 Schemes (supplementary B.2, D.3): ``auto`` (the default) resolves from the dataset: binary AVS (S4, MS3)
@@ -21,8 +27,7 @@ Per-pixel maps cannot be trained with a set loss, so under ``overall`` the debia
 cross-entropy at the mask resolution (``score``: on ``S'`` clamped to ``[ε, ∞)`` and normalised; ``product``:
 softmax of ``Z'``) against the label map rebuilt from the targets; the vanilla set loss is unchanged.
 
-Inference (:func:`combine`): ``vanilla``, ``debias`` (the debiased logits) or ``ensemble`` (the average of the
-vanilla and the debiased logits).
+Inference (:func:`combine`): ``vanilla`` or ``debias`` (the debiased logits).
 
 Bias-only audio (``mute``, ``noise``, ``ddpm``, ``random_semantic``) is produced inside the model
 (:mod:`coavs.models.biased`) so that its branch is batched with the vanilla one.
@@ -34,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from coavs.inference.combine import combine, debiased_outputs, logit_strategy, overall_maps
+from coavs.inference.combine import combine, debiased_outputs, ensemble_outputs, logit_strategy, overall_maps
 from coavs.inference.settings import DebiasConfig
 from coavs.training.losses import LossResult, SetCriterion
 
@@ -114,7 +119,10 @@ class DebiasObjective:
         # The debiased loss reuses the vanilla matching (final prediction first, then aux in order).
         indices = vanilla.indices if cfg.aux else vanilla.indices[:1]
         strategy = logit_strategy(cfg.strategy)
-        if cfg.scheme == "overall":
+        if cfg.strategy == "ensemble":
+            debias_loss = self.criterion(ensemble_outputs(outputs, cfg.aux), targets, annotated, indices=indices,
+                                         aux=cfg.aux)
+        elif cfg.scheme == "overall":
             pixel = overall_loss(outputs, targets, annotated, cfg.alpha, cfg.overall_reading, strategy,
                                  detach_biased=cfg.strategy == "bias_only")
             debias_loss = LossResult(pixel, {"overall_ce": pixel}, [])
@@ -122,13 +130,14 @@ class DebiasObjective:
             debiased = debiased_outputs(outputs, cfg.alpha, cfg.scheme, strategy, cfg.aux,
                                         detach_biased=cfg.strategy == "bias_only")
             debias_loss = self.criterion(debiased, targets, annotated, indices=indices, aux=cfg.aux)
-        if cfg.strategy == "bias_only":
+        fit_biased = cfg.strategy in ("bias_only", "ensemble")
+        if fit_biased:
             biased_out = dict(outputs["biased"], active=outputs["active"], query_marker=outputs["query_marker"])
             biased_loss = self.criterion(biased_out, targets, annotated, indices=vanilla.indices)
         terms = {"vanilla_total": vanilla.total.detach(), "debias_total": debias_loss.total.detach()}
         terms.update({f"debias/{k}": v for k, v in debias_loss.terms.items()})
-        if cfg.strategy == "bias_only":
-            # The vanilla branch learns through the debiased logits only; its plain loss is a reported metric.
+        if fit_biased:
+            # The vanilla branch learns through the debiased (or ensemble) logits only; its plain loss is reported.
             terms.update({k: v.detach() for k, v in vanilla.terms.items()})
             terms.update({f"biased/{k}": v for k, v in biased_loss.terms.items()})
             total = biased_loss.total + cfg.weight * debias_loss.total

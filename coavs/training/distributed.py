@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+# Imported here, while no process group exists, on purpose: this module's functions take ``group=group.WORLD`` as a
+# default argument, evaluated at its first import. DistributedDataParallel imports it (through torch._dynamo) when
+# the first DDP model is built, after the group exists, and then ten default arguments hold the default group for
+# good: ``destroy_process_group`` cannot end it, its gloo threads outlive the training and are destroyed during
+# interpreter shutdown, where one process in a few died with "terminate called without an active exception"
+# (SIGABRT) after a finished run (issue 25). Imported first, the defaults are None (the default group at call time).
+import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,13 @@ def setup(device: str = "auto") -> DistInfo:
 
 
 def teardown() -> None:
+    """Ends the process group, so that its backend's threads end here rather than during interpreter shutdown.
+
+    The caller drops its DDP models first: a DDP model (its reducer) holds the group, and a model caught in a
+    reference cycle lives until a garbage collection, hence the collection here. See also the import of
+    ``torch.distributed.nn.functional`` above."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -56,7 +56,7 @@ def evaluate_run(trainer) -> dict:
             return evaluate(trainer.raw_model, dataset, batch_size=cfg.eval.batch_size, device=trainer.device,
                             modes=cfg.eval_modes(), bias=cfg.eval.bias, max_clips=cfg.eval.max_clips,
                             precision=cfg.run.precision, distributed=trainer.info.enabled, protocol=cfg.eval.protocol,
-                            gate=trainer.calibrate_gate(), **trainer.objective.config.inference_settings())
+                            gate=trainer.calibrate_gate(), **cfg.debias_config().inference_settings())
     finally:
         trainer.raw_model.train()
 

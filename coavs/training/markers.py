@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from coavs.data.audio import load_seconds, log_mel
 from coavs.data.avsbench import read_records
+from coavs.data.dataset import read_vggish_features
 from coavs.errors import ConfigError
 from coavs.models.audio import logmel_stats
 from coavs.models.perception import KMeansFit, fit_kmeans, save_kmeans
@@ -55,11 +55,7 @@ def descriptors_from_vggish(folder, uids: list[str] | None = None) -> tuple[Tens
         raise ValueError(f"no .npy VGGish feature files in {folder}")
     rows = []
     for path in paths:
-        array = np.load(path, allow_pickle=False)
-        array = array.reshape(-1, array.shape[-1])
-        if array.shape[-1] != 128:
-            raise ValueError(f"{path}: VGGish features must have 128 values per row, got shape {array.shape}")
-        rows.append(torch.from_numpy(array.astype(np.float32)))
+        rows.append(torch.from_numpy(read_vggish_features(path)))
     return torch.cat(rows), len(paths)
 
 

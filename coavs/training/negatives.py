@@ -7,9 +7,20 @@ the visual input of a frame drawn from the batch, with one of
 - ``silence``: the encoder input of silence (the log-mel of a silent second; zeros for waveforms and VGGish);
 - ``noise``: white noise at the frame's level, through the model's ``noise_like`` when its encoder has one;
 - ``misaligned``: the same second of another *training* clip that sounds none of the classes seen or heard in
-  this clip (Co-AVS's ``misaligned_index``); where the dataset has no such index or no such clip, ``noise``;
+  this clip (the dataset's ``misaligned_index``: Co-AVS, AVSS); a frame whose clip has no such partner gets
+  ``noise`` (counted in the step's logged ``negatives_fallback``), and a dataset that cannot say which classes a
+  clip sounds (S4, MS3) is refused when the run starts;
 
-and the label map set to background everywhere (an empty target: no sounding pixel). The kinds are dealt round
+and the label map set to background everywhere (an empty target: no sounding pixel). One more kind is only partly
+negative — counterfactual audio, the way Counterfactual Samples Synthesizing (Chen et al., CVPR 2020) teaches a VQA
+model to look at the evidence:
+
+- ``swapped``: a frame where two or more classes sound (from its labels) gets the same second of another training
+  clip that sounds some of them and nothing else (a strict, non-empty subset, e.g. one source alone), and its
+  target keeps only those classes' pixels: the objects that still sound, while the visible objects whose sound was
+  taken away become background — the visual-prior condition (``fp_swapped``), taught. Frames without two sounding
+  classes or without such a clip are not drawn; a batch that has none gets fewer negatives. Its audio names the
+  classes of its target, so it also trains the audio classifier. The kinds are dealt round
 robin from a random offset, so their counts differ by at most one; the count itself is ``⌊ratio·N⌋`` plus one
 with probability ``frac(ratio·N)`` (so the mean is exactly ``ratio·N``). ``mode: add`` appends the negatives to
 the batch (more frames per step); ``replace`` swaps the audio and targets of that many of the batch's own frames
@@ -21,7 +32,7 @@ of the batch like any other, so the biased branch and the debiased loss see them
 
 The audio classifier learns "nothing sounds" from silence and noise negatives (class presence all zero); a
 misaligned negative's audio does sound (other classes), so those rows are left out of the classifier's loss
-(:func:`classifier_rows`).
+(:func:`classifier_rows`); a swapped negative's target names exactly what its audio sounds.
 
 ``audio_only`` names the kinds whose frames train only the audio classifier (every class absent): they never
 reach the segmentation, debias or matching losses (:func:`split_negatives`; the trainer runs only their audio
@@ -42,11 +53,12 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
+from coavs.data.avsbench import IGNORE_INDEX as IGNORE_LABEL
 from coavs.errors import ConfigError
 from coavs.eval.runner import noise_audio, silence_audio
 from coavs.inference.batches import select_frames
 
-NEGATIVE_KINDS = ("silence", "noise", "misaligned")
+NEGATIVE_KINDS = ("silence", "noise", "misaligned", "swapped")
 NEGATIVE_MODES = ("add", "replace")
 POSITIVE = -1  # ``negative_kind`` of a positive frame
 _SEED_STRIDE = 1_000_003
@@ -57,7 +69,7 @@ class NegativesSection:
     """``negatives`` config section. ``ratio`` 0 (the default) switches negative-audio training off."""
 
     ratio: float = 0.0  # negative frames per positive frame and step
-    kinds: list[str] = field(default_factory=lambda: list(NEGATIVE_KINDS))
+    kinds: list[str] = field(default_factory=lambda: ["silence", "noise", "misaligned"])
     mode: str = "add"  # add: extra frames | replace: swap the audio and targets of some of the batch's frames
     audio_only: list[str] = field(default_factory=list)  # kinds that train the audio heads only (see above)
 
@@ -76,9 +88,10 @@ class NegativesSection:
         if not isinstance(self.audio_only, (list, tuple)) or any(k not in self.kinds for k in self.audio_only):
             raise ConfigError(f"negatives.audio_only must list some of negatives.kinds ({self.kinds}), "
                               f"got {self.audio_only!r}")
-        if "misaligned" in self.audio_only:
-            raise ConfigError("negatives.audio_only cannot hold misaligned: another clip's audio does sound, so it "
-                              "has no 'nothing sounds' target for the audio heads (it trains segmentation only)")
+        for kind in ("misaligned", "swapped"):
+            if kind in self.audio_only:
+                raise ConfigError(f"negatives.audio_only cannot hold {kind}: another clip's audio does sound, so it "
+                                  "has no 'nothing sounds' target for the audio heads (it trains segmentation)")
         if self.audio_only and self.mode == "replace":
             raise ConfigError("negatives.mode: replace would drop positive frames from the segmentation loss for "
                               "audio_only negatives; use mode: add")
@@ -121,6 +134,8 @@ class NegativeSampler:
             # copy of the encoder made once serves the whole run whatever the model's device
             self.model = SimpleNamespace(prompt_encoder=copy.deepcopy(encoder).cpu())
 
+    fallbacks = 0  # misaligned negatives of the last augment() that became noise (their clip had no partner)
+
     def generator(self, step: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * _SEED_STRIDE + int(step) * 7919 + 17) % 2**63)
 
@@ -129,6 +144,7 @@ class NegativeSampler:
         (``-1`` = positive, else the index in :data:`NEGATIVE_KINDS`)."""
         n = batch["frames"].shape[0]
         g = self.generator(step)
+        self.fallbacks = 0
         count = negative_count(n, self.section.ratio, g) if n else 0
         kinds = list(self.section.kinds)
         out = dict(batch)
@@ -141,14 +157,24 @@ class NegativeSampler:
             rows = torch.randint(n, (count,), generator=g)
         offset = int(torch.randint(len(kinds), (), generator=g))
         chosen = [kinds[(offset + i) % len(kinds)] for i in range(count)]
+        donors: list[int | None] = [None] * count
+        if "swapped" in chosen:
+            rows, chosen, donors = self._swapped_rows(batch, rows, chosen, dataset, g)
+            if not chosen:
+                return out
         negatives = select_frames(batch, rows)
         kind_index = torch.tensor([NEGATIVE_KINDS.index(k) for k in chosen], dtype=torch.long)
         audio = negatives["audio"].clone()
+        labels = torch.zeros_like(negatives["labels"])  # the empty target: all background
         for kind in set(chosen):
             which = torch.tensor([k == kind for k in chosen])
+            if kind == "swapped":
+                audio[which], labels[which] = self._swapped(negatives, which, [d for d, k in zip(donors, chosen)
+                                                                                 if k == kind], dataset)
+                continue
             audio[which], kind_index[which] = self._audio(kind, negatives, which, step, dataset, kind_index[which])
         negatives["audio"] = audio
-        negatives["labels"] = torch.zeros_like(negatives["labels"])  # the empty target: all background
+        negatives["labels"] = labels
         negatives["annotated"] = torch.ones_like(negatives["annotated"])
         negatives["negative_kind"] = kind_index
         if self.section.mode == "replace":
@@ -159,6 +185,49 @@ class NegativeSampler:
             return out
         return _concat(out, negatives)
 
+    def _swapped_rows(self, batch: dict, rows: Tensor, chosen: list[str], dataset, g: torch.Generator):
+        """Re-draws the rows of the ``swapped`` negatives among the frames that have two or more sounding classes
+        and a donor clip; drops them when the batch has none. Returns ``(rows, kinds, donors)``."""
+        heard = _heard_by_clip(dataset)
+        eligible = []
+        for i in range(batch["labels"].shape[0]):
+            classes = _frame_classes(batch["labels"][i])
+            if len(classes) < 2 or heard is None:
+                continue
+            clip = int(batch["clip_index"][i])
+            pool = [j for j, h in enumerate(heard) if j != clip and h and h < classes]
+            if pool:
+                eligible.append((i, pool))
+        rows, kinds, donors = rows.clone(), [], []
+        keep = []
+        for position, kind in enumerate(chosen):
+            if kind != "swapped":
+                keep.append(position)
+                kinds.append(kind)
+                donors.append(None)
+            elif eligible:
+                row, pool = eligible[int(torch.randint(len(eligible), (), generator=g))]
+                rows[position] = row
+                keep.append(position)
+                kinds.append(kind)
+                donors.append(pool[int(torch.randint(len(pool), (), generator=g))])
+        return rows[keep], kinds, donors
+
+    def _swapped(self, frames: dict, which: Tensor, donors: list[int], dataset) -> tuple[Tensor, Tensor]:
+        """The donors' audio (the same second) and the frames' labels restricted to the donors' classes."""
+        heard = _heard_by_clip(dataset)
+        labels = frames["labels"][which].clone()
+        seconds = frames["frame_index"][which].tolist()
+        audio = []
+        for k, (donor, second) in enumerate(zip(donors, seconds)):
+            donor_audio = dataset.load_audio(donor)
+            audio.append(donor_audio[second % donor_audio.shape[0]])
+            kept = torch.zeros_like(labels[k], dtype=torch.bool)
+            for c in heard[donor]:
+                kept |= labels[k] == c
+            labels[k] = torch.where(kept | (labels[k] == IGNORE_LABEL), labels[k], torch.zeros_like(labels[k]))
+        return torch.stack(audio).to(frames["audio"].dtype), labels
+
     def _audio(self, kind: str, frames: dict, which: Tensor, step: int, dataset, kind_index: Tensor):
         audio = frames["audio"][which]
         clips = frames["clip_index"][which]
@@ -167,28 +236,60 @@ class NegativeSampler:
             return silence_audio(audio, self.audio_kind), kind_index
         if kind == "misaligned":
             donors = _misaligned_donors(dataset, clips, seed)
-            if donors is not None:
-                t = frames["frame_index"][which]
-                rows = []
-                for donor, second in zip(donors, t.tolist()):
-                    donor_audio = dataset.load_audio(donor)
-                    rows.append(donor_audio[second % donor_audio.shape[0]])
-                return torch.stack(rows).to(audio.dtype), kind_index
-            kind_index = torch.full_like(kind_index, NEGATIVE_KINDS.index("noise"))  # no donor: noise instead
+            rows = []
+            for i, (donor, second) in enumerate(zip(donors, frames["frame_index"][which].tolist())):
+                if donor is None:  # this clip has no partner: noise instead, counted
+                    kind_index[i] = NEGATIVE_KINDS.index("noise")
+                    self.fallbacks += 1
+                    rows.append(noise_audio(self.model, audio[i:i + 1], clips[i:i + 1], seed)[0])
+                    continue
+                donor_audio = dataset.load_audio(donor)
+                rows.append(donor_audio[second % donor_audio.shape[0]].to(audio.dtype))
+            return torch.stack(rows), kind_index
         return noise_audio(self.model, audio, clips, seed), kind_index
 
 
-def _misaligned_donors(dataset, clips: Tensor, seed: int) -> list[int] | None:
-    """A donor clip for each frame's clip (``misaligned_index``), or None when any has none."""
+def _misaligned_donors(dataset, clips: Tensor, seed: int) -> list[int | None]:
+    """A donor clip for each frame's clip (the dataset's ``misaligned_index``); None for a clip without one."""
     if dataset is None or not hasattr(dataset, "misaligned_index"):
-        return None
+        return [None] * len(clips)
     donors = []
     for clip in clips.tolist():
         try:
             donors.append(int(dataset.misaligned_index(int(clip), seed % 2**32)))
         except ValueError:
-            return None
+            donors.append(None)
     return donors
+
+
+def _frame_classes(labels: Tensor) -> set[int]:
+    """The classes a frame's label map ``[H,W]`` shows as sounding (neither background nor unannotated)."""
+    values = labels.unique().tolist()
+    return {int(v) for v in values if v not in (0, IGNORE_LABEL)}
+
+
+_HEARD: dict[int, tuple[object, list[set[int]]]] = {}
+
+
+def _heard_by_clip(dataset) -> list[set[int]] | None:
+    """Every clip's sounding classes (``dataset.sounding_classes``), computed once per dataset; None when the
+    dataset cannot say."""
+    if dataset is None or not hasattr(dataset, "sounding_classes"):
+        return None
+    cached = _HEARD.get(id(dataset))
+    if cached is None or cached[0] is not dataset:
+        cached = _HEARD[id(dataset)] = (dataset, [set(dataset.sounding_classes(j)) for j in range(len(dataset))])
+    return cached[1]
+
+
+def check_dataset(section: NegativesSection, dataset) -> None:
+    """The kinds that need to know which classes each clip sounds, refused (one line) on a dataset that cannot say
+    (S4, MS3), instead of silently training on something else."""
+    needs = {"misaligned": ("misaligned_index", "AVSS, Co-AVS, S4"), "swapped": ("sounding_classes", "AVSS, Co-AVS")}
+    for kind, (method, datasets) in needs.items():
+        if section.enabled and kind in section.kinds and not hasattr(dataset, method):
+            raise ConfigError(f"negatives.kinds: {kind} needs a dataset that says which classes each clip sounds "
+                              f"({datasets}); {type(dataset).__name__} does not")
 
 
 def _concat(batch: dict, extra: dict) -> dict:
@@ -227,5 +328,5 @@ def classifier_rows(annotated: Tensor, batch: dict) -> Tensor:
     return annotated & (kind.to(annotated.device) != NEGATIVE_KINDS.index("misaligned"))
 
 
-__all__ = ["NEGATIVE_KINDS", "NegativesSection", "NegativeSampler", "negative_count",
+__all__ = ["NEGATIVE_KINDS", "NegativesSection", "NegativeSampler", "check_dataset", "negative_count",
            "split_negatives", "classifier_rows"]

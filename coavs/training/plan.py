@@ -1,5 +1,7 @@
 """The step plan of a run: its stages × epochs × batches on one global step counter, the learning-rate schedule
-over it (warm-up, then poly / cosine / constant, times each stage's factor), and the optimizer's parameter groups."""
+over it (warm-up, then poly / cosine / constant, restarted at every stage with ``restart_schedule``, times each
+stage's factor and, in the stages that train with debias, ``optim.debias_lr_scale``), and the optimizer's parameter
+groups."""
 
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ class Stage:
     dataset: object
     steps_per_epoch: int
     first_step: int  # global step at which the stage starts
+    debias: bool = False  # trains with the debias section
+    debias_lr_scale: float = 1.0  # optim.debias_lr_scale, applied when the stage trains with debias
+
+    @property
+    def lr_scale(self) -> float:
+        """The stage's learning-rate factor: its ``lr_scale``, times ``debias_lr_scale`` in a debias stage."""
+        return self.section.lr_scale * (self.debias_lr_scale if self.debias else 1.0)
 
 
 class Plan:
@@ -39,12 +48,23 @@ class Plan:
         last = self.stages[-1]
         return last.index, last.section.epochs, 0
 
+    def segment(self, step: int) -> tuple[int, int]:
+        """``(first step, steps)`` of the schedule segment holding ``step``: from the last stage at or before it
+        that restarts the schedule (or the start) to the next one (or the end of the plan)."""
+        starts = [0] + [st.first_step for st in self.stages[1:] if st.section.restart_schedule]
+        first = max(s for s in starts if s <= step)
+        later = [s for s in starts if s > first]
+        end = min(later[0], self.total) if later else self.total
+        return first, max(end - first, 1)
+
     def lr_factor(self, step: int, optim: OptimSection) -> float:
-        if optim.warmup_steps and step < optim.warmup_steps:
-            warm = (step + 1) / optim.warmup_steps
+        first, length = self.segment(step)
+        local = step - first
+        if optim.warmup_steps and local < optim.warmup_steps:
+            warm = (local + 1) / optim.warmup_steps
         else:
             warm = 1.0
-        progress = min(step / max(self.total, 1), 1.0)
+        progress = min(local / length, 1.0)
         if optim.schedule == "poly":
             decay = (1.0 - progress) ** 0.9
         elif optim.schedule == "cosine":
@@ -52,7 +72,7 @@ class Plan:
         else:
             decay = 1.0
         stage = self.stages[self.position(min(step, self.total - 1))[0]]
-        return warm * decay * stage.section.lr_scale
+        return warm * decay * stage.lr_scale
 
 
 def param_groups(model, lr: float, optim: OptimSection) -> list[dict]:
@@ -82,7 +102,8 @@ def build_stages(config: TrainConfig, world_size: int) -> list[Stage]:
                               "clips" + (f" in subsets {section.subsets}" if section.subsets else ""))
         per_rank = math.ceil(len(dataset) / world_size)
         steps = math.ceil(per_rank / config.data.batch_size)
-        stages.append(Stage(i, section, dataset, steps, first))
+        stages.append(Stage(i, section, dataset, steps, first, config.stage_trains_debias(section),
+                            config.optim.debias_lr_scale))
         first += steps * section.epochs
     return stages
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Sampler
 
+from coavs.jsonio import append_jsonl, write_json
+
 
 class RunFolder:
     """``<root>/``: ``config.json`` (resolved), ``log.jsonl`` (per logged step), ``metrics.jsonl`` (per epoch),
@@ -23,11 +25,10 @@ class RunFolder:
 
     def create(self, resolved_config: dict) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.json").write_text(json.dumps(resolved_config, indent=2))
+        write_json(self.root / "config.json", resolved_config)
 
     def log(self, record: dict, file: str = "log.jsonl") -> None:
-        with open(self.root / file, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.root / file, record)
 
     def read(self, file: str = "log.jsonl") -> list[dict]:
         path = self.root / file

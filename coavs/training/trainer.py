@@ -28,6 +28,7 @@ import json
 import random
 import signal
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from coavs.data.loader import make_loader
+from coavs import jsonio
 from coavs.data.splits import is_binary, open_split
 from coavs.errors import UserError
 from coavs.inference.batches import collate_frames, select_frames, to_device
@@ -54,7 +56,7 @@ from coavs.training.debias import DebiasObjective
 from coavs.training.evaluation import calibrate_run_gate, check_gate_split, evaluate_run
 from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
 from coavs.training.markers import file_markers, install_markers
-from coavs.training.negatives import NegativeSampler, classifier_rows, split_negatives
+from coavs.training.negatives import NegativeSampler, check_dataset, classifier_rows, split_negatives
 from coavs.training.plan import Plan, Stage, build_stages, param_groups
 from coavs.training.run_lock import RunLock
 from coavs.training.runtime import ResumableSampler, RunFolder, StopSignal, Throughput, resolve_threads
@@ -120,16 +122,24 @@ class _Trainer:
                     stored.data, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory,
                     cache_dir=cfg.data.cache_dir))
             cfg = self.config = stored
+        # Which run this folder holds: config.json and every checkpoint carry it, so a checkpoint copied in from
+        # another run folder is refused on resume instead of mixing the two runs.
+        self.run_id = cfg.resolved.get("run_id") if resume else uuid.uuid4().hex[:16]
 
         cfg = self.config = prepare_segmenter(cfg)  # hf_mask2former: the checkpoint's sizes and preprocessing
         _seed_everything(cfg.run.seed)
         stages = build_stages(cfg, self.info.world_size)
         cfg = self.config = resolve(cfg, stages[0].dataset, self.info.world_size)
+        if self.run_id is not None:
+            cfg.resolved["run_id"] = self.run_id
         self.binary = cfg.resolved["binary"]
         self.plan = Plan(stages, cfg.run.max_steps)
         self.model_config = cfg.model_config()
-        model = build_model(self.model_config, pretrained=not resume)
-        if self.model_config.num_clusters and not resume and not cfg.data.marker_files:
+        # the weights of an earlier run (markers included) replace the pretrained ones: nothing to load twice
+        model = build_model(self.model_config, pretrained=not resume and not cfg.run.init_from)
+        if not resume and cfg.run.init_from:
+            ckpt.initialise_from(model, cfg, cfg.run.init_from)
+        elif self.model_config.num_clusters and not resume and not cfg.data.marker_files:
             install_markers(model, self.config, self.model_config, self.folder.root, self.main)
         self.raw_model = model.to(self.device)
         threads = resolve_threads(cfg.run.threads, self.device, sum(p.numel() for p in model.parameters()),
@@ -139,7 +149,7 @@ class _Trainer:
         self.class_to_marker = model.class_to_marker().to(self.device)
 
         debias = cfg.debias_config()
-        lr = cfg.optim.lr * (cfg.optim.debias_lr_scale if debias.enabled else 1.0)
+        lr = cfg.optim.lr  # each stage's factor (debias_lr_scale in debias stages) is in the schedule
         self.optimizer = torch.optim.AdamW(param_groups(model, lr, cfg.optim), lr=lr, betas=tuple(cfg.optim.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda step: self.plan.lr_factor(step, cfg.optim))
@@ -148,8 +158,13 @@ class _Trainer:
                                  mask_weight=cfg.loss.mask_weight, dice_weight=cfg.loss.dice_weight,
                                  no_object_weight=cfg.loss.no_object_weight, num_points=cfg.loss.num_points,
                                  aux_loss=cfg.loss.aux)
-        self.objective = DebiasObjective(criterion, debias, binary=self.binary)
+        # one objective per stage: a vanilla stage trains without the biased branch (stages[i].debias: false)
+        vanilla = dataclasses.replace(debias, enabled=False)
+        self.objectives = [DebiasObjective(criterion, dataclasses.replace(debias, enabled=True) if stage.debias
+                                           else vanilla, binary=self.binary) for stage in stages]
         self.negatives = _negative_sampler(cfg, model)
+        for stage in stages:
+            check_dataset(cfg.negatives, stage.dataset)
         check_gate_split(cfg)
 
         self.step = 0
@@ -183,8 +198,8 @@ class _Trainer:
         rng = ckpt.all_ranks_rng(self.info)
         if self.main:
             state = {
-                "format": ckpt.CHECKPOINT_FORMAT, "version": 1,
-                "config": json.dumps(self.config.to_dict()),
+                "format": ckpt.CHECKPOINT_FORMAT, "version": 1, "run_id": self.run_id,
+                "config": jsonio.dumps(self.config.to_dict()),
                 "model": self.raw_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -202,9 +217,16 @@ class _Trainer:
         state = ckpt.load(self.folder.last_checkpoint, map_location=self.device)
         if not isinstance(state, dict) or state.get("format") != ckpt.CHECKPOINT_FORMAT:
             raise UserError(f"{self.folder.last_checkpoint} is not a coavs training checkpoint")
+        ckpt.check_same_run(state, self.run_id, self.config, self.folder.last_checkpoint)
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        base_lrs = list(self.scheduler.base_lrs)
         self.scheduler.load_state_dict(state["scheduler"])
+        # the config (checked equal) sets the base rates: checkpoints of runs that folded debias_lr_scale into
+        # them (before per-stage debias) resume at the same rate through the schedule's stage factor
+        self.scheduler.base_lrs = base_lrs
+        for group, base in zip(self.optimizer.param_groups, base_lrs):
+            group["initial_lr"] = base
         self.scaler.load_state_dict(state["scaler"])
         self.step = self.checkpoint_step = int(state["step"])
         self.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
@@ -218,7 +240,7 @@ class _Trainer:
                 records = self.folder.read(name)
                 kept = [r for r in records if r.get("step", 0) <= self.step]
                 if len(kept) != len(records):
-                    (self.folder.root / name).write_text("".join(json.dumps(r) + "\n" for r in kept))
+                    (self.folder.root / name).write_text("".join(jsonio.dumps(r) + "\n" for r in kept))
 
     # -------------------------------------------------------------------------------------- logging
     def say(self, message: str) -> None:
@@ -254,16 +276,18 @@ class _Trainer:
             batch = self.negatives.augment(batch, self.step, stage.dataset)
             batch, negative_audio = split_negatives(batch, self.negatives.section.audio_only)
         batch = to_device(batch, self.device, non_blocking=True)
+        objective = self.objectives[self.plan.position(self.step)[0]]
         targets = targets_from_labels(batch["labels"], self.model_config.num_classes, self.class_to_marker,
                                       background_is_class=not self.binary)
         classes = self.model_config.num_audio_classes
         presence = targets.presence[:, 1:1 + classes]
         forced = presence if cfg.loss.teacher_forcing and classes else None
         with autocast(self.device, cfg.run.precision):
-            outputs = self.model(batch["frames"], batch["audio"], biased=self.objective.biased_audio,
-                                 class_presence=forced, marker_scores=file_markers(batch, forced))
+            outputs = self.model(batch["frames"], batch["audio"], biased=objective.biased_audio,
+                                 class_presence=forced, marker_scores=file_markers(batch, forced),
+                                 clip_index=batch["clip_index"])
         if bool(targets.annotated.any()):
-            result = self.objective(outputs, targets.targets, targets.annotated)
+            result = objective(outputs, targets.targets, targets.annotated)
             loss, terms = result.total, dict(result.terms)
             for name, (weight, term) in self._audio_losses(outputs, targets, presence, batch,
                                                            negative_audio).items():
@@ -271,6 +295,8 @@ class _Trainer:
                 loss = loss + weight * term
         else:  # nothing annotated: a zero step that keeps every process in step
             loss, terms = outputs["pred_logits"].float().sum() * 0.0, {}
+        if self.negatives is not None and "misaligned" in self.negatives.section.kinds:
+            terms["negatives_fallback"] = torch.tensor(float(self.negatives.fallbacks))  # this step's
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.optim.grad_clip > 0:
@@ -398,7 +424,7 @@ class _Trainer:
         if self.main:
             self.folder.log({"event": "done" if finished else "stopped", "step": self.step, "reason": reason,
                              "time": time.time()})
-            (self.folder.root / "summary.json").write_text(json.dumps(summary, indent=2))
+            jsonio.write_json(self.folder.root / "summary.json", summary)
         if finished:
             self.say(f"done: {self.step} steps in {seconds:.1f} s -> {self.folder.root}")
         else:
@@ -502,6 +528,7 @@ def train(config, run_dir, resume: bool = False, max_steps: int | None = None,
     threads = torch.get_num_threads()
     info = dist_utils.setup(config.run.device)
     lock = RunLock(run_dir) if info.is_main else None  # one run per folder, for the run's whole life
+    trainer = None
     try:
         if lock is not None:
             lock.acquire()
@@ -515,6 +542,7 @@ def train(config, run_dir, resume: bool = False, max_steps: int | None = None,
             lock.release()
         torch.set_num_threads(threads)  # run.threads applies to the run only
         if not was_initialised:
+            del trainer  # its DDP model holds the process group, which must end before the interpreter does
             dist_utils.teardown()
 
 

@@ -89,9 +89,11 @@ def test_eval_prints_the_table_with_bias_metrics(trained_run, tmp_path, capsys):
     assert "| vanilla" in text and "| debias" in text and "FPR misaligned" in text
     rows = json.loads(out.read_text())
     assert set(rows) == {"vanilla", "debias"} and 0.0 <= rows["debias"]["fpr_silence"] <= 1.0
-    assert main(["eval", str(trained_run / "checkpoints" / "last.pt"), "--split", "val", "--modes", "ensemble",
+    assert main(["eval", str(trained_run / "checkpoints" / "last.pt"), "--split", "val", "--modes", "debias",
                  "--no-bias", "--json", "--max-clips", "1"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"ensemble"}
+    assert set(json.loads(capsys.readouterr().out)) == {"debias"}
+    assert main(["eval", str(trained_run), "--modes", "ensemble", "--no-bias", "--max-clips", "1"]) == 1
+    assert "debias.strategy: ensemble" in capsys.readouterr().err
 
 
 def test_predict_on_a_folder_of_frames_and_a_wav(trained_run, workspace, tmp_path, capsys):
@@ -111,6 +113,21 @@ def test_predict_on_a_folder_of_frames_and_a_wav(trained_run, workspace, tmp_pat
     summary = json.loads((out / "predictions.json").read_text())
     assert len(summary["frames"]) == len(names) and summary["class_names"][0] == "background"
     assert "debias" in capsys.readouterr().out  # a debias-trained model predicts with debias by default
+    # the run's calibrated gate applies, as in coavs eval: a gate that hears nothing empties every frame
+    from coavs.eval.gate import save_gate
+    from coavs.inference.gate import Gate
+
+    gated_run = tmp_path / "gated_run"
+    shutil.copytree(trained_run, gated_run)
+    save_gate(gated_run, Gate("any", 1.0), {}, "val")
+    for extra, empty in (([], True), (["--no-gate"], False)):
+        target = tmp_path / f"gated{len(extra)}"
+        assert main(["predict", str(gated_run), "--frames", str(frames), "--audio", str(clip / "audio.wav"),
+                     "--out", str(target), "--device", "cpu", *extra]) == 0
+        shares = [f["sounding_fraction"] for f in json.loads((target / "predictions.json").read_text())["frames"]]
+        assert (max(shares) == 0.0) == empty
+        if not empty:
+            assert shares == [f["sounding_fraction"] for f in summary["frames"]]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -144,21 +161,25 @@ def test_bench_finds_the_repository_benchmarks(capsys):
 def test_demo_quick_trains_the_four_models_and_prints_the_table(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for row in ("| vanilla ", "| paper debias ", "| negative-audio training + gate ",
-                "| paper debias + negative audio + gate "):
+    for row in ("| vanilla ", "| paper debias (fine-tuned from vanilla) ", "| negative + swapped audio + gate ",
+                "| negative + swapped audio + gate, then paper debias "):
         assert row in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["rows"]) == 4
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for row in results["rows"].values():
-        assert {"miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "counterfactual_iou"} <= set(row)
+        assert {"miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped",
+                "counterfactual_iou"} <= set(row)
     names = ("vanilla", "debias", "negatives", "combined")
     configs = [json.loads((tmp_path / "runs" / f"{n}-s0" / "config.json").read_text()) for n in names]
     assert [c["debias"]["strategy"] for c in configs] == ["none", "fixed", "none", "fixed"]
     assert [c["negatives"]["ratio"] > 0 for c in configs] == [False, False, True, True]
+    # the paper's recipe: the debias rows fine-tune the vanilla / negatives runs (--init-from)
+    assert [c["run"]["init_from"] for c in configs] == [None, str(tmp_path / "runs" / "vanilla-s0"), None,
+                                                        str(tmp_path / "runs" / "negatives-s0")]
     assert all((tmp_path / "runs" / f"{n}-s0" / "gate.json").is_file() for n in ("negatives", "combined"))
-    assert set(results["without_gate"]) == {"negative-audio training + gate (no gate)",
-                                            "paper debias + negative audio + gate (no gate)"}
+    assert set(results["without_gate"]) == {"negative + swapped audio + gate (no gate)",
+                                            "negative + swapped audio + gate, then paper debias (no gate)"}
 
 
 def test_sigterm_to_the_process_group_saves_and_exits_cleanly(workspace, tmp_path, capsys):

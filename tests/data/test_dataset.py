@@ -147,7 +147,7 @@ def test_cache_put_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "save", exploding_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DataError, match="disk full"):  # a DataError naming the file (one line on the CLI)
         cache.put("clip", "sig", "visual", np.zeros(3))
     assert list(cache.root.glob("*.npy*")) == [] and cache.get("clip", "sig", "visual") is None
 

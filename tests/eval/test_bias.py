@@ -96,7 +96,13 @@ def test_counterfactual_score_hand_case():
     r = score.compute()
     assert r["follow_iou"] == pytest.approx((1 + 0.5) / 2, abs=1e-7)
     assert r["leak_iou"] == pytest.approx((0 + 0.5) / 2, abs=1e-7)
+    assert r["silent_fp"] == pytest.approx((0 + 1) / 2, abs=1e-7)  # the silent source: none, then all of it
     assert r["frames"] == 2
+    half = a.clone()
+    half[0, :2] = False  # 4 of the silent source's 8 pixels called sounding
+    score.reset()
+    score.update(b | half, b, a)
+    assert score.compute()["silent_fp"] == pytest.approx(0.5)
 
 
 # A toy world: each frame shows objects (masks) of known classes; audio is a class-indicator embedding.
@@ -146,7 +152,9 @@ def test_bias_evaluator_separates_listening_from_prior():
     assert prior["fpr_misaligned"] == pytest.approx(16 / 64)
     assert listening["counterfactual_iou"] == pytest.approx(1.0, abs=1e-6)
     assert listening["counterfactual_leak_iou"] == 0.0
+    assert listening["fp_swapped"] == 0.0  # the silent object is never segmented
     assert prior["counterfactual_iou"] == pytest.approx(0.5, abs=1e-6)  # right for one source of two
+    assert prior["fp_swapped"] == pytest.approx(0.5)  # object 0 is segmented also while only object 1 plays
     assert prior["counterfactual_frames"] == 12
 
 

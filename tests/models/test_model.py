@@ -231,26 +231,30 @@ def test_paper_sized_model_trains_on_gpu_with_debias_bf16_and_compile():
     (out["pred_masks"].float().square().mean() + out["biased"]["pred_logits"].float().square().mean()).backward()
 
 
-@pytest.mark.parametrize("kind", ["mute", "noise", "ddpm"])
-def test_biased_branch_derives_its_markers_from_the_biased_audio(kind):
+@pytest.mark.parametrize("queries", ["all", "own"])
+@pytest.mark.parametrize("kind", ["mute", "noise", "ddpm", "random_semantic"])
+def test_biased_branch_ignores_the_vanilla_markers(kind, queries):
     """Supplementary D.2: the biased branch carries no audio semantics, so changing only the (vanilla) markers
     must not move its "visual prior" logits; the earlier behaviour (shared markers) is kept as an ablation."""
     frames, audio, _ = make_batch(3, size=32)
-    own = tiny_model()
-    assert own.config.biased_queries == "own"
-    s = own.config.num_markers
+    model = tiny_model(biased_queries=queries)
+    s = model.config.num_markers
     a, b = torch.zeros(3, s), torch.zeros(3, s)
     a[:, 0], b[:, s - 1] = 1.0, 1.0  # two different marker sets for the vanilla branch
     torch.manual_seed(0)
-    out_a = own(frames, audio, biased=kind, marker_scores=a)
+    out_a = model(frames, audio, biased=kind, marker_scores=a)
     torch.manual_seed(0)
-    out_b = own(frames, audio, biased=kind, marker_scores=b)
+    out_b = model(frames, audio, biased=kind, marker_scores=b)
     assert not torch.allclose(out_a["pred_masks"], out_b["pred_masks"])  # the vanilla branch follows its markers
     for key in ("pred_masks", "pred_logits"):
         torch.testing.assert_close(out_a["biased"][key], out_b["biased"][key], atol=1e-5, rtol=1e-5)
     assert torch.equal(out_a["biased"]["active"], out_b["biased"]["active"])
+    if queries == "all":  # the rule: every query that owns a marker is active with gate 1, in every frame
+        owned = model.config.num_markers * model.config.dilation
+        assert out_a["biased"]["active"][:, :owned].all() and not out_a["biased"]["active"][:, owned:].any()
+        assert (out_a["biased"]["gate"][:, :owned] == 1).all()
     shared = tiny_model(biased_queries="shared")
-    shared.load_state_dict(own.state_dict())
+    shared.load_state_dict(model.state_dict())
     torch.manual_seed(0)
     sa = shared(frames, audio, biased=kind, marker_scores=a)
     torch.manual_seed(0)
@@ -262,7 +266,7 @@ def test_biased_branch_derives_its_markers_from_the_biased_audio(kind):
 def test_own_mute_branch_is_a_vanilla_run_on_silence_markers_without_audio():
     from coavs.models.biased import silence_input
 
-    model = tiny_model(audio_input="logmel")
+    model = tiny_model(audio_input="logmel", biased_queries="own")
     frames, audio, _ = make_batch(3, size=32, audio="logmel")
     out = model(frames, audio, biased="mute")
     silence = silence_input(audio, model.prompt_encoder)

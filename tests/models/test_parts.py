@@ -8,7 +8,7 @@ import torch
 from coavs.models import (AudioEncoder, ModelConfig, Perception, PixelDecoder, SmallCNN, build_backbone, fit_kmeans,
                           load_kmeans, save_kmeans)
 from coavs.models.audio import LogMel, logmel_stats
-from coavs.models.biased import DiffusionSchedule, other_semantic_partner
+from coavs.models.biased import DiffusionSchedule, other_clip_rows
 from coavs.models.layers import sine_positions
 
 
@@ -21,7 +21,7 @@ def test_small_config_derives_queries_from_markers_and_dilation():
     # supplementary B.1: the paper preset runs the simple dilation at d = 2 (one marker, two queries)
     paper = ModelConfig.paper()
     assert paper.dilation == 2 and paper.num_markers == 100 and paper.queries == 200
-    assert paper.biased_queries == "own"  # D.2
+    assert paper.biased_queries == "all"  # D.2: every marker-owned query active, whatever the audio
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -75,6 +75,18 @@ def test_noise_keeps_the_level_of_the_input():
     loud = torch.randn(2, 16000) * torch.tensor([[0.01], [1.0]])
     rms = enc.noise_like(loud).pow(2).mean(1).sqrt()
     assert rms[1] / rms[0] > 30
+
+
+@pytest.mark.parametrize("kind, shape", [("vggish", (2, 128)), ("logmel", (2, 1, 96, 64)), ("waveform", (2, 16000))])
+def test_fixed_level_noise_does_not_depend_on_the_input(kind, shape):
+    """The biased branch's noise: the same draw whatever the clip sounds like (no level, no statistics)."""
+    enc = AudioEncoder(kind, 16, (4,))
+    quiet, loud = torch.randn(shape) * 0.01, torch.randn(shape) * 3 + 1
+    a = enc.noise_like(quiet, torch.Generator().manual_seed(5), fixed_level=True)
+    b = enc.noise_like(loud, torch.Generator().manual_seed(5), fixed_level=True)
+    assert torch.equal(a, b) and a.shape == quiet.shape
+    if kind == "waveform":
+        assert a.pow(2).mean().sqrt().item() == pytest.approx(0.05, rel=0.05)
 
 
 def test_audio_encoder_rejects_wrong_shapes():
@@ -187,20 +199,32 @@ def test_sine_positions_are_distinct_per_position():
 
 
 # ------------------------------------------------------------------------------------------- biased audio
-def test_diffusion_schedule_matches_the_reference_code():
+def test_diffusion_schedule_is_the_reference_schedule_rescaled_to_zero_terminal_snr():
     schedule = DiffusionSchedule(100)
     betas = torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)
-    expected = torch.tensor([float(torch.prod(1 - betas[: t + 1])) for t in (0, 50, 99)])
-    torch.testing.assert_close(schedule.alpha_bars[[0, 50, 99]], expected.float())
+    root = torch.cumprod(1 - betas, 0).sqrt()
+    expected = ((root - root[-1]) * root[0] / (root[0] - root[-1])).square()  # Lin et al.: first kept, last 0
+    torch.testing.assert_close(schedule.alpha_bars, expected.float())
+    assert schedule.alpha_bars[-1].item() == 0.0 and schedule.alpha_bars[0].item() == pytest.approx(1 - 1e-4)
     x, eps = torch.randn(2, 4), torch.randn(2, 4)
-    t = torch.tensor([0, 99])
-    got = schedule(x, t, eps)
-    ab = expected[[0, 2]].float()[:, None]
-    torch.testing.assert_close(got, ab.sqrt() * x + (1 - ab).sqrt() * eps)
+    t = torch.tensor([0, 50])
+    ab = expected[t].float()[:, None]
+    torch.testing.assert_close(schedule(x, t, eps), ab.sqrt() * x + (1 - ab).sqrt() * eps)
+    torch.manual_seed(3)
+    end = schedule.last_step(x)
+    torch.manual_seed(3)
+    assert torch.equal(end, torch.randn_like(x))  # the last step is pure noise: nothing of x is left
 
 
-def test_random_semantic_partner_has_other_markers_when_possible():
-    scores = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [1.0, 0]])
-    partner = other_semantic_partner(scores, 0.4)
-    assert partner.tolist() == [2, 2, 3, 2]
-    assert other_semantic_partner(torch.ones(3, 2), 0.4).tolist() == [1, 2, 0]
+def test_other_clip_rows_never_pick_the_same_clip():
+    clips = torch.tensor([5, 5, 7, 7, 7, 9])
+    rows, has_other = other_clip_rows(clips, 6, "cpu", training=False)
+    assert rows.tolist() == [2, 2, 5, 5, 5, 0]  # the next row of another clip, cyclically
+    assert has_other.all()
+    for _ in range(20):
+        rows, _ = other_clip_rows(clips, 6, "cpu", training=True)
+        assert (clips[rows] != clips).all()
+    rows, has_other = other_clip_rows(torch.tensor([3, 3]), 2, "cpu", training=True)
+    assert not has_other.any() and rows.tolist() == [0, 1]  # one clip: no other clip to take audio from
+    rows, has_other = other_clip_rows(None, 3, "cpu", training=False)  # None: every row its own clip
+    assert rows.tolist() == [1, 2, 0] and has_other.all()

@@ -30,6 +30,6 @@ def test_text_prompted_training_runs_and_evaluates():
     example = load_example()
     model, objective, losses = example.train(steps=2, batch=2, debias="uncertainty", log_every=0, dim=32, layers=1)
     assert objective.biased_audio == "mute" and len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
-    scores = example.evaluate(model, n=4, mode="ensemble")
+    scores = example.evaluate(model, n=4, mode="debias")
     assert set(scores) == {"right_sentence", "swapped_sentence"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())

@@ -69,6 +69,26 @@ def test_bias_only_fits_the_biased_branch_and_trains_vanilla_through_the_complem
     torch.testing.assert_close(grad_v, want_v)
 
 
+def test_ensemble_trains_the_biased_branch_alone_and_the_vanilla_branch_in_a_product_of_experts():
+    """D.1's logits ensemble: L(b) + λ·L(v + sg(b)); the biased logits get gradient only from L(b)."""
+    out, t = outputs_with_bias(), targets()
+    result = DebiasObjective(criterion(), DebiasConfig(strategy="ensemble", weight=3.0))(out, t.targets, t.annotated)
+    reference = criterion()  # the same calls in the same order: the same sampled points
+    vanilla = reference(out, t.targets, t.annotated)
+    poe = dict(out, pred_masks=out["pred_masks"] + out["biased"]["pred_masks"].detach(),
+               pred_logits=out["pred_logits"] + out["biased"]["pred_logits"].detach())
+    ensemble = reference(poe, t.targets, t.annotated, indices=vanilla.indices[:1], aux=False)
+    biased = reference(dict(out["biased"], active=out["active"], query_marker=out["query_marker"]), t.targets,
+                       t.annotated, indices=vanilla.indices)
+    torch.testing.assert_close(result.total, biased.total + 3.0 * ensemble.total)
+    grads = torch.autograd.grad(result.total, [out["pred_masks"], out["biased"]["pred_masks"]], retain_graph=True)
+    only_biased = torch.autograd.grad(biased.total, out["biased"]["pred_masks"])[0]
+    torch.testing.assert_close(grads[1], only_biased)  # no gradient to the biased branch through the ensemble
+    assert grads[0].abs().sum() > 0
+    assert TrainConfig.from_dict({"debias": {"strategy": "ensemble"}}).inference_mode() == "vanilla"
+    assert TrainConfig.from_dict({"debias": {"strategy": "fixed"}}).inference_mode() == "debias"
+
+
 def test_disabled_objective_is_the_set_loss_and_enabled_needs_the_branch():
     out, ft = outputs_with_bias(), targets()
     plain = DebiasObjective(criterion(), DebiasConfig(enabled=False))
@@ -85,9 +105,8 @@ def test_combine_modes():
     assert m is out["pred_masks"] and c is out["pred_logits"]
     dm, dc = combine(out, "debias", alpha=1.0)
     torch.testing.assert_close(dm, 2 * out["pred_masks"] - out["biased"]["pred_masks"])
-    em, ec = combine(out, "ensemble", alpha=1.0)
-    torch.testing.assert_close(em, (out["pred_masks"] + dm) / 2)
-    torch.testing.assert_close(ec, (out["pred_logits"] + dc) / 2)
+    with pytest.raises(ValueError, match="debias at alpha/2 and is gone"):  # the old mode names its replacement
+        combine(out, "ensemble")
     mask_only = debiased_outputs(out, scheme="mask")
     assert mask_only["pred_logits"] is out["pred_logits"]
     with pytest.raises(ValueError, match="mode must be"):
@@ -95,7 +114,7 @@ def test_combine_modes():
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(strategy="ensemble"), "strategy"), (dict(scheme="pixel"), "scheme"),
+    (dict(strategy="mixin"), "strategy"), (dict(scheme="pixel"), "scheme"),
     (dict(overall_reading="sum"), "overall_reading"),
     (dict(biased_audio="silence"), "biased_audio"), (dict(weight=-1.0), ">= 0"),
 ])
@@ -184,6 +203,36 @@ def test_product_reading_at_inference():
     torch.testing.assert_close(fg, 1 - torch.softmax(maps, 1)[:, 0])
     score_labels, _ = postprocess(out, (16, 16), "debias", scheme="overall", overall_reading="score")
     assert score_labels.shape == labels.shape
+
+
+@pytest.mark.parametrize("reading", ["score", "product"])
+def test_overall_at_inference_weights_each_branch_with_its_own_gate_as_training_does(reading):
+    """Training's per-pixel loss gates the biased map with the biased branch's gate; inference must read the same
+    map (before: the vanilla gate on both branches, with the score reading)."""
+    import torch.nn.functional as F
+
+    from coavs.eval.runner import postprocess
+    from coavs.training.debias import overall_maps
+
+    out = outputs_with_bias(n=4, q=6, requires_grad=False)
+    g = torch.Generator().manual_seed(2)
+    out["gate"] = (torch.rand(4, 6, generator=g) < 0.4).float()  # few queries active in the vanilla branch
+    out["biased"]["gate"] = torch.ones(4, 6)  # every query active in the biased branch (biased_queries: all)
+    labels, fg = postprocess(out, (16, 16), "debias", scheme="overall", overall_reading=reading)
+
+    def read(gate_b):
+        maps = overall_maps(out["pred_masks"], out["pred_logits"], out["biased"]["pred_masks"],
+                            out["biased"]["pred_logits"], 1.0, reading, "fixed", out["gate"], gate_b)
+        return F.interpolate(maps, size=(16, 16), mode="bilinear", align_corners=False)
+
+    maps = read(out["biased"]["gate"])
+    assert torch.equal(labels, maps.argmax(1))
+    assert not torch.equal(labels, read(out["gate"]).argmax(1))  # the vanilla gate on both reads another map
+    if reading == "score":
+        positive = maps.clamp_min(0)
+        torch.testing.assert_close(fg, (positive[:, 1:].sum(1) / positive.sum(1).clamp_min(1e-12)).clamp(0, 1))
+    else:
+        torch.testing.assert_close(fg, 1 - torch.softmax(maps, 1)[:, 0])
 
 
 def test_old_config_key_debias_mode_still_works_with_one_warning():

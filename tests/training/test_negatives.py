@@ -195,3 +195,48 @@ def test_audio_only_negatives_never_reach_the_segmentation_loss(tiny, tmp_path, 
     assert len(classifier_calls) == 2 and classifier_calls == seen_frames[:2]  # ratio 1: one negative per frame
     for (presence, rows), n in zip(targets, seen_frames):
         assert presence.shape[0] == 2 * n and rows[n:].all() and (presence[n:] == 0).all()
+
+
+def test_swapped_negatives_play_some_of_the_frames_sources_and_keep_only_their_pixels(tiny):
+    """Counterfactual audio: a frame where two classes sound gets a training clip sounding a strict subset of them;
+    the target keeps those classes' pixels only, and the classifier trains on it (its audio names its target)."""
+    data, cache = tiny
+    dataset = open_split(TrainConfig.from_dict(tiny_config(data, cache)), "train")
+    batch = batch_of(dataset, range(len(dataset)))
+    sampler = NegativeSampler(NegativesSection(ratio=1.0, kinds=["swapped"]), seed=1, audio_kind="logmel")
+    out = sampler.augment(batch, step=0, dataset=dataset)
+    n = batch["frames"].shape[0]
+    swapped = (out["negative_kind"] == NEGATIVE_KINDS.index("swapped")).nonzero().flatten().tolist()
+    assert swapped and min(swapped) >= n
+    for row in swapped:
+        source = next(i for i in range(n) if torch.equal(out["frames"][row], batch["frames"][i]))
+        classes = {int(c) for c in batch["labels"][source].unique().tolist() if c not in (0, 255)}
+        assert len(classes) >= 2
+        donors = [j for j in range(len(dataset)) if any(torch.equal(out["audio"][row], a)
+                                                        for a in dataset.load_audio(j))]
+        heard = dataset.sounding_classes(donors[0])
+        assert donors and heard and heard < classes  # a strict, non-empty subset of the frame's sources
+        kept = batch["labels"][source].clone()
+        kept[~torch.isin(kept, torch.tensor(sorted(heard)))] = 0
+        assert torch.equal(out["labels"][row], kept) and (out["labels"][row] != 0).any()
+    assert classifier_rows(out["annotated"], out)[swapped].all()
+    # a batch with no two-source frame gets no swapped negative (and no error)
+    lone = [i for i in range(len(dataset)) if len(dataset.sounding_classes(i)) == 1][:2]
+    single = batch_of(dataset, lone)
+    assert (sampler.augment(single, step=0, dataset=dataset)["negative_kind"] == -1).all()
+
+
+def test_negatives_that_need_class_labels_are_refused_on_sets_that_cannot_name_them(tmp_path):
+    from coavs.training.negatives import check_dataset
+    from tests.support.datasets import make_ms3, make_s4
+
+    ms3 = open_split(TrainConfig.from_dict(tiny_config(make_ms3(tmp_path / "ms3"), tmp_path / "cache")), "train")
+    with pytest.raises(ConfigError, match="misaligned needs a dataset that says which classes"):
+        check_dataset(NegativesSection(ratio=0.2), ms3)
+    check_dataset(NegativesSection(ratio=0.2, kinds=["silence", "noise"]), ms3)  # these need no labels
+    s4 = open_split(TrainConfig.from_dict(tiny_config(make_s4(tmp_path / "s4"), tmp_path / "cache")), "train")
+    check_dataset(NegativesSection(ratio=0.2), s4)  # S4 names each clip's sound category
+    with pytest.raises(ConfigError, match="swapped needs"):
+        check_dataset(NegativesSection(ratio=0.2, kinds=["swapped"]), s4)  # one source per clip: nothing to swap
+    with pytest.raises(ConfigError, match="cannot hold swapped"):
+        NegativesSection(ratio=0.2, kinds=["swapped"], audio_only=["swapped"])

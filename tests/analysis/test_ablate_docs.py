@@ -1,0 +1,45 @@
+"""``coavs ablate`` as docs/analysis.md describes it (issue 25): the counts of variants and trainings and which
+variants share a training are the plan's, and a finished training is reused whatever variant first needed it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from coavs.analysis.ablate import default_base_config, plan_trainings, select_variants
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "analysis.md"
+
+
+def _plan(tmp_path, names="all"):
+    return plan_trainings(default_base_config(str(tmp_path / "data"), device="cpu"), select_variants(names), 5,
+                          tmp_path / "out")
+
+
+def test_the_documented_counts_are_the_plans(tmp_path):
+    text = DOC.read_text()
+    match = re.search(r"(\d+) variants and (\d+) trainings", text)
+    assert match, "docs/analysis.md must state 'N variants and M trainings'"
+    runs = _plan(tmp_path)
+    assert (int(match.group(1)), int(match.group(2))) == (len(select_variants("all")), len(runs))
+
+
+def test_the_documented_shared_trainings_are_the_plans(tmp_path):
+    text = DOC.read_text()
+    block = text.split("<!-- docs-test: ablation-runs", 1)[1].split("\n\n", 1)[0]
+    documented = {frozenset(re.findall(r"`([^`]+)`", line)) for line in block.splitlines() if " = " in line}
+    shared = {frozenset(v.name for v in run.variants) for run in _plan(tmp_path) if len(run.variants) > 1}
+    assert documented == shared
+
+
+def test_a_finished_training_is_reused_under_another_variant_name(tmp_path):
+    first = [run for run in _plan(tmp_path, "scheme/separate")]
+    assert len(first) == 1 and first[0].run_dir.name.startswith("scheme-separate-")
+    first[0].run_dir.mkdir(parents=True)
+    (first[0].run_dir / "ablation_run.json").write_text(json.dumps({"key": first[0].key, "finished": True}))
+    later = _plan(tmp_path, "strategy/fixed,biased/mute")  # the same training, first needed by another variant
+    assert len(later) == 1 and later[0].key == first[0].key
+    assert later[0].run_dir == first[0].run_dir
+    other = _plan(tmp_path, "strategy/uncertainty")  # another training gets its own folder
+    assert other[0].run_dir.name.startswith("strategy-uncertainty-")
