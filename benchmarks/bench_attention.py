@@ -1,6 +1,7 @@
 """Benchmark of ``masked_cross_attention`` against the ways a Mask2Former decoder computes masked attention.
 
     python -m benchmarks.bench_attention [--quick] [--device cuda] [--dtype float16]
+    python -m benchmarks.bench_attention --work-only   # the plan's work ratios only (no timing, seconds)
 
 Providers, on the same inputs in one run (the mask is built before timing; the baselines compute every query
 and zero the dormant ones, since they cannot skip rows):
@@ -13,10 +14,16 @@ forward and forward+backward; median time, peak extra memory (GPU) and ours' spe
 Masks as Mask2Former's decoder sees them: per query one smooth blob of logits (random centre, radii and
 strength) on a coarse grid, bilinearly upsampled to the keys and thresholded at 0 by build_attention_mask;
 ``visible`` is the mean fraction of keys an active query sees (about 20%).
+Before any timing, ours' forward is checked against sdpa's on the same inputs (float32: 1e-4, float16/bfloat16:
+2e-2); a mismatch is reported as an error row and ours is not timed there.
 On CPU the providers are timed interleaved (one call of each in turn, medians over the rounds), so a busy
 machine slows them alike.
+Work of the block-sparse plan, per (N, active): ``tile_ratio`` = scores the Triton kernels compute (every
+working row of a 16-row tile against every lane of each 64-key block it visits) ÷ visible scores, and
+``cpu_ratio`` = scores the C++ kernel computes (groups of 4 rows against the 16-key sub-patches they see) ÷
+visible scores (issue 22's goal: <= 2; a dense kernel over the active rows is ≈ 1 / visible ≈ 7).
 GPU targets (not tests): >= 2x sdpa and >= 1.3x flex at 20% active; ours' time falling with the fraction.
-CPU targets (issue 13, one thread): >= 1.5x sdpa at 100% active and >= 4x at 20% active, fwd and fwd+bwd.
+CPU targets (issues 13, 22, one thread): >= 1.5x sdpa at 100% active and >= 4x at 20% active, fwd and fwd+bwd.
 A full GPU run compiles FlexAttention once per N (forward and backward): a few minutes; ``--keys`` shortens it.
 """
 
@@ -27,6 +34,8 @@ import torch
 import coavs.ops as ops
 from benchmarks.common import Ratio, Work, base_parser, matmul_flops, measure, report, write_results
 from coavs.ops import reference
+from coavs.ops.attention_plan import plan_statistics
+from coavs.ops.masked_cross_attention import attention_plan, key_map
 
 BATCH, QUERIES, HEADS, HEAD_DIM = 20, 100, 8, 32
 KEY_MAPS = {49: (7, 7), 196: (14, 14), 784: (28, 28), 1024: (32, 32), 4096: (64, 64)}
@@ -108,6 +117,18 @@ def make_inputs(keys, fraction, dtype, device, batch=BATCH, seed=0):
     return qkv, mask, visible, active.to(device)
 
 
+def check_against_sdpa(ours, qkv, visible, active, scale) -> str | None:
+    """None when ours' forward matches sdpa's (the dormant rows zeroed in both), else what differs."""
+    with torch.no_grad():
+        got = ours(*qkv).float()
+        expected = sdpa_attention(*qkv, visible, active, scale).float()
+    tolerance = 1e-4 if qkv[0].dtype in (torch.float32, torch.float64) else 2e-2
+    error = (got - expected).abs().max().item() if got.numel() else 0.0
+    if got.shape == expected.shape and error <= tolerance * (1 + expected.abs().max().item()):
+        return None
+    return f"wrong: max |ours - sdpa| = {error:.3g} (tolerance {tolerance:g})"
+
+
 def _timed(fn, qkv, grad, backward: bool):
     if not backward:
         def step():
@@ -150,6 +171,9 @@ def main(argv=None):
     parser.add_argument("--flex", choices=("auto", "on", "off"), default="auto",
                         help="FlexAttention baseline: auto = on GPU only (it compiles for minutes on a CPU)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--work-only", action="store_true",
+                        help="only the plan's computed/visible score ratios at every N and fraction "
+                             "(attention_work.{json,md}); no timing")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -166,6 +190,9 @@ def main(argv=None):
         keys_list = [int(n) for n in args.keys.split(",")]
     if args.fractions:
         fractions = [float(f) for f in args.fractions.split(",")]
+    if args.work_only:
+        return work_ratios(args, device, [int(n) for n in args.keys.split(",")] if args.keys else list(KEY_MAPS),
+                           [float(f) for f in args.fractions.split(",")] if args.fractions else list(FRACTIONS))
     use_flex = args.flex == "on" or (args.flex == "auto" and device.type == "cuda")
     scale = HEAD_DIM ** -0.5
     rows: list[dict] = []
@@ -173,6 +200,7 @@ def main(argv=None):
         for fraction in fractions:
             qkv, mask, visible, active = make_inputs(keys, fraction, dtype, device, batch)
             seen = visible[active].float().mean().item() if active.any() else 0.0
+            work_done = plan_statistics(attention_plan(mask, active), *key_map(mask))
             grad = torch.randn(qkv[0].shape, device=device, dtype=dtype)
             providers = {
                 "eager": lambda q, k, v: eager_attention(q, k, v, visible, active, scale),
@@ -185,10 +213,17 @@ def main(argv=None):
                 except Exception as exc:  # a baseline that cannot run here is reported, not fatal
                     rows.append({"N": keys, "active": fraction, "provider": "flex", "error": repr(exc)[:80]})
             # last: its row gets the ratios
-            providers["ours"] = lambda q, k, v: ops.masked_cross_attention(q, k, v, mask, active, scale)
+            ours = lambda q, k, v: ops.masked_cross_attention(q, k, v, mask, active, scale)  # noqa: E731
+            wrong = check_against_sdpa(ours, qkv, visible, active, scale)
+            if wrong is None:
+                providers["ours"] = ours
+            else:
+                rows.append({"N": keys, "active": fraction, "provider": "ours", "error": wrong})
             for mode in ("fwd", "fwd+bwd"):
                 steps = {name: _timed(fn, qkv, grad, backward=mode == "fwd+bwd") for name, fn in providers.items()}
-                fields = {"N": keys, "active": fraction, "visible": round(seen, 3), "mode": mode}
+                fields = {"N": keys, "active": fraction, "visible": round(seen, 3), "mode": mode,
+                          "tile_ratio": round(work_done["tile_ratio"], 2),
+                          "cpu_ratio": round(work_done["cpu_ratio"], 2)}
                 ratios = [Ratio(f"x_vs_{name}", name, rows=("ours",)) for name in steps if name != "ours"]
                 rows += measure(steps, device, fields=fields, ratios=ratios, warmup=2, max_rounds=100)
             del qkv, grad
@@ -196,6 +231,26 @@ def main(argv=None):
         write_results(args.out, "attention", device, rows, _header(dtype, batch))
     report(rows, device, args.out, "attention", _header(dtype, batch, _summary(rows, device)),
            lambda row: work(row, batch, dtype))
+    return rows
+
+
+def work_ratios(args, device, keys_list, fractions) -> list[dict]:
+    """Computed ÷ visible scores of the plan at the benchmark masks (B=20), written as ``attention_work``."""
+    rows = []
+    for keys in keys_list:
+        for fraction in fractions:
+            _, mask, visible, active = make_inputs(keys, fraction, torch.float32, device, BATCH)
+            stats = plan_statistics(attention_plan(mask, active), *key_map(mask))
+            rows.append({"N": keys, "key_map": "x".join(map(str, key_map(mask))), "active": fraction,
+                         "visible": round(visible[active].float().mean().item(), 3) if active.any() else 0.0,
+                         "visible_scores": stats["visible_scores"], "tile_ratio": round(stats["tile_ratio"], 2),
+                         "cpu_ratio": round(stats["cpu_ratio"], 2)})
+            print(rows[-1])
+    notes = (f"B={BATCH}, Q={QUERIES}, one blob per query. tile_ratio: scores the Triton kernels compute (16-row "
+             "tiles x 64-key blocks) / visible scores of the working rows; cpu_ratio: the C++ kernel (4-row groups "
+             "x 16-key sub-patches) / visible scores. Goal (issue 22): <= 2.")
+    if args.out:
+        write_results(args.out, "attention_work", device, rows, notes)
     return rows
 
 
@@ -209,9 +264,13 @@ def _summary(rows, device) -> str:
     lines = []
     ours = [r for r in rows if r["provider"] == "ours" and "median_ms" in r]
     for r in ours:
-        if abs(r["active"] - 0.2) < 1e-9:
+        if r["mode"] == "fwd":
+            lines.append(f"N={r['N']} active={r['active']:g}: computed/visible scores {r['tile_ratio']:.2f} (Triton "
+                         f"tiles), {r['cpu_ratio']:.2f} (C++ groups)")
+    for r in ours:
+        if abs(r["active"] - 0.2) < 1e-9 or abs(r["active"] - 1.0) < 1e-9:
             parts = [f"{k[5:]} {v:.2f}x" for k, v in r.items() if k.startswith("x_vs_")]
-            lines.append(f"N={r['N']} {r['mode']} at 20% active: ours vs " + ", ".join(parts))
+            lines.append(f"N={r['N']} {r['mode']} at {r['active']:.0%} active: ours vs " + ", ".join(parts))
     for keys in sorted({r["N"] for r in ours}):
         for mode in ("fwd", "fwd+bwd"):
             series = sorted((r["active"], r["median_ms"]) for r in ours if r["N"] == keys and r["mode"] == mode)

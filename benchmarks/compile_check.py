@@ -40,7 +40,8 @@ ARCHS = (80, 90)
 # Largest dynamic shared memory one block may use (opt-in), bytes: A100 163 KiB, H100/H200 227 KiB.
 SMEM_PER_BLOCK = {80: 163 * 1024, 90: 227 * 1024}
 KERNEL_MODULES = ("coavs.kernels.debias_logits", "coavs.kernels.assign_queries", "coavs.kernels.matching_cost",
-                  "coavs.kernels.semantic_inference", "coavs.kernels.masked_cross_attention")
+                  "coavs.kernels.semantic_inference", "coavs.kernels.masked_cross_attention",
+                  "coavs.kernels.masked_cross_attention_plan")
 FLOATS = ("float32", "bfloat16", "float16")
 
 
@@ -181,26 +182,36 @@ def _semantic_cases():
 
 def _attention_cases():
     from coavs.kernels import masked_cross_attention as k
-    # (B, h, Q, N, dh): N=49 one key block (no split), N=4096 eight splits; dh from tiny to the 256 maximum.
-    shapes = {"tiny": (1, 1, 1, 1, 1), "odd": (3, 2, 7, 100, 24), "bench-49": (20, 8, 100, 49, 32),
-              "bench-4096": (20, 8, 100, 4096, 32), "dh64": (2, 2, 16, 784, 64), "dh128": (2, 2, 16, 784, 128),
-              "dh256": (2, 2, 16, 4096, 256)}
-    for dtype, (name, (b, h, q, n, dh)), backward, tuned in itertools.product(
-            FLOATS, shapes.items(), (False, True), (False, True)):
+    from coavs.kernels import masked_cross_attention_plan as plan_kernels
+    # (B, h, Q, (H, W), dh): one key; a map that is not a multiple of the patch; the benchmark maps (N = 49 and
+    # 4096, one head per program at B=2); dh from tiny to the 256 maximum. The plan kernels run once per shape.
+    shapes = {"tiny": (1, 1, 1, (1, 1), 1), "odd": (3, 2, 7, (10, 10), 24), "bench-49": (20, 8, 100, (7, 7), 32),
+              "bench-4096": (20, 8, 100, (64, 64), 32), "strip": (2, 2, 33, (1, 130), 16),
+              "dh64": (2, 2, 16, (28, 28), 64), "dh128": (2, 2, 16, (28, 28), 128),
+              "dh256": (2, 2, 16, (64, 64), 256)}
+    for name, (b, h, q, (height, width), dh) in shapes.items():
+        if FULL or name not in FULL_ONLY_SHAPES:
+            yield f"plan {name}", lambda b=b, q=q, height=height, width=width: plan_kernels.attention_plan(
+                _t((b, q, -(-height * width // 32)), "int32"), _t((b, q), "bool"), height, width, 16)
+    for dtype, (name, (b, h, q, (height, width), dh)), backward, tuned in itertools.product(
+            FLOATS, shapes.items(), (False, True), (False, True)):  # float64 runs the reference on a GPU
         if not FULL and (name in FULL_ONLY_SHAPES or (tuned and name not in TUNED_SHAPES)):
             continue
         label = f"{dtype} {name} backward={backward} {'autotune' if tuned else 'default'}"
 
-        def call(b=b, h=h, q=q, n=n, dh=dh, backward=backward, tuned=tuned, dtype=dtype):
-            blocks = -(-n // k.BLOCK_N)
-            args = (_t((b, h, q, dh), dtype), _t((b, h, n, dh), dtype), _t((b, h, n, dh), dtype),
-                    _t((b, q, -(-n // 32)), "int32"), _t((b, q, blocks), "bool"), _t((b, q), "bool"))
+        def call(b=b, h=h, q=q, height=height, width=width, dh=dh, backward=backward, tuned=tuned, dtype=dtype):
+            n = height * width
+            ph, pw = plan_kernels.patch_shape(height, width)
+            blocks, tiles = -(-height // ph) * -(-width // pw), -(-q // 16)
+            plan = (_t((b, q, blocks), "int64"), _t((b, q), "int32"), _t((b,), "int32"), _t((b, tiles, 2), "int32"),
+                    _t((b, tiles, blocks), "int32"), _t((b, blocks, 2), "int32"), _t((b, blocks, tiles), "int32"))
+            qq, kk, vv = _t((b, h, q, dh), dtype), _t((b, h, n, dh), dtype), _t((b, h, n, dh), dtype)
+            acc = "float64" if dtype == "float64" else "float32"
             os.environ["COAVS_TRITON_AUTOTUNE"] = "1" if tuned else "0"
             if backward:
-                qq, kk, vv, bits, occ, act = args
-                return k.masked_cross_attention_backward(qq, qq, kk, vv, qq, _t((b, h, q), "float32"), bits, occ,
-                                                         act, dh ** -0.5)
-            return k.masked_cross_attention_forward(*args, dh ** -0.5)
+                return k.masked_cross_attention_backward(qq, qq, kk, vv, qq, _t((b, h, q), acc), *plan, dh ** -0.5,
+                                                         height, width, 16)
+            return k.masked_cross_attention_forward(qq, kk, vv, *plan, dh ** -0.5, height, width, 16)
         yield label, call
 
 

@@ -52,11 +52,19 @@ TORCH_LIBRARY(coavs_C, m) {
       " Tensor foreground, int height, int width, float alpha, bool uncertainty, bool mask_debias, bool overall,"
       " int reduce) -> Tensor");
 
-  // masked_cross_attention (CPU): attention over the keys a bit mask lets through, and its backward.
+  // masked_attention_plan (CPU): the block-sparse plan of masked_cross_attention (coavs/ops/attention_plan.py).
   m.def(
-      "masked_cross_attention(Tensor q, Tensor k, Tensor v, Tensor mask_bits, Tensor block_occupancy,"
-      " Tensor active, float scale) -> (Tensor, Tensor)");
+      "masked_attention_plan(Tensor bits, Tensor active, int height, int width, int rows_per_tile)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // masked_cross_attention (CPU): attention over the keys the plan's block bits let through, and its backward.
+  m.def(
+      "masked_cross_attention(Tensor q, Tensor k, Tensor v, Tensor block_bits, Tensor row_order, Tensor row_count,"
+      " Tensor tile_counts, Tensor tile_blocks, Tensor block_counts, Tensor block_tiles, float scale, int height,"
+      " int width, int rows_per_tile) -> (Tensor, Tensor)");
   m.def(
       "masked_cross_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
-      " Tensor mask_bits, Tensor block_occupancy, Tensor active, float scale) -> (Tensor, Tensor, Tensor)");
+      " Tensor block_bits, Tensor row_order, Tensor row_count, Tensor tile_counts, Tensor tile_blocks,"
+      " Tensor block_counts, Tensor block_tiles, float scale, int height, int width, int rows_per_tile)"
+      " -> (Tensor, Tensor, Tensor)");
 }

@@ -49,7 +49,14 @@ def test_dry_run_of_the_whole_script(tmp_path):
     assert ("semantic_inference", "torch.compile") in checked
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
+        attention = [n for n in names if n.endswith("/attention.json")]
+        assert attention, names
+        attention_rows = json.loads(tar.extractfile(attention[0]).read())["rows"]
     assert "results/measurements.jsonl" in names and "results/summary.md" in names
+    # the attention step ran with the GPU run's flags: ours matched SDPA (no error row) and was timed
+    ours = [r for r in attention_rows if r["provider"] == "ours"]
+    assert ours and all("median_ms" in r and "error" not in r for r in ours), ours
+    assert {r["active"] for r in ours} == {0.2, 1.0} and {r["N"] for r in ours} == {49}
 
 
 def _settings(seconds=60.0):

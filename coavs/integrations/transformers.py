@@ -21,6 +21,9 @@ which). Differences that remain: float rounding, and the attention weights it re
 
 Calls it cannot serve exactly run PyTorch's own attention unchanged: attention dropout while training, a
 ``key_padding_mask``, a float (additive) ``attn_mask``, a mask that differs between heads, ``is_causal``.
+Whether the heads share the mask is one comparison on the device and one host read per call (none of the
+B·(h−1) per-head ``torch.equal`` syncs it used to make); under ``torch.compile`` it is a ``torch.cond`` of the two
+paths, so the graph does not break.
 A row with no visible key sees every key (Mask2Former's rule; PyTorch alone would return NaN for it).
 """
 
@@ -52,6 +55,22 @@ class MaskedCrossAttention(nn.MultiheadAttention):
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                                    attn_mask=attn_mask, average_attn_weights=average_attn_weights,
                                    is_causal=is_causal)
+        if attn_mask is None:
+            return self._coavs_attention(query, key, value, None), None
+        shared = self._heads_share_mask(attn_mask)
+        if torch.compiler.is_compiling():
+            # both branches in the graph, one taken at run time: no graph break, one host read per call
+            out = torch.cond(shared, lambda *x: self._coavs_attention(*x).contiguous(),
+                             lambda *x: self._torch_attention(*x).contiguous(), (query, key, value, attn_mask))
+            return out, None
+        if bool(shared):  # the one host read of the call
+            return self._coavs_attention(query, key, value, attn_mask), None
+        return super().forward(query, key, value, need_weights=need_weights, attn_mask=attn_mask,
+                               average_attn_weights=average_attn_weights)
+
+    def _coavs_attention(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """The attention output ``[L, B, E]`` (``[B, L, E]`` when batch-first) by ``masked_cross_attention``, with
+        the mask of the first head (``attn_mask`` True = masked, ``[B·h, Q, N]``)."""
         if not self.batch_first:  # [L, B, E] → [B, L, E]
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         batch, queries, _ = query.shape
@@ -67,13 +86,28 @@ class MaskedCrossAttention(nn.MultiheadAttention):
         if attn_mask is not None:
             visible = ~attn_mask.reshape(batch, heads, queries, -1)[:, 0]
             visible = visible | ~visible.any(-1, keepdim=True)  # Mask2Former: a row that sees nothing sees all
-            mask = pack_rows(visible)
+            size = getattr(self, "key_map_size", None)  # set by accelerate()'s hook on the decoder
+            mask = pack_rows(visible, size if size is not None and size[0] * size[1] == key.shape[1] else None)
         out = masked_cross_attention(q, k, v, mask, scale=head_dim ** -0.5)  # [B, h, Q, dh]
         out = self.out_proj(out.transpose(1, 2).flatten(2))
-        return (out if self.batch_first else out.transpose(0, 1)), None
+        return out if self.batch_first else out.transpose(0, 1)
+
+    def _torch_attention(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor) -> Tensor:
+        """PyTorch's own attention output (for a mask that differs between heads)."""
+        return nn.MultiheadAttention.forward(self, query, key, value, need_weights=False, attn_mask=attn_mask)[0]
+
+    def _heads_share_mask(self, attn_mask: Tensor) -> Tensor:
+        """A 0-d bool tensor: every head's ``[Q, N]`` mask equals the first head's (transformers repeats one mask
+        per head). One comparison over all heads, no host read; 8 bytes at a time when they fit."""
+        per_head = attn_mask.reshape(-1, self.num_heads, attn_mask.shape[-2] * attn_mask.shape[-1])
+        if (not torch.compiler.is_compiling() and per_head.shape[-1] % 8 == 0 and per_head.is_contiguous()
+                and per_head.storage_offset() % 8 == 0):
+            per_head = per_head.view(torch.int64)
+        return (per_head == per_head[:, :1]).all()
 
     def _served(self, query, key, value, key_padding_mask, attn_mask, is_causal) -> bool:
-        """Whether this call is one the coavs op computes exactly as ``nn.MultiheadAttention`` would."""
+        """Whether the call's *kind* is one the coavs op computes as ``nn.MultiheadAttention`` would (shapes,
+        dtypes and flags only; whether the heads share the mask is decided in :meth:`forward`)."""
         if key_padding_mask is not None or is_causal or (self.training and self.dropout > 0.0):
             return False
         if query.dim() != 3 or key.shape != value.shape or key.dim() != 3:
@@ -84,23 +118,17 @@ class MaskedCrossAttention(nn.MultiheadAttention):
             return False
         batch = query.shape[0 if self.batch_first else 1]
         queries, keys = query.shape[1 if self.batch_first else 0], key.shape[1 if self.batch_first else 0]
-        if attn_mask.shape != (batch * self.num_heads, queries, keys):
-            return False
-        # transformers repeats one mask for every head: compare the heads' [Q·N] bytes, 8 at a time when they fit
-        per_head = attn_mask.reshape(batch, self.num_heads, queries * keys)
-        if (queries * keys) % 8 == 0 and per_head.is_contiguous() and per_head.storage_offset() % 8 == 0:
-            per_head = per_head.view(torch.int64)
-        return all(torch.equal(per_head[b, h], per_head[b, 0])
-                   for b in range(batch) for h in range(1, self.num_heads))
+        return attn_mask.shape == (batch * self.num_heads, queries, keys)
 
 
 _BIT_OF_BYTE = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-def pack_rows(visible: Tensor) -> AttentionMask:
+def pack_rows(visible: Tensor, size: tuple[int, int] | None = None) -> AttentionMask:
     """``visible [B,Q,N]`` bool → the :class:`~coavs.ops.AttentionMask` that ``pack_visibility`` gives, several
     times faster: eight keys → one byte (bit ``i`` = key ``8j + i``), four bytes → one int32 word and eight → one
-    occupancy flag, by reinterpreting the bytes (little-endian, as every platform torch ships for)."""
+    occupancy flag, by reinterpreting the bytes (little-endian, as every platform torch ships for). ``size``: the
+    ``(H, W)`` of the keys, when known (better key blocks; the same result)."""
     batch, queries, keys = visible.shape
     blocks = -(-keys // OCCUPANCY_BLOCK)
     padded = F.pad(visible, (0, blocks * OCCUPANCY_BLOCK - keys)) if keys % OCCUPANCY_BLOCK else visible
@@ -108,15 +136,28 @@ def pack_rows(visible: Tensor) -> AttentionMask:
     packed = (padded.reshape(batch, queries, -1, 8).view(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
     bits = packed.view(torch.int32)[..., : -(-keys // BITS_PER_WORD)].contiguous()
     occupancy = (packed.view(torch.int64) != 0).to(torch.uint8)
-    return AttentionMask(bits, occupancy, keys)
+    return AttentionMask(bits, occupancy, keys, size)
 
 
-def _decoder_layer_class():
+def _decoder_classes():
     try:
         from transformers.models.mask2former import modeling_mask2former
     except ImportError as exc:
         raise ImportError(f"{_INSTALL_HINT} ({exc})") from None
-    return modeling_mask2former.Mask2FormerMaskedAttentionDecoderLayer
+    return (modeling_mask2former.Mask2FormerMaskedAttentionDecoderLayer,
+            modeling_mask2former.Mask2FormerMaskedAttentionDecoder)
+
+
+def _record_key_maps(decoder: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of the decoder: tells each layer's cross-attention the ``(H, W)`` of its feature level
+    (layer ``i`` attends to level ``i % num_feature_levels``), so that its keys are blocked as image patches."""
+    sizes = kwargs.get("feature_size_list", args[5] if len(args) > 5 else None)
+    if not sizes:
+        return
+    for index, layer in enumerate(decoder.layers):
+        if type(layer.cross_attn) is MaskedCrossAttention:
+            size = sizes[index % decoder.num_feature_levels]
+            layer.cross_attn.key_map_size = (int(size[0]), int(size[1]))
 
 
 def _check_supported(name: str, attention: nn.Module) -> None:
@@ -147,7 +188,7 @@ def accelerate(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"accelerate() takes a transformers Mask2Former model (an nn.Module), got "
                         f"{type(model).__name__}")
-    layer_cls = _decoder_layer_class()
+    layer_cls, decoder_cls = _decoder_classes()
     layers = [(name, module) for name, module in model.named_modules() if isinstance(module, layer_cls)]
     if not layers:
         raise TypeError(f"accelerate() supports transformers' Mask2Former models (Mask2FormerForUniversalSegmentation, "
@@ -156,6 +197,9 @@ def accelerate(model: nn.Module) -> nn.Module:
         _check_supported(f"{name}.cross_attn", layer.cross_attn)
     for _, layer in layers:
         layer.cross_attn.__class__ = MaskedCrossAttention
+    for decoder in model.modules():
+        if isinstance(decoder, decoder_cls) and not hasattr(decoder, "_coavs_key_map_hook"):
+            decoder._coavs_key_map_hook = decoder.register_forward_pre_hook(_record_key_maps, with_kwargs=True)
     return model
 
 
@@ -164,4 +208,8 @@ def restore(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if type(module) is MaskedCrossAttention:
             module.__class__ = nn.MultiheadAttention
+            module.__dict__.pop("key_map_size", None)
+        hook = module.__dict__.pop("_coavs_key_map_hook", None)
+        if hook is not None:
+            hook.remove()
     return model

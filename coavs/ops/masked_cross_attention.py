@@ -1,20 +1,26 @@
 """``masked_cross_attention``: Mask2Former masked attention over active queries only (docs/design.md, op 3).
 
 ``build_attention_mask`` turns the previous layer's mask logits into an :class:`AttentionMask` (one bit per
-query and key, shared by all heads, plus per-block occupancy); ``masked_cross_attention`` attends each active
-query to its visible keys. No backend materialises a ``[B,h,Q,N]`` tensor except ``reference``, the definition.
+query and key, shared by all heads, and the ``(H, W)`` of the key map); ``masked_cross_attention`` attends each
+active query to its visible keys. Every call first builds a block-sparse plan from the mask bits and ``active``
+(:mod:`coavs.ops.attention_plan`: key blocks are 8×8 spatial patches, rows in tiles of 16 ordered by their
+mask) that the forward and the backward share. No backend materialises ``[B,h,Q,N]`` except ``reference``.
 
-Backends:
-  reference  dense PyTorch (materialises ``[B,h,Q,N]``; the definition the others are tested against)
-  native     CPU, the coavs C++ kernel (csrc/cpu/masked_attention_cpu.cpp): at::parallel_for over (b, h); each
-             active row walks only the 64-key blocks it sees, online softmax in float32 (float64 for float64),
-             vectorised (AVX-512 / AVX2 / baseline chosen at run time), value and gradient updates over the
-             visible keys' bits only; the backward recomputes the probabilities from the saved log-sum-exp.
-             Reads q, k, v with any strides. benchmarks/bench_attention.py measures it against SDPA and eager.
-  triton     Triton kernels over compacted active rows with empty-block skipping (kernels/masked_cross_attention.py:
-             forward with the key range split over programs plus a combine, and one backward kernel per key
-             block giving dk, dv and, by atomic adds, dq); float64 inputs, which Triton's dot does not take,
-             run a key-chunked pure-PyTorch path (``_chunked_forward``) on the same device instead
+Backends (the plan's and the attention's alike):
+  reference  dense PyTorch (coavs/ops/reference.py: the definition, and the non-finite policy)
+  native     CPU, the coavs C++ kernels (csrc/cpu/masked_attention_plan_cpu.cpp, masked_attention_cpu.cpp):
+             per (b, h) key blocks outermost, their rows four at a time through vectorised micro-kernels
+             (AVX-512 / AVX2 / baseline at run time), each group against the 16-key sub-patches it sees
+  triton     Triton kernels (kernels/masked_cross_attention_plan.py, kernels/masked_cross_attention.py): plan in
+             2 launches, forward 1 launch (one program per (sample, row tile, head group)), backward 2 launches
+             (a dq pass over row tiles, then a dk/dv pass over key blocks); float64 on a GPU runs the dense
+             reference on the plan (its compiled tiles spill), under the interpreter the kernels
+
+Launches per call on a GPU (triton): forward 3 (plan rows, plan lists, attention), backward 2; no host sync in
+either (the grids depend on shapes only; empty tiles exit at once).
+
+Non-finite inputs: see :func:`coavs.ops.reference.masked_attention_forward` (a NaN or Inf in q, k or v, or an
+overflow, makes the rows that see it NaN in the output and in every gradient they reach, and nothing else).
 """
 
 from __future__ import annotations
@@ -28,31 +34,37 @@ from torch import Tensor
 
 from coavs import _native
 from coavs.ops import _dispatch, reference
+# unpack_bits is also public here: the inverse of pack_visibility
+from coavs.ops.attention_plan import (BITS_PER_WORD, AttentionPlan, ROWS_PER_TILE, build_plan, key_slots, unpack_bits,
+                                     unpack_lanes)
 
-BITS_PER_WORD = 32
-OCCUPANCY_BLOCK = 64  # keys per occupancy flag; the Triton kernels' key block
-CHUNK_ELEMENTS = 1 << 20  # the key-chunked path keeps one sample's score chunk [h,Q_active,C] under this size
+OCCUPANCY_BLOCK = 64  # keys per occupancy flag (row-major blocks of the key index)
 
 
 class AttentionMask(NamedTuple):
     """Which keys each query may attend to, shared by every head.
 
-    ``bits``: ``[B,Q,ceil(N/32)] int32``, bit ``n % 32`` of word ``n // 32`` set when key ``n`` is visible (bits
-    past ``N`` are zero). ``occupancy``: ``[B,Q,ceil(N/64)] uint8``, 1 when block ``n // 64`` has a visible key.
-    ``num_keys``: ``N``. From :func:`build_attention_mask` every row has a visible key (a row that saw none
-    sees all); a hand-packed row without one (:func:`pack_visibility`) gives a zero output row.
+    ``bits``: ``[B,Q,ceil(N/32)] int32``, bit ``n % 32`` of word ``n // 32`` set when key ``n`` is visible.
+    ``occupancy``: ``[B,Q,ceil(N/64)] uint8``, 1 when the row-major block ``n // 64`` has a visible key (for
+    inspection; the kernels derive what they need from ``bits``). ``num_keys``: ``N``. ``size``: the ``(H, W)``
+    of the key map (``H·W = N``, key ``n = y·W + x``), or None for ``(1, N)``; it only decides how keys are
+    grouped into blocks, never the result. Bits past ``N`` are ignored. From :func:`build_attention_mask`
+    every row has a visible key (a row that saw none sees all); a hand-packed row without one
+    (:func:`pack_visibility`) gives a zero output row.
     """
 
     bits: Tensor
     occupancy: Tensor
     num_keys: int
+    size: tuple[int, int] | None = None
 
 
 # ---------------------------------------------------------------------------------------------- mask packing
-def pack_visibility(visible: Tensor) -> AttentionMask:
+def pack_visibility(visible: Tensor, size: tuple[int, int] | None = None) -> AttentionMask:
     """Packs a boolean ``visible [B,Q,N]`` into an :class:`AttentionMask` (plain, traceable PyTorch ops).
 
     Rows are taken as given: apply the "no visible key → all visible" rule before packing if you want it.
+    ``size``: the ``(H, W)`` of the key map, if the keys are one (better blocks; same result).
     """
     if not isinstance(visible, Tensor) or visible.dtype != torch.bool or visible.dim() != 3:
         raise TypeError("visible must be a bool tensor [B,Q,N]")
@@ -70,14 +82,7 @@ def pack_visibility(visible: Tensor) -> AttentionMask:
     bits = torch.where(unsigned >= 2**31, unsigned - 2**32, unsigned).to(torch.int32)
     # amax, not any: any() of a uint8 tensor is uint8 in eager but bool under inductor.
     occupancy = padded.reshape(batch, queries, blocks, OCCUPANCY_BLOCK).amax(-1)
-    return AttentionMask(bits, occupancy, keys)
-
-
-def unpack_bits(bits: Tensor, num_keys: int) -> Tensor:
-    """``[B,Q,W] int32`` words → ``[B,Q,num_keys]`` bool (the inverse of :func:`pack_visibility`)."""
-    shifts = torch.arange(BITS_PER_WORD, dtype=torch.int32, device=bits.device)
-    expanded = torch.bitwise_and(torch.bitwise_right_shift(bits[..., None], shifts), 1).bool()
-    return expanded.flatten(-2)[..., :num_keys]
+    return AttentionMask(bits, occupancy, keys, _checked_size(size, keys))
 
 
 def build_attention_mask(mask_logits: Tensor, size: tuple[int, int]) -> AttentionMask:
@@ -104,17 +109,38 @@ def build_attention_mask(mask_logits: Tensor, size: tuple[int, int]) -> Attentio
         raise ValueError(f"size must be positive, got {tuple(size)}")
     if mask_logits.shape[2] < 1 or mask_logits.shape[3] < 1:
         raise ValueError(f"mask_logits must have a non-empty spatial size, got {tuple(mask_logits.shape)}")
+    key_map = (int(size[0]), int(size[1]))
     if mask_logits.shape[0] == 0 or mask_logits.shape[1] == 0:  # no query (F.interpolate rejects B or Q = 0)
-        keys = int(size[0]) * int(size[1])
-        return pack_visibility(torch.zeros(*mask_logits.shape[:2], keys, dtype=torch.bool, device=mask_logits.device))
+        empty = torch.zeros(*mask_logits.shape[:2], key_map[0] * key_map[1], dtype=torch.bool,
+                            device=mask_logits.device)
+        return pack_visibility(empty, key_map)
     with torch.no_grad():
-        visible = reference.attention_visibility(mask_logits.detach(), (int(size[0]), int(size[1])))
-        return pack_visibility(visible)
+        visible = reference.attention_visibility(mask_logits.detach(), key_map)
+        return pack_visibility(visible, key_map)
 
 
-def all_visible_mask(batch: int, queries: int, num_keys: int, device) -> AttentionMask:
-    """A mask in which every query sees every key."""
-    return pack_visibility(torch.ones(batch, queries, num_keys, dtype=torch.bool, device=device))
+def all_visible_mask(batch: int, queries: int, num_keys: int, device, size=None) -> AttentionMask:
+    """A mask in which every query sees every key (every bit set: bits past ``N`` are ignored)."""
+    words, blocks = -(-num_keys // BITS_PER_WORD), -(-num_keys // OCCUPANCY_BLOCK)
+    return AttentionMask(torch.full((batch, queries, words), -1, dtype=torch.int32, device=device),
+                         torch.ones(batch, queries, blocks, dtype=torch.uint8, device=device), num_keys,
+                         _checked_size(size, num_keys))
+
+
+def _checked_size(size, keys: int) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in size)):
+        raise TypeError(f"size must be None or a pair of ints (H, W), got {size!r}")
+    if size[0] < 1 or size[1] < 1 or size[0] * size[1] != keys:
+        raise ValueError(f"size {tuple(size)} must be positive with H·W = N = {keys}")
+    return int(size[0]), int(size[1])
+
+
+def key_map(mask: AttentionMask) -> tuple[int, int]:
+    """The ``(H, W)`` the mask's keys are blocked by: its ``size``, or ``(1, N)``."""
+    return mask.size if mask.size is not None else (1, mask.num_keys)
 
 
 # ------------------------------------------------------------------------------------------------ backends
@@ -122,158 +148,59 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _working_visibility(bits, keys, active):
-    """``(seen [B,Q,N], works [B,Q])``: a row without a visible key sees every key in ``seen`` (finite softmax)
-    and does no work (zero output and gradient), like a dormant row."""
-    visible = unpack_bits(bits, keys)
-    any_key = visible.any(-1)
-    return visible | ~any_key[..., None], any_key & active
+def plan_visibility(block_bits: Tensor, row_order: Tensor, row_count: Tensor, height: int,
+                    width: int) -> tuple[Tensor, Tensor]:
+    """``(visible [B,Q,N], works [B,Q])`` as the plan holds them (the reference backend reads nothing else)."""
+    visible = unpack_lanes(block_bits).flatten(-2)[..., key_slots(height, width, block_bits.device)]
+    batch, queries = row_order.shape
+    position = torch.arange(queries, device=row_order.device).expand(batch, queries)
+    works = torch.zeros(batch, queries, dtype=torch.bool, device=row_order.device)
+    works = works.scatter(1, row_order.long(), position < row_count[:, None].long())
+    return visible, works
 
 
-def _reference_forward(q, k, v, bits, occupancy, active, scale):
-    visible = unpack_bits(bits, k.shape[2])
-    out = reference.masked_cross_attention(q, k, v, visible, active, scale)
-    acc = _accumulation_dtype(q.dtype)
-    seen, works = _working_visibility(bits, k.shape[2], active)
-    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
-    lse = scores.masked_fill(~seen[:, None], float("-inf")).logsumexp(-1)
-    lse = torch.where(works[:, None, :], lse, torch.zeros((), dtype=acc, device=q.device))
-    return out, lse
+def _reference_forward(q, k, v, block_bits, row_order, row_count, tile_counts, tile_blocks, block_counts,
+                       block_tiles, scale, height, width, rows_per_tile):
+    visible, works = plan_visibility(block_bits, row_order, row_count, height, width)
+    return reference.masked_attention_forward(q, k, v, visible, works, scale)
 
 
-def _reference_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale):
-    """Dense gradients: ``dv = Pᵀ·g``, ``dS = P∘(g·vᵀ − rowsum(g∘o))``, ``dq = s·dS·k``, ``dk = s·dSᵀ·q``."""
-    acc = _accumulation_dtype(q.dtype)
-    seen, works = _working_visibility(bits, k.shape[2], active)
-    q32, k32, v32 = q.to(acc), k.to(acc), v.to(acc)
-    scores = torch.matmul(q32, k32.transpose(-1, -2)) * scale
-    probs = torch.softmax(scores.masked_fill(~seen[:, None], float("-inf")), dim=-1)
-    g = torch.where(works[:, None, :, None], grad_out.to(acc), torch.zeros((), dtype=acc, device=q.device))
-    dv = torch.matmul(probs.transpose(-1, -2), g)
-    dp = torch.matmul(g, v32.transpose(-1, -2))
-    ds = probs * (dp - (dp * probs).sum(-1, keepdim=True))
-    dq = torch.matmul(ds, k32) * scale
-    dk = torch.matmul(ds.transpose(-1, -2), q32) * scale
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+def _reference_backward(grad_out, q, k, v, out, lse, block_bits, row_order, row_count, tile_counts, tile_blocks,
+                        block_counts, block_tiles, scale, height, width, rows_per_tile):
+    visible, works = plan_visibility(block_bits, row_order, row_count, height, width)
+    return reference.masked_attention_backward(grad_out, q, k, v, out, lse, visible, works, scale)
 
 
-def _key_chunks(num_keys: int, occupied_blocks: list[bool], rows: int, heads: int):
-    """Key ranges ``[start, stop)`` (starts multiple of 64) of at most ``CHUNK_ELEMENTS / (heads·rows)`` keys,
-    leaving out those in which no row has a visible key (``occupied_blocks``: one flag per block of 64)."""
-    per_chunk = max(1, CHUNK_ELEMENTS // max(1, heads * rows * OCCUPANCY_BLOCK))
-    chunk = per_chunk * OCCUPANCY_BLOCK
-    for start in range(0, num_keys, chunk):
-        stop = min(start + chunk, num_keys)
-        if any(occupied_blocks[start // OCCUPANCY_BLOCK: -(-stop // OCCUPANCY_BLOCK)]):
-            yield start, stop
+def _native_forward(*args):
+    return tuple(torch.ops.coavs_C.masked_cross_attention(*args))
 
 
-def _sample_rows(bits: Tensor, occupancy: Tensor, active: Tensor, b: int):
-    """The rows of sample ``b`` that do work: active queries with a visible key (a hand-packed mask may have a
-    row without one; its output is zero). Returns their indices, their mask words, and which key blocks any
-    of them sees (one flag per block of 64)."""
-    row_blocks = occupancy[b].bool()
-    index = torch.nonzero(active[b] & row_blocks.any(-1)).flatten()
-    occupied = row_blocks.index_select(0, index).any(0).tolist() if index.numel() else []
-    return index, bits[b].index_select(0, index), occupied
+def _native_backward(*args):
+    return tuple(torch.ops.coavs_C.masked_cross_attention_backward(*args))
 
 
-def _native_forward(q, k, v, bits, occupancy, active, scale):
-    return tuple(torch.ops.coavs_C.masked_cross_attention(q, k, v, bits, occupancy, active, scale))
-
-
-def _native_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale):
-    return tuple(torch.ops.coavs_C.masked_cross_attention_backward(grad_out, q, k, v, out, lse, bits, occupancy,
-                                                                   active, scale))
-
-
-def _chunk_scores(q_rows: Tensor, k_sample: Tensor, bits_rows: Tensor, start: int, stop: int) -> Tensor:
-    """Masked scores ``[h, rows, stop − start]`` of (pre-scaled) rows ``q_rows [h, rows, dh]`` against keys
-    ``[start, stop)`` of ``k_sample [h, N, dh]``; invisible keys get −inf."""
-    scores = torch.matmul(q_rows, k_sample[:, start:stop].to(q_rows.dtype).transpose(-1, -2))
-    words = bits_rows[:, start // BITS_PER_WORD: -(-stop // BITS_PER_WORD)]
-    visible = unpack_bits(words, stop - start)
-    return scores.masked_fill_(~visible, float("-inf"))
-
-
-def _chunked_forward(q, k, v, bits, occupancy, active, scale):
-    """Per sample, its active rows only, over key chunks with an online softmax; memory ``O(h·Q·chunk)``."""
-    batch, heads, queries, _ = q.shape
-    acc = _accumulation_dtype(q.dtype)
-    out = torch.zeros(q.shape[:3] + (v.shape[3],), dtype=q.dtype, device=q.device)
-    lse = torch.zeros(q.shape[:3], dtype=acc, device=q.device)
-    for b in range(batch):
-        index, bits_rows, occupied = _sample_rows(bits, occupancy, active, b)
-        if index.numel() == 0:
-            continue
-        q_rows = q[b].index_select(1, index).to(acc) * scale
-        row_max = torch.full(q_rows.shape[:2], float("-inf"), dtype=acc, device=q.device)
-        row_sum = torch.zeros(q_rows.shape[:2], dtype=acc, device=q.device)
-        out_rows = torch.zeros(q_rows.shape[:2] + (v.shape[3],), dtype=acc, device=q.device)
-        for start, stop in _key_chunks(k.shape[2], occupied, index.numel(), heads):
-            probs = _chunk_scores(q_rows, k[b], bits_rows, start, stop)
-            new_max = torch.maximum(row_max, probs.amax(-1))
-            shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
-            probs = probs.sub_(shift[..., None]).exp_()
-            correction = torch.exp(row_max - shift)
-            row_sum = row_sum * correction + probs.sum(-1)
-            out_rows = out_rows * correction[..., None] + torch.matmul(probs, v[b, :, start:stop].to(acc))
-            row_max = new_max
-        # every row sees a key (the all-masked rule), so row_sum > 0 for rows built by build_attention_mask
-        seen = row_sum > 0
-        safe_sum = torch.where(seen, row_sum, torch.ones_like(row_sum))
-        out[b, :, index] = (out_rows / safe_sum[..., None]).to(q.dtype)
-        lse[b, :, index] = torch.where(seen, row_max + torch.log(safe_sum), torch.zeros_like(row_sum))
-    return out, lse
-
-
-def _chunked_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale):
-    """Gradients per sample and key chunk, recomputing the probabilities from the saved log-sum-exp."""
-    batch, heads, queries, _ = q.shape
-    acc = _accumulation_dtype(q.dtype)
-    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
-    for b in range(batch):
-        index, bits_rows, occupied = _sample_rows(bits, occupancy, active, b)
-        if index.numel() == 0:
-            continue
-        q_rows = q[b].index_select(1, index).to(acc)
-        q_scaled = q_rows * scale
-        g_rows = grad_out[b].index_select(1, index).to(acc)
-        delta = (g_rows * out[b].index_select(1, index).to(acc)).sum(-1, keepdim=True)
-        lse_rows = lse[b].index_select(1, index).to(acc)[..., None]
-        dq_rows = torch.zeros_like(q_rows)
-        for start, stop in _key_chunks(k.shape[2], occupied, index.numel(), heads):
-            probs = _chunk_scores(q_scaled, k[b], bits_rows, start, stop).sub_(lse_rows).exp_()
-            v_chunk = v[b, :, start:stop].to(acc)
-            k_chunk = k[b, :, start:stop].to(acc)
-            dv[b, :, start:stop] = torch.matmul(probs.transpose(-1, -2), g_rows).to(v.dtype)
-            ds = probs.mul_(torch.matmul(g_rows, v_chunk.transpose(-1, -2)).sub_(delta))
-            dq_rows += torch.matmul(ds, k_chunk)
-            dk[b, :, start:stop] = (torch.matmul(ds.transpose(-1, -2), q_rows) * scale).to(k.dtype)
-        dq[b, :, index] = (dq_rows * scale).to(q.dtype)
-    return dq, dk, dv
-
-
-def _triton_forward(q, k, v, bits, occupancy, active, scale):
-    if q.dtype == torch.float64:
-        return _chunked_forward(q, k, v, bits, occupancy, active, scale)
+# float64 on a GPU (a checking dtype: gradcheck, references) runs the dense reference on the plan: the Triton
+# kernels compute it right (the interpreter tests them in float64), but compiled for sm_80/sm_90 their float64
+# tiles spill registers (24-950 B) in every configuration that can launch.
+def _triton_forward(*args):
+    if args[0].dtype == torch.float64 and not _dispatch.triton_interpreting():
+        return _reference_forward(*args)
     from coavs.kernels import masked_cross_attention as kernels
 
-    return kernels.masked_cross_attention_forward(q, k, v, bits, occupancy, active, scale)
+    return kernels.masked_cross_attention_forward(*args)
 
 
-def _triton_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale):
-    if q.dtype == torch.float64:
-        return _chunked_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale)
+def _triton_backward(*args):
+    if args[1].dtype == torch.float64 and not _dispatch.triton_interpreting():
+        return _reference_backward(*args)
     from coavs.kernels import masked_cross_attention as kernels
 
-    return kernels.masked_cross_attention_backward(grad_out, q, k, v, out, lse, bits, occupancy, active, scale)
+    return kernels.masked_cross_attention_backward(*args)
 
 
-_NOTE = ("CPU: coavs C++ kernel over the active rows and the key blocks each row sees "
-         "(csrc/cpu/masked_attention_cpu.cpp); GPU: Triton")
+
+_NOTE = ("CPU: coavs C++ kernels on the block-sparse plan (csrc/cpu/masked_attention_*.cpp); GPU: Triton "
+         "(3 launches forward with the plan, 2 backward)")
 _FORWARD = _dispatch.register(
     _dispatch.OpSpec(
         name="masked_cross_attention",
@@ -295,51 +222,64 @@ _BACKWARD = _dispatch.register(
 
 
 # ---------------------------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("coavs::masked_cross_attention", mutates_args=())
-def masked_cross_attention_op(
-    q: Tensor, k: Tensor, v: Tensor, mask_bits: Tensor, block_occupancy: Tensor, active: Tensor, scale: float
+def _masked_cross_attention(
+    q: Tensor, k: Tensor, v: Tensor, block_bits: Tensor, row_order: Tensor, row_count: Tensor, tile_counts: Tensor,
+    tile_blocks: Tensor, block_counts: Tensor, block_tiles: Tensor, scale: float, height: int, width: int,
+    rows_per_tile: int,
 ) -> tuple[Tensor, Tensor]:
-    """``(out [B,h,Q,dh], lse [B,h,Q])``; ``lse`` is the log-sum-exp of each active row's scores (0 when dormant),
-    float32 (float64 for float64 inputs). See :func:`masked_cross_attention`."""
-    return _dispatch.run("masked_cross_attention", q.device, q, k, v, mask_bits, block_occupancy, active, scale)
+    """``(out [B,h,Q,dh], lse [B,h,Q])`` under an :class:`~coavs.ops.attention_plan.AttentionPlan` of an
+    ``(height, width)`` key map; ``lse`` is the log-sum-exp of each working row's scores (0 for the other rows,
+    NaN for poisoned ones), float32 (float64 for float64 inputs). See :func:`masked_cross_attention`."""
+    return _dispatch.run("masked_cross_attention", q.device, q, k, v, block_bits, row_order, row_count, tile_counts,
+                         tile_blocks, block_counts, block_tiles, scale, height, width, rows_per_tile)
+
+
+masked_cross_attention_op = _dispatch.define_op("coavs::masked_cross_attention", _masked_cross_attention)
 
 
 @masked_cross_attention_op.register_fake
-def _fake_forward(q, k, v, mask_bits, block_occupancy, active, scale):
+def _fake_forward(q, k, v, block_bits, row_order, row_count, tile_counts, tile_blocks, block_counts, block_tiles,
+                  scale, height, width, rows_per_tile):
     out = q.new_empty(q.shape[:3] + (v.shape[3],))
     return out, q.new_empty(q.shape[:3], dtype=_accumulation_dtype(q.dtype))
 
 
-@torch.library.custom_op("coavs::masked_cross_attention_backward", mutates_args=())
-def masked_cross_attention_backward_op(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask_bits: Tensor,
-    block_occupancy: Tensor, active: Tensor, scale: float
+def _masked_cross_attention_backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, block_bits: Tensor,
+    row_order: Tensor, row_count: Tensor, tile_counts: Tensor, tile_blocks: Tensor, block_counts: Tensor,
+    block_tiles: Tensor, scale: float, height: int, width: int, rows_per_tile: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)``; rows of dormant queries get zero ``dq`` and contribute nothing to ``dk``, ``dv``."""
-    return _dispatch.run("masked_cross_attention_backward", q.device, grad_out, q, k, v, out, lse, mask_bits,
-                         block_occupancy, active, scale)
+    """``(dq, dk, dv)``; rows that do not work get zero ``dq`` and contribute nothing to ``dk``, ``dv``."""
+    return _dispatch.run("masked_cross_attention_backward", q.device, grad_out, q, k, v, out, lse, block_bits,
+                         row_order, row_count, tile_counts, tile_blocks, block_counts, block_tiles, scale, height,
+                         width, rows_per_tile)
+
+
+masked_cross_attention_backward_op = _dispatch.define_op("coavs::masked_cross_attention_backward",
+                                                         _masked_cross_attention_backward)
 
 
 @masked_cross_attention_backward_op.register_fake
-def _fake_backward(grad_out, q, k, v, out, lse, mask_bits, block_occupancy, active, scale):
+def _fake_backward(grad_out, q, k, v, out, lse, *rest):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, mask_bits, block_occupancy, active, scale = inputs
+    q, k, v, *plan = inputs[:10]
+    ctx.scale, ctx.height, ctx.width, ctx.rows_per_tile = inputs[10:]
     out, lse = output
-    ctx.scale = scale
-    ctx.save_for_backward(q, k, v, out, lse, mask_bits, block_occupancy, active)
+    ctx.save_for_backward(q, k, v, out, lse, *plan)
     ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # lse has no gradient: no zero-filled tensor for it
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, mask_bits, block_occupancy, active = ctx.saved_tensors
+    q, k, v, out, lse, *plan = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)
-    dq, dk, dv = masked_cross_attention_backward_op(grad_out, q, k, v, out, lse, mask_bits, block_occupancy,
-                                                    active, ctx.scale)
-    return dq, dk, dv, None, None, None, None
+    dq, dk, dv = masked_cross_attention_backward_op(grad_out, q, k, v, out, lse, *plan, ctx.scale, ctx.height,
+                                                    ctx.width, ctx.rows_per_tile)
+    return (dq, dk, dv) + (None,) * 11
 
 
 masked_cross_attention_op.register_autograd(_backward, setup_context=_setup_context)
@@ -351,6 +291,33 @@ if _native.has_op("masked_cross_attention"):
 
 
 # ---------------------------------------------------------------------------------------------- public API
+def _check_tensor(name, t, dtype, shape, device) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"attn_mask.{name} must be a Tensor, got {type(t).__name__}")
+    if t.dtype != dtype or tuple(t.shape) != shape:
+        raise ValueError(f"attn_mask.{name} must be {str(dtype).replace('torch.', '')} {shape}, got "
+                         f"{str(t.dtype).replace('torch.', '')} {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"attn_mask.{name} must be on the device of q ({device}), got {t.device}")
+
+
+def _validate_mask(attn_mask, batch: int, queries: int, keys: int, device) -> None:
+    """Everything a hand-built mask could get wrong that would change memory accesses; its bit *values* are free
+    (bits past N are ignored, occupancy is not read)."""
+    if not isinstance(attn_mask, AttentionMask):
+        raise TypeError(f"attn_mask must be an AttentionMask from build_attention_mask, or None, got "
+                        f"{type(attn_mask).__name__}")
+    if isinstance(attn_mask.num_keys, bool) or not isinstance(attn_mask.num_keys, int):
+        raise TypeError(f"attn_mask.num_keys must be an int, got {type(attn_mask.num_keys).__name__}")
+    if attn_mask.num_keys != keys:
+        raise ValueError(f"attn_mask was built for {attn_mask.num_keys} keys but k has N={keys}; build it "
+                         "with size = the (H, W) of the keys")
+    _checked_size(attn_mask.size, keys)
+    _check_tensor("bits", attn_mask.bits, torch.int32, (batch, queries, -(-keys // BITS_PER_WORD)), device)
+    _check_tensor("occupancy", attn_mask.occupancy, torch.uint8, (batch, queries, -(-keys // OCCUPANCY_BLOCK)),
+                  device)
+
+
 def _validate(q, k, v, attn_mask, active, scale) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
@@ -377,22 +344,7 @@ def _validate(q, k, v, attn_mask, active, scale) -> None:
     if keys < 1:
         raise ValueError(f"k must have at least one key (N >= 1), got shape {tuple(k.shape)}")
     if attn_mask is not None:
-        if not isinstance(attn_mask, AttentionMask):
-            raise TypeError(f"attn_mask must be an AttentionMask from build_attention_mask, or None, got "
-                            f"{type(attn_mask).__name__}")
-        if attn_mask.num_keys != keys:
-            raise ValueError(f"attn_mask was built for {attn_mask.num_keys} keys but k has N={keys}; build it "
-                             "with size = the (H, W) of the keys")
-        expected_bits = (batch, queries, -(-keys // BITS_PER_WORD))
-        if attn_mask.bits.dtype != torch.int32 or tuple(attn_mask.bits.shape) != expected_bits:
-            raise ValueError(f"attn_mask.bits must be int32 {expected_bits} for q {tuple(q.shape)}, got "
-                             f"{attn_mask.bits.dtype} {tuple(attn_mask.bits.shape)}")
-        expected_blocks = (batch, queries, -(-keys // OCCUPANCY_BLOCK))
-        if attn_mask.occupancy.dtype != torch.uint8 or tuple(attn_mask.occupancy.shape) != expected_blocks:
-            raise ValueError(f"attn_mask.occupancy must be uint8 {expected_blocks}, got "
-                             f"{attn_mask.occupancy.dtype} {tuple(attn_mask.occupancy.shape)}")
-        if attn_mask.bits.device != q.device or attn_mask.occupancy.device != q.device:
-            raise ValueError(f"attn_mask must be on the device of q ({q.device}), got {attn_mask.bits.device}")
+        _validate_mask(attn_mask, batch, queries, keys, q.device)
     if active is not None:
         if not isinstance(active, Tensor) or active.dtype != torch.bool:
             raise TypeError(f"active must be a bool tensor [B,Q] or None, got "
@@ -406,6 +358,12 @@ def _validate(q, k, v, attn_mask, active, scale) -> None:
             raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
         if not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be finite and > 0, got {scale}")
+
+
+def attention_plan(attn_mask: AttentionMask, active: Tensor) -> AttentionPlan:
+    """The block-sparse plan of ``attn_mask`` and ``active [B,Q]`` (what :func:`masked_cross_attention` builds)."""
+    height, width = key_map(attn_mask)
+    return build_plan(attn_mask.bits, active, height, width, ROWS_PER_TILE)
 
 
 def masked_cross_attention(
@@ -426,7 +384,9 @@ def masked_cross_attention(
 
     ``out[b,:,q] = softmax(scale·q·kᵀ over visible keys)·v`` for active ``q``; gradients to q, k, v (none to
     the mask or ``active``). Float16/bfloat16/float32 (float64 for checks), float32 accumulation. Never
-    materialises ``[B,h,Q,N]`` (except the ``reference`` backend).
+    materialises ``[B,h,Q,N]`` (except the ``reference`` backend). Non-finite inputs poison exactly the rows
+    that see them (NaN output and gradients; see :func:`coavs.ops.reference.masked_attention_forward`).
+    No host synchronisation; on a GPU 3 kernel launches forward (plan and attention) and 2 backward.
     """
     _validate(q, k, v, attn_mask, active, scale)
     batch, _, queries, head_dim = q.shape
@@ -435,5 +395,7 @@ def masked_cross_attention(
     if active is None:
         active = torch.ones(batch, queries, dtype=torch.bool, device=q.device)
     scale = float(head_dim ** -0.5 if scale is None else scale)
-    out, _ = masked_cross_attention_op(q, k, v, attn_mask.bits, attn_mask.occupancy, active, scale)
+    height, width = key_map(attn_mask)
+    plan = build_plan(attn_mask.bits, active, height, width, ROWS_PER_TILE)
+    out, _ = masked_cross_attention_op(q, k, v, *plan, scale, height, width, ROWS_PER_TILE)
     return out

@@ -115,6 +115,7 @@ def masked_cross_attention(
     −inf elsewhere; rows of queries with ``active [B,Q] == False`` are zero (None: every query is active), and so
     are rows that see no key (only a hand-built ``visible`` has them; they get zero gradient, not NaN).
     Float32 arithmetic (float64 stays float64), returned in the dtype of ``q``. Materialises ``[B,h,Q,N]``.
+    Differentiable (autograd); for finite inputs. Non-finite inputs follow :func:`masked_attention_forward`.
     """
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     works = visible.any(-1) if active is None else visible.any(-1) & active
@@ -125,6 +126,77 @@ def masked_cross_attention(
     out = torch.matmul(torch.softmax(scores, dim=-1), v.to(acc))
     out = torch.where(works[:, None, :, None], out, torch.zeros((), dtype=acc, device=q.device))
     return out.to(q.dtype)
+
+
+def _finite_or_zero(x: Tensor) -> Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_attention_forward(q: Tensor, k: Tensor, v: Tensor, visible: Tensor, works: Tensor,
+                             scale: float) -> tuple[Tensor, Tensor]:
+    """``(out [B,h,Q,dh], lse [B,h,Q])`` of masked attention over the *working* rows ``works [B,Q]`` (active
+    rows with a visible key), with the non-finite policy every backend follows (docs/design.md):
+
+    - a non-finite element of ``q``, ``k`` or ``v`` is read as 0, and a working row is *poisoned* when its ``q``
+      row, a key or value row it sees, or one of its visible scores ``scale·q·kᵀ`` is non-finite (a NaN or ±inf
+      input, or an overflow), or when its output overflows;
+    - a poisoned row's ``out`` and ``lse`` are NaN; every other row is computed from finite values only, so a
+      NaN never reaches it through the zero probabilities of keys it does not see;
+    - rows that do not work are 0 in ``out`` and ``lse``.
+
+    ``lse`` is the natural log-sum-exp of the visible scores, float32 (float64 for float64).
+    """
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    zero = torch.zeros((), dtype=acc, device=q.device)
+    q32, k32, v32 = q.to(acc), k.to(acc), v.to(acc)
+    kv_ok = torch.isfinite(k32).all(-1) & torch.isfinite(v32).all(-1)  # [B,h,N]
+    scores = torch.matmul(_finite_or_zero(q32) * scale, _finite_or_zero(k32).transpose(-1, -2))
+    seen = visible[:, None]  # [B,1,Q,N]
+    poisoned = (~torch.isfinite(q32).all(-1) | (seen & ~kv_ok[:, :, None, :]).any(-1)
+                | (seen & ~torch.isfinite(scores)).any(-1))
+    masked = torch.where(seen & torch.isfinite(scores), scores, torch.full((), float("-inf"), dtype=acc,
+                                                                           device=q.device))
+    row_max = masked.amax(-1, keepdim=True)
+    row_max = torch.where(torch.isinf(row_max), zero, row_max)
+    weights = torch.exp(masked - row_max)
+    total = weights.sum(-1, keepdim=True)
+    safe = torch.where(total > 0, total, torch.ones((), dtype=acc, device=q.device))
+    out = torch.matmul(weights, _finite_or_zero(v32)) / safe
+    lse = (row_max + torch.log(safe)).squeeze(-1)
+    poisoned = works[:, None] & (poisoned | ~torch.isfinite(out).all(-1) | (total.squeeze(-1) <= 0))
+    nan = torch.full((), float("nan"), dtype=acc, device=q.device)
+    out = torch.where(poisoned[..., None], nan, torch.where(works[:, None, :, None], out, zero))
+    lse = torch.where(poisoned, nan, torch.where(works[:, None], lse, zero))
+    return out.to(q.dtype), lse
+
+
+def masked_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                              visible: Tensor, works: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of :func:`masked_attention_forward` (from its ``out`` and ``lse``), with the same policy:
+    a working row is poisoned when its ``lse`` is NaN (poisoned in the forward) or its ``grad_out`` or ``out``
+    has a non-finite element; it contributes nothing, its ``dq`` is NaN and so are ``dk`` and ``dv`` of every key
+    it sees (in its head). Everything else is computed from finite values; ``dS`` is 0 at keys a row does not
+    see. ``dv = Pᵀ·g``, ``dS = P∘(g·vᵀ − rowsum(g∘o))``, ``dq = s·dS·k``, ``dk = s·dSᵀ·q``."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    zero = torch.zeros((), dtype=acc, device=q.device)
+    g32, o32 = grad_out.to(acc), out.to(acc)
+    poisoned = works[:, None] & ~(torch.isfinite(lse) & torch.isfinite(g32).all(-1) & torch.isfinite(o32).all(-1))
+    good = (works[:, None] & ~poisoned)[..., None] & visible[:, None]  # [B,h,Q,N]
+    q_scaled = _finite_or_zero(q.to(acc)) * scale
+    k32, v32, g0 = _finite_or_zero(k.to(acc)), _finite_or_zero(v.to(acc)), _finite_or_zero(g32)
+    scores = torch.matmul(q_scaled, k32.transpose(-1, -2))
+    probs = torch.where(good, torch.exp(scores - _finite_or_zero(lse)[..., None]), zero)
+    delta = (g0 * _finite_or_zero(o32)).sum(-1, keepdim=True)
+    ds = torch.where(good, probs * (torch.matmul(g0, v32.transpose(-1, -2)) - delta), zero)
+    dq = torch.matmul(ds, k32) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q_scaled)
+    dv = torch.matmul(probs.transpose(-1, -2), g0)
+    key_poisoned = (visible[:, None] & poisoned[..., None]).any(-2)[..., None]  # [B,h,N,1]
+    nan = torch.full((), float("nan"), dtype=acc, device=q.device)
+    dq = torch.where(poisoned[..., None], nan, dq)
+    dk = torch.where(key_poisoned, nan, dk)
+    dv = torch.where(key_poisoned, nan, dv)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
 # --------------------------------------------------------------------------------------------- assign_queries

@@ -1,21 +1,25 @@
-// masked_cross_attention on the CPU: Mask2Former masked attention over the active rows only.
-//
-// at::parallel_for over (b, h) (the backward accumulates dk, dv per (b, h), so rows are not split further).
-// Per (b, h) the blocks of 64 keys that some working row of sample b sees are packed once into float32 (float64
-// for float64) scratch: kᵀ block by block [blocks][dh][64] (a row's scores against 16 keys are dh vector FMAs),
-// vᵀ likewise (backward), and k, v as rows [N][dh] unless they can be read in place (float32 with unit last
-// stride). Each working row (active, with a visible key) visits only the blocks it sees (its occupancy), and
-// inside a block only the 16-key vectors with a visible key; invisible keys get -inf before the max and 0
-// after the exponential; value and gradient updates run over the visible keys' bits only. The forward walks
-// row by row (online softmax); the backward walks block by block, each block's keys and dk, dv staying in
-// cache while the rows that see it visit it.
-//   forward:  m, l, o  online;  out = o / l,  lse = m + log l   (rows that do no work: out 0, lse 0)
-//   backward: p = exp(s − lse), dp = g·vᵀ, ds = p (dp − Σ g∘out);  dq = scale Σ ds k,  dk += ds (scale q),
-//             dv += p g   (recomputed from lse with the same block skipping; dk, dv accumulate per (b, h))
-// Any strides of q, k, v, grad_out and out are read as they are (stride 0 included); outputs are contiguous.
-// The hot per-(b, h) bodies are compiled three times (AVX-512, AVX2, baseline) and chosen at run time.
+// masked_cross_attention on the CPU, driven by the block-sparse plan (coavs/ops/attention_plan.py; built by
+// csrc/cpu/masked_attention_plan_cpu.cpp). at::parallel_for over (b, h); per (b, h) the key blocks any working
+// row visits, outermost: the block's keys and values are packed once (64 lanes in patch order, float32, or
+// float64 for float64), then the rows that see the block — its full tiles' rows, then its partial tiles' rows
+// with a visible lane, in plan order — go through the micro-kernels of masked_attention_vec.h four at a time,
+// each group against the 16-key sub-patches (vectors) that any of its rows sees.
+//   forward:  per row m, l, o online (a row's blocks arrive in ascending order); out = o / l, lse = m + log l
+//   backward: p = exp(s - lse), dp = dO.v^T, ds = p (dp - sum dO o); dq = scale sum ds k, and per block
+//             dk = sum ds (scale q), dv = sum p dO (each key lies in one block: written once)
+// Non-finite values (docs/design.md, "Non-finite inputs"): a non-finite element of q, k or v is read as 0 and
+// poisons what depends on it: a working row is poisoned when its q, a key or value it sees, or one of its
+// visible scores is non-finite, or its output overflows; its out and lse are NaN. In the backward a row is also
+// poisoned by a non-finite grad_out (or out); it contributes nothing, its dq is NaN, and so are dk and dv of
+// every key it sees. Nothing else changes, so NaN never spreads through the zeros of invisible keys.
+// Memory safety: keys are addressed through the patch geometry (lanes past the map's edge are never read),
+// mask bits are read only from the plan's block_bits (masked to the valid lanes), and every plan index is
+// range-checked before use, so no plan and no mask makes the kernel read or write outside its tensors.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+
+// a * b + c in the vector code becomes one fused multiply-add (ISO C++ mode keeps them apart otherwise)
+#pragma GCC optimize("fp-contract=fast")
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -23,162 +27,33 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
-#include "common/macros.h"
-#include "common/math.h"
+#include "common/masked_attention_plan.h"
 #include "common/tensor_checks.h"
-
-// The vector helpers below are always inlined into the ISA-specific bodies; their ABI never crosses a call.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "cpu/masked_attention_vec.h"
 
 namespace coavs {
 namespace {
 
-constexpr int64_t kBlock = 64;  // keys per occupancy flag (coavs.ops.masked_cross_attention.OCCUPANCY_BLOCK)
-constexpr int64_t kMaxLanes = 16;  // the widest vector: 16 float32 lanes (AVX-512)
+using namespace attention_cpu;
 
-// ---------------------------------------------------------------------------------------------- vectors
-template <typename T, int W>
-struct Vec {
-  typedef T type __attribute__((vector_size(sizeof(T) * W)));
-  using int_t = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  typedef int_t mask __attribute__((vector_size(sizeof(T) * W)));
-};
+// The group lambdas carry the vector work: they must be inlined into the ISA-specific bodies (a lambda is a
+// function of its own, compiled for the baseline ISA unless inlined).
+#define COAVS_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
 
-template <typename V, typename T>
-COAVS_ALWAYS_INLINE V splat(T x) {
-  return V{} + x;
-}
-
-template <typename V>
-COAVS_ALWAYS_INLINE V load(const void* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-
-template <typename V>
-COAVS_ALWAYS_INLINE void store(void* p, const V& v) {
-  std::memcpy(p, &v, sizeof(V));
-}
-
-// Lane i of the result is all-ones when bit i of `bits` is set.
-template <typename T, int W>
-COAVS_ALWAYS_INLINE typename Vec<T, W>::mask lane_mask(uint64_t bits) {
-  using M = typename Vec<T, W>::mask;
-  using I = typename Vec<T, W>::int_t;
-  M lane_bit;
-  for (int i = 0; i < W; ++i) lane_bit[i] = static_cast<I>(I(1) << i);
-  static_assert(W <= 16, "one lane per bit of a 16-bit slice");
-  return (splat<M>(static_cast<I>(bits & ((uint64_t(1) << W) - 1))) & lane_bit) != 0;
-}
-
-// exp for float32 lanes: 2^n · p(r), r = x − n ln2 in [−ln2/2, ln2/2], degree-6 Taylor polynomial (≤ 2 ulp);
-// x is clamped to [−87.3, 88.0] (the callers zero the lanes of masked keys themselves).
-template <int W>
-COAVS_ALWAYS_INLINE typename Vec<float, W>::type vexp(typename Vec<float, W>::type x) {
-  using V = typename Vec<float, W>::type;
-  using M = typename Vec<float, W>::mask;
-  x = x < splat<V>(-87.3f) ? splat<V>(-87.3f) : x;
-  x = x > splat<V>(88.0f) ? splat<V>(88.0f) : x;
-  const V magic = splat<V>(12582912.0f);  // 1.5 · 2^23: adding and subtracting rounds to an integer
-  const V n = (x * splat<V>(1.44269504088896341f) + magic) - magic;
-  const V r = (x - n * splat<V>(0.693359375f)) - n * splat<V>(-2.12194440e-4f);
-  V p = splat<V>(1.0f / 720.0f);
-  p = p * r + splat<V>(1.0f / 120.0f);
-  p = p * r + splat<V>(1.0f / 24.0f);
-  p = p * r + splat<V>(1.0f / 6.0f);
-  p = p * r + splat<V>(0.5f);
-  p = p * r + splat<V>(1.0f);
-  p = p * r + splat<V>(1.0f);
-  const M e = (__builtin_convertvector(n, M) + 127) << 23;
-  V scale;
-  std::memcpy(&scale, &e, sizeof(V));
-  return p * scale;
-}
-
-template <int W>
-COAVS_ALWAYS_INLINE typename Vec<double, W>::type vexp(typename Vec<double, W>::type x) {
-  for (int i = 0; i < W; ++i) x[i] = std::exp(x[i]);
-  return x;
-}
-
-// Largest lane and sum of the lanes, halving the vector each step.
-template <typename T, int W>
-COAVS_ALWAYS_INLINE T reduce_max(typename Vec<T, W>::type x) {
-  if constexpr (W == 2) {
-    return x[0] > x[1] ? x[0] : x[1];
-  } else {
-    using H = typename Vec<T, W / 2>::type;
-    H lo, hi;
-    std::memcpy(&lo, &x, sizeof(H));
-    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
-    return reduce_max<T, W / 2>(lo > hi ? lo : hi);
-  }
-}
-
-template <typename T, int W>
-COAVS_ALWAYS_INLINE T reduce_sum(typename Vec<T, W>::type x) {
-  if constexpr (W == 2) {
-    return x[0] + x[1];
-  } else {
-    using H = typename Vec<T, W / 2>::type;
-    H lo, hi;
-    std::memcpy(&lo, &x, sizeof(H));
-    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
-    return reduce_sum<T, W / 2>(lo + hi);
-  }
-}
-
-// ------------------------------------------------------------------------------------------- per sample
 struct Problem {
-  int64_t batch, heads, queries, keys, head_dim, blocks, padded, words;
+  int64_t batch, heads, queries, keys, head_dim, blocks, tiles, rows_per_tile;
   double scale;
-  const int32_t* bits;       // [B,Q,words]
-  const uint8_t* occupancy;  // [B,Q,blocks]
-  const bool* active;        // [B,Q]
+  const int64_t* block_bits;    // [B,Q,KB]
+  const int32_t* row_order;     // [B,Q]
+  const int32_t* row_count;     // [B]
+  const int32_t* block_counts;  // [B,KB,2]
+  const int32_t* block_tiles;   // [B,KB,T]
+  std::vector<uint64_t> valid;  // [KB] valid lanes
 };
 
-// The rows of each sample that do work and the key blocks any of them sees.
-struct SampleRows {
-  std::vector<int64_t> rows;
-  std::vector<uint8_t> seen;  // [blocks]
-};
-
-std::vector<SampleRows> working_rows(const Problem& p) {
-  std::vector<SampleRows> samples(p.batch);
-  for (int64_t b = 0; b < p.batch; ++b) {
-    auto& s = samples[b];
-    s.seen.assign(p.blocks, 0);
-    for (int64_t r = 0; r < p.queries; ++r) {
-      if (!p.active[b * p.queries + r]) continue;
-      const uint8_t* occ = p.occupancy + (b * p.queries + r) * p.blocks;
-      bool any = false;
-      for (int64_t k = 0; k < p.blocks; ++k) {
-        if (occ[k]) {
-          any = true;
-          s.seen[k] = 1;
-        }
-      }
-      if (any) s.rows.push_back(r);
-    }
-  }
-  return samples;
-}
-
-// The 64 visibility bits of key block `block` of row (b, r).
-COAVS_ALWAYS_INLINE uint64_t block_bits(const Problem& p, int64_t b, int64_t r, int64_t block) {
-  const int32_t* w = p.bits + (b * p.queries + r) * p.words;
-  const uint64_t low = static_cast<uint32_t>(w[2 * block]);
-  const uint64_t high = 2 * block + 1 < p.words ? static_cast<uint32_t>(w[2 * block + 1]) : 0;
-  return low | (high << 32);
-}
-
-// A strided [N, dh] matrix of one (b, h).
 template <typename S>
 struct Strided {
   const S* data;
@@ -191,303 +66,322 @@ Strided<S> slice(const at::Tensor& t, int64_t b, int64_t h) {
   return {t.const_data_ptr<S>() + b * t.stride(0) + h * t.stride(1), t.stride(2), t.stride(3)};
 }
 
-// Packs the seen blocks of m [N, dh] as rows (`rows`, [padded][dh]) and/or transposed block by block (`cols`,
-// [blocks][dh][64]: one block's kᵀ is 64·dh contiguous values), zero past N. A block is read into `tile` ([64][dh], in L1) first, so the transposed writes stay in cache.
-template <typename S, typename T>
-COAVS_ALWAYS_INLINE void pack(const Problem& p, const Strided<S>& m, const std::vector<uint8_t>& seen, T* rows, T* cols,
-                       T* tile) {
-  const int64_t dh = p.head_dim;
-  for (int64_t blk = 0; blk < p.blocks; ++blk) {
-    if (!seen[blk]) continue;
-    const int64_t first = blk * kBlock, count = std::min(kBlock, p.keys - first);
-    T* t = rows ? rows + first * dh : tile;
-    for (int64_t j = 0; j < count; ++j) {
-      const S* src = m.data + (first + j) * m.row;
-      T* dst = t + j * dh;
-      if (m.col == 1) {
-        for (int64_t d = 0; d < dh; ++d) dst[d] = static_cast<T>(src[d]);
-      } else {
-        for (int64_t d = 0; d < dh; ++d) dst[d] = static_cast<T>(src[d * m.col]);
-      }
-    }
-    std::fill(t + count * dh, t + kBlock * dh, T(0));
-    if (!cols) continue;
-    for (int64_t d = 0; d < dh; ++d) {
-      T* __restrict__ dst = cols + (blk * dh + d) * kBlock;
-      const T* __restrict__ src = t + d;
-      for (int64_t j = 0; j < kBlock; ++j) dst[j] = src[j * dh];
-    }
-  }
+template <typename T>
+COAVS_ALWAYS_INLINE bool finite(T x) {
+  return x - x == T(0);  // false for NaN and +-inf
 }
 
-// Which of the 64/W vectors of a block hold a visible key (bit i for vector i).
-template <int W>
-COAVS_ALWAYS_INLINE uint32_t live_vectors(uint64_t bits) {
-  uint32_t live = 0;
-  for (int i = 0; i < kBlock / W; ++i) live |= (((bits >> (i * W)) & ((uint64_t(1) << W) - 1)) != 0) << i;
-  return live;
-}
-
-// s[i] = x · kᵀ over the keys of vector i of one block (kt: that block's [dh][64]), for the live vectors only
-// (each a sum of four interleaved partial sums over dh, so the FMAs do not wait on each other). `xb` holds x
-// broadcast, one vector per element (built once per row).
-template <typename T, int W>
-COAVS_ALWAYS_INLINE void block_scores(const T* xb, const T* kt, int64_t dh, uint32_t live,
-                               typename Vec<T, W>::type (&s)[kBlock / W]) {
-  using V = typename Vec<T, W>::type;
-  constexpr int NV = kBlock / W;
-  for (int i = 0; i < NV; ++i) {
-    if (!((live >> i) & 1)) continue;
-    const T* col = kt + i * W;
-    V a0{}, a1{}, a2{}, a3{};
-    int64_t d = 0;
-    for (; d + 4 <= dh; d += 4) {
-      a0 += load<V>(xb + d * W) * load<V>(col + d * kBlock);
-      a1 += load<V>(xb + (d + 1) * W) * load<V>(col + (d + 1) * kBlock);
-      a2 += load<V>(xb + (d + 2) * W) * load<V>(col + (d + 2) * kBlock);
-      a3 += load<V>(xb + (d + 3) * W) * load<V>(col + (d + 3) * kBlock);
-    }
-    for (; d < dh; ++d) a0 += load<V>(xb + d * W) * load<V>(col + d * kBlock);
-    s[i] = (a0 + a1) + (a2 + a3);
-  }
-}
-
-// acc[d] += Σ_t coef[t] · rows[key[t]·ld + d]: W lanes of acc at a time held in two registers across the keys
-// (no store-to-load chain through acc), then the scalar tail of dh.
-template <typename T, int W>
-COAVS_ALWAYS_INLINE void accumulate_rows(T* acc, const T* rows, int64_t ld, const int64_t* key, const T* coef, int count,
-                                  int64_t dh) {
-  using V = typename Vec<T, W>::type;
-  int64_t c = 0;
-  for (; c + W <= dh; c += W) {
-    V a0{}, a1{};
-    int t = 0;
-    for (; t + 2 <= count; t += 2) {
-      a0 += splat<V>(coef[t]) * load<V>(rows + key[t] * ld + c);
-      a1 += splat<V>(coef[t + 1]) * load<V>(rows + key[t + 1] * ld + c);
-    }
-    if (t < count) a0 += splat<V>(coef[t]) * load<V>(rows + key[t] * ld + c);
-    store(acc + c, load<V>(acc + c) + (a0 + a1));
-  }
-  for (; c < dh; ++c) {
-    T a = T(0);
-    for (int t = 0; t < count; ++t) a += coef[t] * rows[key[t] * ld + c];
-    acc[c] += a;
-  }
-}
-
-struct Outputs {
-  void* out;  // [B,h,Q,dh] contiguous, scalar type
-  void* lse;  // [B,h,Q] contiguous, acc type
-};
-
+// Block `kb` of the [N, dh] matrix m as rows [64][dh] in lane order (zero for lanes past the map's edge), each
+// element converted to T; a non-finite one is stored as 0 and its lane is set in the returned mask. float32
+// (float64) rows with a unit last stride are read as vectors in place; others are converted through `row`
+// ([dh] scratch) first. transpose_block (masked_attention_vec.h) turns them into the [dh][64] the scores need.
 template <typename S, typename T, int W>
-COAVS_ALWAYS_INLINE void forward_body(const Problem& p, const SampleRows& sample, const at::Tensor& q, const at::Tensor& k,
-                               const at::Tensor& v, int64_t b, int64_t h, T* scratch, const Outputs& o) {
+COAVS_ALWAYS_INLINE uint64_t pack_block(const KeyGeometry& geo, int64_t dh, const Strided<S>& m, int64_t kb, T* rows,
+                                        T* row) {
   using V = typename Vec<T, W>::type;
   using M = typename Vec<T, W>::mask;
-  constexpr int NV = kBlock / W;
-  const int64_t dh = p.head_dim, padded = p.padded;
-  T* kt = scratch;                  // [blocks][dh][64]
-  T* vr = kt + dh * padded;         // [padded][dh]
-  T* qs = vr + padded * dh;         // [dh]
-  T* acc = qs + dh;                 // [dh]
-  T* probs = acc + dh;              // [64]
-  T* coef = probs + kBlock;         // [64]
-  T* tile = coef + kBlock;          // [64][dh]
-  int64_t keys[kBlock];
-  T* qb = tile + kBlock * dh;       // [dh][W]: qs broadcast
-  pack<S, T>(p, slice<S>(k, b, h), sample.seen, nullptr, kt, tile);
-  // float32 (float64) values with a unit last stride are read in place; others are packed as float32 rows
-  const Strided<S> vm = slice<S>(v, b, h);
-  const T* values = vr;
-  int64_t ld = dh;
-  if constexpr (std::is_same_v<S, T>) {
-    if (vm.col == 1) values = vm.data, ld = vm.row;
-  }
-  if (values == vr) pack<S, T>(p, vm, sample.seen, vr, nullptr, tile);
-  const Strided<S> qm = slice<S>(q, b, h);
-  S* out = static_cast<S*>(o.out) + (b * p.heads + h) * p.queries * dh;
-  T* lse = static_cast<T*>(o.lse) + (b * p.heads + h) * p.queries;
-  const T scale = static_cast<T>(p.scale);
-  const T neg_inf = -std::numeric_limits<T>::infinity();
-  for (const int64_t r : sample.rows) {
-    for (int64_t d = 0; d < dh; ++d) qs[d] = static_cast<T>(qm.at(r, d)) * scale;
-    for (int64_t d = 0; d < dh; ++d) store(qb + d * W, splat<V>(qs[d]));
-    for (int64_t d = 0; d < dh; ++d) acc[d] = T(0);
-    T row_max = neg_inf, row_sum = T(0);
-    const uint8_t* occ = p.occupancy + (b * p.queries + r) * p.blocks;
-    for (int64_t blk = 0; blk < p.blocks; ++blk) {
-      if (!occ[blk]) continue;
-      const uint64_t bits = block_bits(p, b, r, blk);
-      if (!bits) continue;
-      const uint32_t live = live_vectors<W>(bits);
-      V s[NV];
-      block_scores<T, W>(qb, kt + blk * kBlock * dh, dh, live, s);
-      M visible[NV];
-      V top = splat<V>(neg_inf);
-      for (int i = 0; i < NV; ++i) {
-        if (!((live >> i) & 1)) continue;
-        visible[i] = lane_mask<T, W>(bits >> (i * W));
-        const V masked = visible[i] ? s[i] : splat<V>(neg_inf);
-        top = top > masked ? top : masked;
-      }
-      const T block_max = reduce_max<T, W>(top);
-      const T new_max = block_max > row_max ? block_max : row_max;
-      V total = V{};
-      for (int i = 0; i < NV; ++i) {
-        if (!((live >> i) & 1)) continue;
-        const V e = vexp<W>(s[i] - splat<V>(new_max));
-        const V pv = visible[i] ? e : V{};
-        total += pv;
-        store(probs + i * W, pv);
-      }
-      const T block_sum = reduce_sum<T, W>(total);
-      if (new_max > row_max) {
-        const T correction = row_max == neg_inf ? T(0) : math_exp(row_max - new_max);
-        row_sum *= correction;
-        for (int64_t d = 0; d < dh; ++d) acc[d] *= correction;
-        row_max = new_max;
-      }
-      row_sum += block_sum;
-      int count = 0;
-      for (uint64_t rest = bits; rest; rest &= rest - 1, ++count) {
-        const int j = __builtin_ctzll(rest);
-        keys[count] = blk * kBlock + j;
-        coef[count] = probs[j];
-      }
-      accumulate_rows<T, W>(acc, values, ld, keys, coef, count, dh);
+  uint64_t bad = 0;
+  int64_t keys[kLanes];
+  geo.block_keys(kb, keys);
+  for (int64_t lane = 0; lane < kLanes; ++lane) {
+    const int64_t key = keys[lane];
+    T* dst = rows + lane * dh;
+    if (key < 0) {
+      std::fill(dst, dst + dh, T(0));
+      continue;
     }
-    const T inverse = T(1) / row_sum;
-    for (int64_t d = 0; d < dh; ++d) out[r * dh + d] = static_cast<S>(acc[d] * inverse);
-    lse[r] = row_max + std::log(row_sum);
+    const T* src = row;
+    bool direct = false;
+    if constexpr (std::is_same_v<S, T>) direct = m.col == 1;
+    if (direct) {
+      src = reinterpret_cast<const T*>(m.data + key * m.row);
+    } else {
+      for (int64_t d = 0; d < dh; ++d) row[d] = static_cast<T>(m.at(key, d));
+    }
+    M broken{};
+    int64_t d = 0;
+    for (; d + W <= dh; d += W) {
+      const V x = load<V>(src + d);
+      const M ok = (x - x) == V{};
+      broken |= ~ok;
+      store(dst + d, ok ? x : V{});
+    }
+    bool ok = true;
+    for (int i = 0; i < W; ++i) ok &= broken[i] == 0;
+    for (; d < dh; ++d) {
+      const T x = src[d];
+      ok &= finite(x);
+      dst[d] = finite(x) ? x : T(0);
+    }
+    if (!ok) bad |= uint64_t(1) << lane;
+  }
+  return bad;
+}
+
+// Asks for the rows of block `kb` of m (one cache line at a time) ahead of their use.
+template <typename S>
+COAVS_ALWAYS_INLINE void prefetch_block(const KeyGeometry& geo, int64_t dh, const Strided<S>& m, int64_t kb) {
+  const int64_t bytes = dh * m.col * static_cast<int64_t>(sizeof(S));
+  int64_t keys[kLanes];
+  geo.block_keys(kb, keys);
+  for (int64_t lane = 0; lane < kLanes; ++lane) {
+    const int64_t key = keys[lane];
+    if (key < 0) continue;
+    const char* row = reinterpret_cast<const char*>(m.data + key * m.row);
+    for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(row + at);
   }
 }
 
-struct Grads {
-  void* dq;  // [B,h,Q,dh] contiguous, scalar type
-  void* dk;  // [B,h,N,dh]
-  void* dv;
+// The next block after `kb` that a tile of sample b visits, or -1.
+COAVS_ALWAYS_INLINE int64_t next_visited(const int32_t* block_counts, int64_t blocks, int64_t b, int64_t kb) {
+  for (int64_t next = kb + 1; next < blocks; ++next) {
+    if (block_counts[(b * blocks + next) * 2 + 1] > 0) return next;
+  }
+  return -1;
+}
+
+// Calls fn(n, positions, lanes) for groups of up to 4 working rows that see block kb (positions in row_order),
+// in plan order: the rows of the block's full tiles (every valid lane), then those of its partial tiles that
+// have a visible lane. Rows flagged in `skip` are left out; their lanes are OR-ed into `skipped`.
+template <typename F>
+COAVS_ALWAYS_INLINE void for_each_group(const Problem& p, int64_t b, int64_t kb, int64_t count, const uint8_t* skip,
+                                        uint64_t& skipped, F&& fn) {
+  const int32_t* counts = p.block_counts + (b * p.blocks + kb) * 2;
+  const int32_t* tiles = p.block_tiles + (b * p.blocks + kb) * p.tiles;
+  const int32_t* rows = p.row_order + b * p.queries;
+  const uint64_t valid = p.valid[kb];
+  int64_t pos[kMaxGroup];
+  uint64_t lanes[kMaxGroup];
+  int n = 0;
+  for (int32_t i = 0; i < counts[1]; ++i) {
+    const int64_t first = static_cast<int64_t>(tiles[i]) * p.rows_per_tile;
+    const int64_t last = std::min(first + p.rows_per_tile, count);
+    for (int64_t at = first; at < last; ++at) {
+      const uint64_t seen =
+          i < counts[0] ? valid : static_cast<uint64_t>(p.block_bits[(b * p.queries + rows[at]) * p.blocks + kb]) & valid;
+      if (!seen) continue;
+      if (skip != nullptr && skip[at]) {
+        skipped |= seen;
+        continue;
+      }
+      pos[n] = at;
+      lanes[n] = seen;
+      if (++n == kMaxGroup) fn(n, pos, lanes), n = 0;
+    }
+  }
+  if (n) fn(n, pos, lanes);
+}
+
+struct Buffers {  // outputs, contiguous
+  void* a;
+  void* b;
+  void* c;
 };
 
 template <typename S, typename T, int W>
-COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const SampleRows& sample, const at::Tensor& grad_out,
-                                const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                                const at::Tensor& lse, int64_t b, int64_t h, T* scratch, const Grads& g) {
+COAVS_ALWAYS_INLINE void forward_body(const Problem& p, const KeyGeometry& geo, const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, int64_t b, int64_t h, std::vector<T>& scratch,
+                                      const Buffers& o) {
   using V = typename Vec<T, W>::type;
-  constexpr int NV = kBlock / W;
-  const int64_t dh = p.head_dim, padded = p.padded;
-  T* kt = scratch;                 // [blocks][dh][64]
-  T* kr = kt + dh * padded;        // [padded][dh]
-  T* vt = kr + padded * dh;        // [blocks][dh][64]
-  T* dk = vt + dh * padded;        // [padded][dh]
-  T* dv = dk + padded * dh;        // [padded][dh]
-  T* probs = dv + padded * dh;     // [64]
-  T* dscores = probs + kBlock;     // [64]
-  T* coef = dscores + kBlock;      // [64]
-  T* tile = coef + kBlock;         // [64][dh]
-  int64_t keys[kBlock];
-  // k rows: read in place when float32 (float64) with a unit last stride; dk, dv: accumulated in the (zeroed)
-  // outputs when those are float32 (float64), else in float32 scratch converted at the end
-  const Strided<S> km = slice<S>(k, b, h);
-  const T* krows = kr;
-  int64_t ld = dh;
-  if constexpr (std::is_same_v<S, T>) {
-    if (km.col == 1) krows = km.data, ld = km.row;
+  using M = typename Vec<T, W>::mask;
+  const int64_t dh = p.head_dim, count = p.row_count[b];
+  const int32_t* rows = p.row_order + b * p.queries;
+  scratch.resize(3 * kLanes * dh + 2 * kMaxGroup * kLanes + count * (2 * dh + 2) + dh);
+  T* row = scratch.data();         // [dh] conversion scratch
+  T* kt = row + dh;                // [dh][64]
+  T* vr = kt + kLanes * dh;        // [64][dh]
+  T* kr = vr + kLanes * dh;        // [64][dh]
+  T* sc = kr + kLanes * dh;        // [4][64] scores
+  T* pr = sc + kMaxGroup * kLanes;  // [4][64] probabilities
+  T* qs = pr + kMaxGroup * kLanes;  // [count][dh] scale * q
+  T* acc = qs + count * dh;         // [count][dh]
+  T* row_max = acc + count * dh;    // [count]
+  T* row_sum = row_max + count;     // [count]
+  std::vector<uint8_t> poisoned(count, 0);
+  const T scale = static_cast<T>(p.scale), neg_inf = -std::numeric_limits<T>::infinity();
+  const Strided<S> qm = slice<S>(q, b, h), km = slice<S>(k, b, h), vm = slice<S>(v, b, h);
+  for (int64_t at = 0; at < count; ++at) {
+    for (int64_t d = 0; d < dh; ++d) {
+      const T x = static_cast<T>(qm.at(rows[at], d)) * scale;
+      poisoned[at] |= !finite(x);
+      qs[at * dh + d] = finite(x) ? x : T(0);
+      acc[at * dh + d] = T(0);
+    }
+    row_max[at] = neg_inf;
+    row_sum[at] = T(0);
   }
-  pack<S, T>(p, km, sample.seen, krows == kr ? kr : nullptr, kt, tile);
-  pack<S, T>(p, slice<S>(v, b, h), sample.seen, nullptr, vt, tile);
-  S* dk_out = static_cast<S*>(g.dk) + (b * p.heads + h) * p.keys * dh;
-  S* dv_out = static_cast<S*>(g.dv) + (b * p.heads + h) * p.keys * dh;
-  if constexpr (std::is_same_v<S, T>) {
-    dk = dk_out;
-    dv = dv_out;
-  } else {
-    std::fill(dk, dk + 2 * padded * dh, T(0));
+  int vec[kLanes];
+  const T* x[kMaxGroup];
+  T* a[kMaxGroup];
+  uint64_t unused = 0;
+  for (int64_t kb = 0; kb < p.blocks; ++kb) {
+    if (p.block_counts[(b * p.blocks + kb) * 2 + 1] == 0) continue;
+    uint64_t bad = pack_block<S, T, W>(geo, dh, km, kb, kr, row);
+    transpose_block<T, W>(kr, dh, kt);
+    bad |= pack_block<S, T, W>(geo, dh, vm, kb, vr, row);
+    const int64_t next = next_visited(p.block_counts, p.blocks, b, kb);
+    if (next >= 0 && km.col == 1 && vm.col == 1) prefetch_block(geo, dh, km, next), prefetch_block(geo, dh, vm, next);
+    for_each_group(p, b, kb, count, nullptr, unused, [&](int n, const int64_t* pos, const uint64_t* lanes) COAVS_ALWAYS_INLINE_LAMBDA {
+      uint64_t all = 0;
+      for (int g = 0; g < n; ++g) all |= lanes[g], x[g] = qs + pos[g] * dh, a[g] = acc + pos[g] * dh;
+      const int live = live_vectors<W>(all, vec);
+      block_scores<T, W>(n, x, kt, vec, live, dh, sc);
+      for (int g = 0; g < n; ++g) {
+        const int64_t at = pos[g];
+        poisoned[at] |= (lanes[g] & bad) != 0;
+        V top = splat_as(V, neg_inf);
+        M overflow{};
+        for (int l = 0; l < live; ++l) {
+          const M seen = lane_mask<T, W>(lanes[g] >> (vec[l] * W));
+          const V s = load<V>(sc + g * kLanes + vec[l] * W);
+          const M ok = seen & ((s - s) == V{});
+          overflow |= seen & ~ok;
+          const V masked = ok ? s : splat_as(V, neg_inf);
+          top = top > masked ? top : masked;
+          store(sc + g * kLanes + vec[l] * W, masked);
+        }
+        for (int i = 0; i < W; ++i) poisoned[at] |= overflow[i] != 0;
+        const T block_max = reduce_max<T, W>(top);
+        const T new_max = block_max > row_max[at] ? block_max : row_max[at];
+        if (new_max == neg_inf) {  // every visible score non-finite: the row is poisoned, nothing to add
+          for (int l = 0; l < live; ++l) store(pr + g * kLanes + vec[l] * W, V{});
+          continue;
+        }
+        V total{};
+        for (int l = 0; l < live; ++l) {
+          const V masked = load<V>(sc + g * kLanes + vec[l] * W);
+          const V e = vexp<W>(masked - splat_as(V, new_max));
+          const V prob = masked > splat_as(V, neg_inf) ? e : V{};
+          total += prob;
+          store(pr + g * kLanes + vec[l] * W, prob);
+        }
+        if (new_max > row_max[at]) {
+          const T correction = row_max[at] == neg_inf ? T(0) : std::exp(row_max[at] - new_max);
+          row_sum[at] *= correction;
+          for (int64_t d = 0; d < dh; ++d) acc[at * dh + d] *= correction;
+          row_max[at] = new_max;
+        }
+        row_sum[at] += reduce_sum<T, W>(total);
+      }
+      rows_update<T, W>(n, a, pr, vr, dh, all, dh);
+    });
   }
-  const Strided<S> qm = slice<S>(q, b, h), gm = slice<S>(grad_out, b, h), om = slice<S>(out, b, h);
-  const T* lse_row = lse.const_data_ptr<T>() + b * lse.stride(0) + h * lse.stride(1);
-  const int64_t lse_stride = lse.stride(2);
-  S* dq_out = static_cast<S*>(g.dq) + (b * p.heads + h) * p.queries * dh;
-  const T scale = static_cast<T>(p.scale);
-  // per working row: scaled q and grad_out (plain and broadcast), its dq, log-sum-exp and Σ g∘out; then key
-  // blocks outermost, so that one block's keys, values and dk, dv stay in cache while every row visits them
-  const int64_t rows = static_cast<int64_t>(sample.rows.size());
-  std::vector<T> state(rows * dh * (3 + 2 * W) + 2 * rows);
-  T* qs_all = state.data();              // [rows][dh]
-  T* go_all = qs_all + rows * dh;        // [rows][dh]
-  T* dq_all = go_all + rows * dh;        // [rows][dh]
-  T* qb_all = dq_all + rows * dh;        // [rows][dh][W]
-  T* gb_all = qb_all + rows * dh * W;    // [rows][dh][W]
-  T* lse_all = gb_all + rows * dh * W;   // [rows]
-  T* delta_all = lse_all + rows;         // [rows]
-  for (int64_t t = 0; t < rows; ++t) {
-    const int64_t r = sample.rows[t];
-    T delta = T(0);
+  S* out = static_cast<S*>(o.a) + (b * p.heads + h) * p.queries * dh;
+  T* lse = static_cast<T*>(o.b) + (b * p.heads + h) * p.queries;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (int64_t at = 0; at < count; ++at) {
+    const int64_t r = rows[at];
+    const T inverse = T(1) / row_sum[at];
+    bool ok = !poisoned[at] && row_sum[at] > T(0);
+    for (int64_t d = 0; d < dh; ++d) ok &= finite(acc[at * dh + d] * inverse);
+    for (int64_t d = 0; d < dh; ++d) out[r * dh + d] = static_cast<S>(ok ? acc[at * dh + d] * inverse : nan);
+    lse[r] = ok ? row_max[at] + std::log(row_sum[at]) : nan;
+  }
+}
+
+template <typename S, typename T, int W>
+COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const KeyGeometry& geo, const at::Tensor& grad_out,
+                                       const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const at::Tensor& out, const at::Tensor& lse, int64_t b, int64_t h,
+                                       std::vector<T>& scratch, const Buffers& grads) {
+  using V = typename Vec<T, W>::type;
+  const int64_t dh = p.head_dim, count = p.row_count[b];
+  const int32_t* rows = p.row_order + b * p.queries;
+  scratch.resize(6 * kLanes * dh + 2 * kMaxGroup * kLanes + count * (3 * dh + 2) + dh);
+  T* row = scratch.data();            // [dh] conversion scratch
+  T* kr = row + dh;                   // [64][dh]
+  T* kt = kr + kLanes * dh;           // [dh][64]
+  T* vt = kt + kLanes * dh;           // [dh][64]
+  T* dk = vt + kLanes * dh;           // [64][dh] of the block
+  T* dv = dk + kLanes * dh;           // [64][dh]
+  T* sc = dv + kLanes * dh;           // [4][64] scores, then probabilities
+  T* ds = sc + kMaxGroup * kLanes;    // [4][64] d(scores)
+  T* qs = ds + kMaxGroup * kLanes;    // [count][dh] scale * q
+  T* go = qs + count * dh;            // [count][dh] grad_out
+  T* dq = go + count * dh;            // [count][dh]
+  T* row_lse = dq + count * dh;       // [count]
+  T* delta = row_lse + count;         // [count]
+  std::vector<uint8_t> poisoned(count, 0);
+  const T scale = static_cast<T>(p.scale), nan = std::numeric_limits<T>::quiet_NaN();
+  const Strided<S> qm = slice<S>(q, b, h), km = slice<S>(k, b, h), vm = slice<S>(v, b, h);
+  const Strided<S> gm = slice<S>(grad_out, b, h), om = slice<S>(out, b, h);
+  const T* lse_bh = lse.const_data_ptr<T>() + b * lse.stride(0) + h * lse.stride(1);
+  for (int64_t at = 0; at < count; ++at) {
+    const int64_t r = rows[at];
+    row_lse[at] = lse_bh[r * lse.stride(2)];
+    bool ok = finite(row_lse[at]);
+    T dot = T(0);
     for (int64_t d = 0; d < dh; ++d) {
       const T qd = static_cast<T>(qm.at(r, d)) * scale, gd = static_cast<T>(gm.at(r, d));
-      qs_all[t * dh + d] = qd;
-      go_all[t * dh + d] = gd;
-      dq_all[t * dh + d] = T(0);
-      delta += gd * static_cast<T>(om.at(r, d));
-      store(qb_all + (t * dh + d) * W, splat<V>(qd));
-      store(gb_all + (t * dh + d) * W, splat<V>(gd));
+      const T od = static_cast<T>(om.at(r, d));
+      ok &= finite(qd) && finite(gd) && finite(od);
+      qs[at * dh + d] = finite(qd) ? qd : T(0);
+      go[at * dh + d] = finite(gd) ? gd : T(0);
+      dq[at * dh + d] = T(0);
+      dot += finite(gd) && finite(od) ? gd * od : T(0);
     }
-    lse_all[t] = lse_row[r * lse_stride];
-    delta_all[t] = delta;
+    poisoned[at] = !ok;
+    delta[at] = dot;
   }
-  for (int64_t blk = 0; blk < p.blocks; ++blk) {
-    if (!sample.seen[blk]) continue;
-    for (int64_t t = 0; t < rows; ++t) {
-      const int64_t r = sample.rows[t];
-      if (!p.occupancy[(b * p.queries + r) * p.blocks + blk]) continue;
-      const uint64_t bits = block_bits(p, b, r, blk);
-      if (!bits) continue;
-      const uint32_t live = live_vectors<W>(bits);
-      V s[NV], dp[NV];
-      block_scores<T, W>(qb_all + t * dh * W, kt + blk * kBlock * dh, dh, live, s);
-      block_scores<T, W>(gb_all + t * dh * W, vt + blk * kBlock * dh, dh, live, dp);
-      const V row_lse = splat<V>(lse_all[t]);
-      const V row_delta = splat<V>(delta_all[t]);
-      for (int i = 0; i < NV; ++i) {
-        if (!((live >> i) & 1)) continue;
-        const V e = vexp<W>(s[i] - row_lse);
-        const V pv = lane_mask<T, W>(bits >> (i * W)) ? e : V{};
-        store(probs + i * W, pv);
-        store(dscores + i * W, pv * (dp[i] - row_delta));
+  int vec[kLanes];
+  const T* xq[kMaxGroup];
+  const T* xg[kMaxGroup];
+  T* a[kMaxGroup];
+  S* dk_out = static_cast<S*>(grads.b) + (b * p.heads + h) * p.keys * dh;
+  S* dv_out = static_cast<S*>(grads.c) + (b * p.heads + h) * p.keys * dh;
+  for (int64_t kb = 0; kb < p.blocks; ++kb) {
+    if (p.block_counts[(b * p.blocks + kb) * 2 + 1] == 0) continue;
+    pack_block<S, T, W>(geo, dh, km, kb, kr, row);
+    transpose_block<T, W>(kr, dh, kt);
+    pack_block<S, T, W>(geo, dh, vm, kb, dk, row);  // the block's dk is zeroed below: a scratch until then
+    transpose_block<T, W>(dk, dh, vt);
+    const int64_t next = next_visited(p.block_counts, p.blocks, b, kb);
+    if (next >= 0 && km.col == 1 && vm.col == 1) prefetch_block(geo, dh, km, next), prefetch_block(geo, dh, vm, next);
+    std::fill(dk, dk + 2 * kLanes * dh, T(0));
+    uint64_t key_poisoned = 0;
+    for_each_group(p, b, kb, count, poisoned.data(), key_poisoned,
+                   [&](int n, const int64_t* pos, const uint64_t* lanes) COAVS_ALWAYS_INLINE_LAMBDA {
+      uint64_t all = 0;
+      for (int g = 0; g < n; ++g) {
+        all |= lanes[g];
+        xq[g] = qs + pos[g] * dh, xg[g] = go + pos[g] * dh, a[g] = dq + pos[g] * dh;
       }
-      const T* __restrict__ qr = qs_all + t * dh;
-      const T* __restrict__ gr = go_all + t * dh;
-      int count = 0;
-      for (uint64_t rest = bits; rest; rest &= rest - 1, ++count) {
-        const int j = __builtin_ctzll(rest);
-        const int64_t n = blk * kBlock + j;
-        const T pj = probs[j], dsj = dscores[j];
-        keys[count] = n;
-        coef[count] = dsj;
-        T* __restrict__ dkj = dk + n * dh;
-        T* __restrict__ dvj = dv + n * dh;
-        const V dsv = splat<V>(dsj), pv = splat<V>(pj);
-        int64_t d = 0;
-        for (; d + W <= dh; d += W) {
-          store(dkj + d, load<V>(dkj + d) + dsv * load<V>(qr + d));
-          store(dvj + d, load<V>(dvj + d) + pv * load<V>(gr + d));
-        }
-        for (; d < dh; ++d) {
-          dkj[d] += dsj * qr[d];
-          dvj[d] += pj * gr[d];
+      const int live = live_vectors<W>(all, vec);
+      block_scores<T, W>(n, xq, kt, vec, live, dh, sc);
+      block_scores<T, W>(n, xg, vt, vec, live, dh, ds);
+      for (int g = 0; g < n; ++g) {
+        const V row_lse_v = splat_as(V, row_lse[pos[g]]), row_delta = splat_as(V, delta[pos[g]]);
+        for (int l = 0; l < live; ++l) {
+          T* s = sc + g * kLanes + vec[l] * W;
+          T* dp = ds + g * kLanes + vec[l] * W;
+          const auto seen = lane_mask<T, W>(lanes[g] >> (vec[l] * W));
+          const V e = vexp<W>(load<V>(s) - row_lse_v);
+          const V prob = seen ? e : V{};
+          const V grad = prob * (load<V>(dp) - row_delta);
+          store(s, prob);
+          store(dp, seen ? grad : V{});  // invisible lanes stay 0 even where dO.v overflows
         }
       }
-      accumulate_rows<T, W>(dq_all + t * dh, krows, ld, keys, coef, count, dh);
+      keys_update<T, W>(n, dv, sc, xg, all, dh);
+      keys_update<T, W>(n, dk, ds, xq, all, dh);
+      rows_update<T, W>(n, a, ds, kr, dh, all, dh);
+    });
+    int64_t keys[kLanes];
+    geo.block_keys(kb, keys);
+    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      const int64_t key = keys[lane];
+      if (key < 0) continue;
+      const bool bad = (key_poisoned >> lane) & 1;
+      for (int64_t d = 0; d < dh; ++d) {
+        dk_out[key * dh + d] = static_cast<S>(bad ? nan : dk[lane * dh + d]);
+        dv_out[key * dh + d] = static_cast<S>(bad ? nan : dv[lane * dh + d]);
+      }
     }
   }
-  for (int64_t t = 0; t < rows; ++t) {
-    for (int64_t d = 0; d < dh; ++d) dq_out[sample.rows[t] * dh + d] = static_cast<S>(dq_all[t * dh + d] * scale);
-  }
-  if constexpr (!std::is_same_v<S, T>) {
-    for (int64_t i = 0; i < p.keys * dh; ++i) {
-      dk_out[i] = static_cast<S>(dk[i]);
-      dv_out[i] = static_cast<S>(dv[i]);
+  S* dq_out = static_cast<S*>(grads.a) + (b * p.heads + h) * p.queries * dh;
+  for (int64_t at = 0; at < count; ++at) {
+    for (int64_t d = 0; d < dh; ++d) {
+      dq_out[rows[at] * dh + d] = static_cast<S>(poisoned[at] ? nan : dq[at * dh + d] * scale);
     }
   }
 }
@@ -508,14 +402,14 @@ COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const SampleRows& sampl
   }
 
 COAVS_ISA_VARIANTS(forward_bh, forward_body,
-                   (const Problem& p, const SampleRows& s, const at::Tensor& q, const at::Tensor& k,
-                    const at::Tensor& v, int64_t b, int64_t h, T* scratch, const Outputs& o),
-                   (p, s, q, k, v, b, h, scratch, o))
+                   (const Problem& p, const KeyGeometry& geo, const at::Tensor& q, const at::Tensor& k,
+                    const at::Tensor& v, int64_t b, int64_t h, std::vector<T>& scratch, const Buffers& o),
+                   (p, geo, q, k, v, b, h, scratch, o))
 COAVS_ISA_VARIANTS(backward_bh, backward_body,
-                   (const Problem& p, const SampleRows& s, const at::Tensor& go, const at::Tensor& q,
+                   (const Problem& p, const KeyGeometry& geo, const at::Tensor& go, const at::Tensor& q,
                     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                    int64_t b, int64_t h, T* scratch, const Grads& g),
-                   (p, s, go, q, k, v, out, lse, b, h, scratch, g))
+                    int64_t b, int64_t h, std::vector<T>& scratch, const Buffers& g),
+                   (p, geo, go, q, k, v, out, lse, b, h, scratch, g))
 
 enum class Isa { kAvx512, kAvx2, kBase };
 
@@ -534,8 +428,74 @@ Isa cpu_isa() {
   return isa;
 }
 
-Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bits,
-                     const at::Tensor& occupancy, const at::Tensor& active, double scale) {
+struct PlanTensors {
+  at::Tensor block_bits, row_order, row_count, tile_counts, tile_blocks, block_counts, block_tiles;
+};
+
+void check_int32(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(t.scalar_type() == at::kInt && t.sizes() == shape && t.device().is_cpu(), "plan ", name,
+              " must be int32 ", shape, " on the CPU, got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+}
+
+// Shapes, dtypes and every value the kernels index with: a plan that did not come from masked_attention_plan
+// cannot make them read or write outside their tensors.
+PlanTensors check_plan(int64_t batch, int64_t queries, int64_t blocks, int64_t tiles, const at::Tensor& block_bits,
+                       const at::Tensor& row_order, const at::Tensor& row_count, const at::Tensor& tile_counts,
+                       const at::Tensor& tile_blocks, const at::Tensor& block_counts, const at::Tensor& block_tiles) {
+  TORCH_CHECK(block_bits.scalar_type() == at::kLong && block_bits.sizes() == at::IntArrayRef({batch, queries, blocks}),
+              "plan block_bits must be int64 [", batch, ", ", queries, ", ", blocks, "], got ",
+              block_bits.scalar_type(), " ", block_bits.sizes());
+  check_int32(row_order, "row_order", {batch, queries});
+  check_int32(row_count, "row_count", {batch});
+  check_int32(tile_counts, "tile_counts", {batch, tiles, 2});
+  check_int32(tile_blocks, "tile_blocks", {batch, tiles, blocks});
+  check_int32(block_counts, "block_counts", {batch, blocks, 2});
+  check_int32(block_tiles, "block_tiles", {batch, blocks, tiles});
+  PlanTensors t{block_bits.contiguous(), row_order.contiguous(), row_count.contiguous(), tile_counts.contiguous(),
+                tile_blocks.contiguous(), block_counts.contiguous(), block_tiles.contiguous()};
+  const int32_t* order = t.row_order.const_data_ptr<int32_t>();
+  const int32_t* count = t.row_count.const_data_ptr<int32_t>();
+  const int32_t* bc = t.block_counts.const_data_ptr<int32_t>();
+  const int32_t* bt = t.block_tiles.const_data_ptr<int32_t>();
+  std::vector<uint8_t> seen(queries);
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(count[b] >= 0 && count[b] <= queries, "plan row_count out of range");
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t i = 0; i < queries; ++i) {
+      const int32_t r = order[b * queries + i];
+      TORCH_CHECK(r >= 0 && r < queries && !seen[r], "plan row_order must be a permutation of the rows");
+      seen[r] = 1;
+    }
+    for (int64_t kb = 0; kb < blocks; ++kb) {
+      const int32_t full = bc[(b * blocks + kb) * 2], total = bc[(b * blocks + kb) * 2 + 1];
+      TORCH_CHECK(full >= 0 && full <= total && total <= tiles, "plan block_counts out of range");
+      for (int32_t i = 0; i < total; ++i) {
+        const int32_t tile = bt[(b * blocks + kb) * tiles + i];
+        TORCH_CHECK(tile >= 0 && tile < tiles, "plan block_tiles out of range");
+      }
+    }
+  }
+  return t;
+}
+
+Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const PlanTensors& t,
+                     const KeyGeometry& geo, int64_t rows_per_tile, double scale) {
+  Problem p;
+  p.batch = q.size(0), p.heads = q.size(1), p.queries = q.size(2), p.keys = k.size(2), p.head_dim = q.size(3);
+  p.blocks = geo.blocks, p.rows_per_tile = rows_per_tile, p.scale = scale;
+  p.tiles = (p.queries + rows_per_tile - 1) / rows_per_tile;
+  p.block_bits = t.block_bits.const_data_ptr<int64_t>();
+  p.row_order = t.row_order.const_data_ptr<int32_t>();
+  p.row_count = t.row_count.const_data_ptr<int32_t>();
+  p.block_counts = t.block_counts.const_data_ptr<int32_t>();
+  p.block_tiles = t.block_tiles.const_data_ptr<int32_t>();
+  p.valid.resize(geo.blocks);
+  for (int64_t kb = 0; kb < geo.blocks; ++kb) p.valid[kb] = geo.valid(kb);
+  return p;
+}
+
+void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t height, int64_t width,
+               double scale) {
   TORCH_CHECK(q.device().is_cpu(), "masked_cross_attention_cpu: q must be a CPU tensor, got ", q.device());
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-D [B,h,L,dh], got ", q.sizes(),
               ", ", k.sizes(), ", ", v.sizes());
@@ -545,65 +505,41 @@ Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "q, k, v must have one dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type());
   TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), "q, k, v must be on one device");
-  Problem p{};
-  p.batch = q.size(0);
-  p.heads = q.size(1);
-  p.queries = q.size(2);
-  p.keys = k.size(2);
-  p.head_dim = q.size(3);
-  p.blocks = (p.keys + kBlock - 1) / kBlock;
-  p.padded = p.blocks * kBlock;
-  p.words = (p.keys + 31) / 32;
-  p.scale = scale;
-  TORCH_CHECK(bits.scalar_type() == at::kInt && bits.dim() == 3 && bits.size(0) == p.batch &&
-                  bits.size(1) == p.queries && bits.size(2) == p.words,
-              "mask_bits must be int32 [B,Q,ceil(N/32)] = [", p.batch, ", ", p.queries, ", ", p.words, "], got ",
-              bits.scalar_type(), " ", bits.sizes());
-  TORCH_CHECK(occupancy.scalar_type() == at::kByte && occupancy.dim() == 3 && occupancy.size(0) == p.batch &&
-                  occupancy.size(1) == p.queries && occupancy.size(2) == p.blocks,
-              "block_occupancy must be uint8 [B,Q,ceil(N/64)] = [", p.batch, ", ", p.queries, ", ", p.blocks,
-              "], got ", occupancy.scalar_type(), " ", occupancy.sizes());
-  TORCH_CHECK(active.scalar_type() == at::kBool && active.dim() == 2 && active.size(0) == p.batch &&
-                  active.size(1) == p.queries,
-              "active must be bool [B,Q] = [", p.batch, ", ", p.queries, "], got ", active.scalar_type(), " ",
-              active.sizes());
+  TORCH_CHECK(height >= 1 && width >= 1 && height * width == k.size(2), "the key map ", height, " x ", width,
+              " must hold the N = ", k.size(2), " keys");
   TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale must be finite and > 0, got ", scale);
-  return p;
-}
-
-void set_mask_pointers(Problem& p, const at::Tensor& bits, const at::Tensor& occupancy, const at::Tensor& active) {
-  p.bits = bits.const_data_ptr<int32_t>();
-  p.occupancy = occupancy.const_data_ptr<uint8_t>();
-  p.active = active.const_data_ptr<bool>();
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> masked_cross_attention_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                              const at::Tensor& v, const at::Tensor& mask_bits,
-                                                              const at::Tensor& block_occupancy,
-                                                              const at::Tensor& active, double scale) {
-  Problem p = make_problem(q, k, v, mask_bits, block_occupancy, active, scale);
-  const auto bits = mask_bits.contiguous(), occupancy = block_occupancy.contiguous(), act = active.contiguous();
-  set_mask_pointers(p, bits, occupancy, act);
-  const auto acc_type = opmath_scalar_type(q.scalar_type());
-  auto out = at::zeros({p.batch, p.heads, p.queries, p.head_dim}, q.options());
-  auto lse = at::zeros({p.batch, p.heads, p.queries}, q.options().dtype(acc_type));
-  if (out.numel() == 0 || p.keys == 0) return {out, lse};
-  const auto samples = working_rows(p);
-  const Outputs o{out.data_ptr(), lse.data_ptr()};
+std::tuple<at::Tensor, at::Tensor> masked_cross_attention_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& block_bits,
+    const at::Tensor& row_order, const at::Tensor& row_count, const at::Tensor& tile_counts,
+    const at::Tensor& tile_blocks, const at::Tensor& block_counts, const at::Tensor& block_tiles, double scale,
+    int64_t height, int64_t width, int64_t rows_per_tile) {
+  check_qkv(q, k, v, height, width, scale);
+  TORCH_CHECK(rows_per_tile >= 1, "rows_per_tile must be >= 1");
+  const KeyGeometry geo(height, width);
+  const int64_t tiles = (q.size(2) + rows_per_tile - 1) / rows_per_tile;
+  const PlanTensors t = check_plan(q.size(0), q.size(2), geo.blocks, tiles, block_bits, row_order, row_count,
+                                   tile_counts, tile_blocks, block_counts, block_tiles);
+  const Problem p = make_problem(q, k, v, t, geo, rows_per_tile, scale);
+  auto out = at::zeros(q.sizes(), q.options());
+  auto lse = at::zeros({p.batch, p.heads, p.queries}, q.options().dtype(opmath_scalar_type(q.scalar_type())));
+  if (out.numel() == 0) return {out, lse};
+  const Buffers o{out.data_ptr(), lse.data_ptr(), nullptr};
   const Isa isa = cpu_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_cross_attention_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(2 * p.head_dim * p.padded + 2 * p.head_dim + 2 * kBlock + kBlock * p.head_dim + kMaxLanes * p.head_dim + 64);
+      std::vector<T> scratch;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / p.heads, h = i % p.heads;
-        if (samples[b].rows.empty()) continue;
+        if (p.row_count[b] == 0) continue;
         switch (isa) {
-          case Isa::kAvx512: forward_bh_avx512<scalar_t, T>(p, samples[b], q, k, v, b, h, scratch.data(), o); break;
-          case Isa::kAvx2: forward_bh_avx2<scalar_t, T>(p, samples[b], q, k, v, b, h, scratch.data(), o); break;
-          default: forward_bh_base<scalar_t, T>(p, samples[b], q, k, v, b, h, scratch.data(), o);
+          case Isa::kAvx512: forward_bh_avx512<scalar_t, T>(p, geo, q, k, v, b, h, scratch, o); break;
+          case Isa::kAvx2: forward_bh_avx2<scalar_t, T>(p, geo, q, k, v, b, h, scratch, o); break;
+          default: forward_bh_base<scalar_t, T>(p, geo, q, k, v, b, h, scratch, o);
         }
       }
     });
@@ -613,40 +549,43 @@ std::tuple<at::Tensor, at::Tensor> masked_cross_attention_cpu(const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, const at::Tensor& mask_bits, const at::Tensor& block_occupancy, const at::Tensor& active,
-    double scale) {
-  Problem p = make_problem(q, k, v, mask_bits, block_occupancy, active, scale);
+    const at::Tensor& lse, const at::Tensor& block_bits, const at::Tensor& row_order, const at::Tensor& row_count,
+    const at::Tensor& tile_counts, const at::Tensor& tile_blocks, const at::Tensor& block_counts,
+    const at::Tensor& block_tiles, double scale, int64_t height, int64_t width, int64_t rows_per_tile) {
+  check_qkv(q, k, v, height, width, scale);
+  TORCH_CHECK(rows_per_tile >= 1, "rows_per_tile must be >= 1");
   TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
               "grad_out and out must have the shape of q ", q.sizes(), ", got ", grad_out.sizes(), " and ",
               out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
               "grad_out and out must have the dtype of q");
   const auto acc_type = opmath_scalar_type(q.scalar_type());
-  TORCH_CHECK(lse.scalar_type() == acc_type && lse.dim() == 3 && lse.size(0) == p.batch && lse.size(1) == p.heads &&
-                  lse.size(2) == p.queries,
+  TORCH_CHECK(lse.scalar_type() == acc_type && lse.dim() == 3 && lse.size(0) == q.size(0) &&
+                  lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
               "lse must be ", acc_type, " [B,h,Q], got ", lse.scalar_type(), " ", lse.sizes());
-  const auto bits = mask_bits.contiguous(), occupancy = block_occupancy.contiguous(), act = active.contiguous();
-  set_mask_pointers(p, bits, occupancy, act);
+  const KeyGeometry geo(height, width);
+  const int64_t tiles = (q.size(2) + rows_per_tile - 1) / rows_per_tile;
+  const PlanTensors t = check_plan(q.size(0), q.size(2), geo.blocks, tiles, block_bits, row_order, row_count,
+                                   tile_counts, tile_blocks, block_counts, block_tiles);
+  const Problem p = make_problem(q, k, v, t, geo, rows_per_tile, scale);
   auto dq = at::zeros(q.sizes(), q.options());
   auto dk = at::zeros(k.sizes(), k.options());
   auto dv = at::zeros(v.sizes(), v.options());
   if (dq.numel() == 0 || dk.numel() == 0) return {dq, dk, dv};
-  const auto samples = working_rows(p);
-  const Grads g{dq.data_ptr(), dk.data_ptr(), dv.data_ptr()};
+  const Buffers g{dq.data_ptr(), dk.data_ptr(), dv.data_ptr()};
   const Isa isa = cpu_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_cross_attention_backward_cpu",
                                   [&] {
     using T = at::opmath_type<scalar_t>;
     at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(5 * p.head_dim * p.padded + 3 * p.head_dim + 3 * kBlock + kBlock * p.head_dim + 2 * kMaxLanes * p.head_dim + 64);
+      std::vector<T> scratch;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / p.heads, h = i % p.heads;
-        if (samples[b].rows.empty()) continue;
-        T* s = scratch.data();
+        if (p.row_count[b] == 0) continue;
         switch (isa) {
-          case Isa::kAvx512: backward_bh_avx512<scalar_t, T>(p, samples[b], grad_out, q, k, v, out, lse, b, h, s, g); break;
-          case Isa::kAvx2: backward_bh_avx2<scalar_t, T>(p, samples[b], grad_out, q, k, v, out, lse, b, h, s, g); break;
-          default: backward_bh_base<scalar_t, T>(p, samples[b], grad_out, q, k, v, out, lse, b, h, s, g);
+          case Isa::kAvx512: backward_bh_avx512<scalar_t, T>(p, geo, grad_out, q, k, v, out, lse, b, h, scratch, g); break;
+          case Isa::kAvx2: backward_bh_avx2<scalar_t, T>(p, geo, grad_out, q, k, v, out, lse, b, h, scratch, g); break;
+          default: backward_bh_base<scalar_t, T>(p, geo, grad_out, q, k, v, out, lse, b, h, scratch, g);
         }
       }
     });

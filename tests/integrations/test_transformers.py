@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 from torch import nn
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'coavs[hf]')")
@@ -216,3 +217,69 @@ def test_pack_rows_equals_pack_visibility(keys):
     for name in ("bits", "occupancy"):
         a, b = getattr(fast, name), getattr(plain, name)
         assert a.dtype == b.dtype and a.is_contiguous() and torch.equal(a, b), name
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the operators that read a tensor's value on the host (each a device sync on a GPU)."""
+
+    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+             torch.ops.aten.equal.default}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def _module_and_inputs(batch=4, heads=8, per_head=False):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(64, heads)
+    ours = copy.deepcopy(mha)
+    ours.__class__ = integration.MaskedCrossAttention
+    q, k = torch.randn(10, batch, 64), torch.randn(48, batch, 64)
+    masked = torch.rand(batch, 10, 48) < 0.6
+    mask = masked.repeat_interleave(heads, 0)
+    if per_head:
+        mask = torch.rand(batch * heads, 10, 48) < 0.6
+    return mha, ours, q, k, mask
+
+
+def test_one_host_read_per_call_whatever_the_batch_and_heads():
+    """Issue 22: deciding whether the heads share the mask is one comparison and one host read per call (it was
+    B·(h−1) torch.equal calls: 28 here)."""
+    for per_head in (False, True):
+        _, ours, q, k, mask = _module_and_inputs(per_head=per_head)
+        with _HostReads() as reads:
+            ours(q, k, k, attn_mask=mask)
+        assert reads.count == 1, (per_head, reads.count)
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_torch_compile_fullgraph_takes_either_path(per_head):
+    """Under torch.compile the decision is a torch.cond: no graph break, and the answer of the path it takes."""
+    mha, ours, q, k, mask = _module_and_inputs(batch=2, heads=4, per_head=per_head)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        got = compiled(q, k, k, attn_mask=mask)[0]
+        expected = ours(q, k, k, attn_mask=mask)[0]
+    assert_close(got, expected, what=f"per_head={per_head}")
+    if per_head:
+        assert_close(got, mha(q, k, k, attn_mask=mask)[0], what="PyTorch's attention")
+
+
+def test_accelerate_records_each_layers_key_map(one_thread):
+    """The decoder's feature sizes reach every cross-attention (layer i: level i % levels), so masks are blocked as
+    image patches; restore() removes the hook."""
+    model = integration.accelerate(make_model().eval())
+    with torch.no_grad():
+        out = model.model.pixel_level_module(pixels())
+        model(pixel_values=pixels())
+    decoder = model.model.transformer_module.decoder
+    sizes = [tuple(f.shape[-2:]) for f in out.decoder_hidden_states]
+    for index, layer in enumerate(decoder.layers):
+        assert layer.cross_attn.key_map_size == sizes[index % decoder.num_feature_levels]
+    integration.restore(model)
+    assert not hasattr(decoder, "_coavs_key_map_hook") and not decoder._forward_pre_hooks

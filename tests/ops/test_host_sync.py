@@ -28,12 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "performance.md"
 CASE_BACKENDS = [(case, backend) for case in CASES for backend in backends_for(case.op, "cpu")]
 # Host reads still there, each with its owner; the test is a strict xfail, so it fails (XPASS) the day the read
-# goes and the entry must be removed.
-KNOWN_HOST_READS = {
-    ("masked_cross_attention[float64]", "triton"): "the Triton backend's float64 key-chunked PyTorch path "
-                                                   "(nonzero + tolist per sample; issue 22, helper attn)",
-}
-
+# goes and the entry must be removed. None left.
+KNOWN_HOST_READS: dict[tuple[str, str], str] = {}
 
 # ------------------------------------------------------------------------------------------ the detector
 _t = torch.arange(6, dtype=torch.float32)

@@ -6,20 +6,15 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import coavs.ops as ops
 from coavs.ops import reference
-from coavs.ops.masked_cross_attention import masked_cross_attention_op, pack_visibility, unpack_bits
-from tests.support.attention import (ERROR_FLOOR, assert_attention_close, reference_with_grads, same_precision_eager,
-                                     use_variant)
+from coavs.ops.masked_cross_attention import attention_plan, masked_cross_attention_op, pack_visibility, unpack_bits
+from tests.support.attention import assert_attention_close, reference_with_grads, same_precision_eager
 from tests.support.helpers import FLOAT_DTYPES, backends_for
 
 mca = importlib.import_module("coavs.ops.masked_cross_attention")  # the module (the package exports the function)
 CPU_BACKENDS = backends_for("masked_cross_attention", "cpu")
-# every CPU implementation: the backends, and the key-chunked pure-PyTorch path (Triton's float64 fallback),
-# run in place of the native kernel
-BACKEND_VARIANTS = [(b, None) for b in CPU_BACKENDS] + [("native", "chunked")]
 # (H, W) of the key map for each N of the issue's grid
 KEY_MAPS = {1: (1, 1), 7: (1, 7), 49: (7, 7), 196: (14, 14), 784: (28, 28), 1000: (25, 40), 4096: (64, 64)}
 MASK_KINDS = ("random", "all", "none", "one")
@@ -33,7 +28,7 @@ def make_mask(kind: str, batch: int, queries: int, key_map, device="cpu"):
     if kind == "one":  # exactly one visible key per query
         chosen = torch.randint(keys, (batch, queries), device=device)
         visible = F.one_hot(chosen, keys).bool()
-        return pack_visibility(visible), visible
+        return pack_visibility(visible, tuple(key_map)), visible
     logits = {
         "random": torch.randn(batch, queries, 5, 6, device=device) * 2,  # blobs after bilinear resizing
         "all": torch.ones(batch, queries, 3, 3, device=device),
@@ -165,20 +160,10 @@ def test_cpu_backends():
     assert ops.select("masked_cross_attention", torch.device("cpu")) == "native"
 
 
-@pytest.fixture(params=["cpp", "chunked"])
-def cpu_kernel(request, monkeypatch):
-    """The C++ kernel behind the native backend, and the key-chunked PyTorch path in its place."""
-    use_variant(monkeypatch, request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("queries", [1, 100])
 @pytest.mark.parametrize("keys", [1, 7, 49, 196, 784, 1000])
-def test_native_grid_forward_and_gradients(cpu_kernel, queries, keys):
-    """The issue's grid: every N, Q, active fraction and mask kind, forward and every gradient (float32).
-    The chunked fallback runs the ends of the N range."""
-    if cpu_kernel == "chunked" and keys not in (1, 49, 1000):
-        pytest.skip("the chunked fallback is checked at N = 1, 49, 1000")
+def test_native_grid_forward_and_gradients(queries, keys):
+    """The issue's grid: every N, Q, active fraction and mask kind, forward and every gradient (float32)."""
     for fraction in FRACTIONS:
         for kind in MASK_KINDS:
             check_case("native", 2, 2, queries, KEY_MAPS[keys], 32, torch.float32, fraction, kind)
@@ -195,12 +180,12 @@ def test_reference_backend_backward_formula(queries, keys):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
-def test_native_dtypes_and_head_dims(cpu_kernel, dtype, head_dim):
+def test_native_dtypes_and_head_dims(dtype, head_dim):
     for kind in ("random", "one"):
         check_case("native", 2, 3, 30, (13, 15), head_dim, dtype, 0.5, kind)
 
 
-def test_native_odd_head_dim_and_scale(cpu_kernel):
+def test_native_odd_head_dim_and_scale():
     mask, visible = make_mask("random", 2, 9, (6, 11))
     active = make_active(2, 9, 0.5)
     q, k, v = make_qkv(2, 3, 9, 66, 20, torch.float32)
@@ -234,21 +219,30 @@ def test_triton_interpreter_forward_and_gradients(case):
 
 
 @pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="Triton interpreter not available")
-@pytest.mark.parametrize("kind", ["random", "one"])
-def test_triton_interpreter_split_key_range(monkeypatch, kind):
-    """The forward split over the key range (one split per key block here) and the combine kernel; with one
-    visible key per row most splits see nothing."""
+@pytest.mark.parametrize("multiprocessors", [1, 64])
+def test_triton_interpreter_head_groups(monkeypatch, multiprocessors):
+    """All heads in one program (1 SM: the grid already fills it), or one head per program (64 SMs: the heads are
+    split so that the grid reaches twice the SMs), forward and backward."""
     from coavs.kernels import masked_cross_attention as kernels
 
-    monkeypatch.setattr(kernels, "MIN_BLOCKS_PER_SPLIT", 1)
-    assert kernels.key_splits(4) == (4, 1)
-    check_case("triton", 2, 2, 20, (14, 14), 32, torch.float16, 0.5, kind)
+    monkeypatch.setattr(kernels, "_multiprocessors", lambda device: multiprocessors)
+    assert kernels.head_groups(4, 3, multiprocessors) == ((1, 3) if multiprocessors == 1 else (3, 1))
+    check_case("triton", 2, 3, 20, (14, 14), 32, torch.float16, 0.5, "random")
 
 
-@pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
-def test_non_contiguous_inputs(monkeypatch, backend, kernel):
+@pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="Triton interpreter not available")
+def test_triton_interpreter_dq_pass_in_two_halves(monkeypatch):
+    """float32 from dh=64 on sm_90 runs the dq loop over two halves of the head dimension; here under the
+    interpreter, with the architecture faked, and an odd head dim so that the upper half is partly masked."""
+    from coavs.kernels import masked_cross_attention as kernels
+
+    monkeypatch.setattr(kernels, "_arch", lambda: 90)
+    check_case("triton", 2, 2, 20, (7, 9), 48, torch.float32, 0.6, "random")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_contiguous_inputs(backend):
     """q, k, v as a model makes them: ``[B,L,h,dh]`` projections viewed as ``[B,h,L,dh]``."""
-    use_variant(monkeypatch, kernel)
     batch, heads, queries, keys, head_dim = 2, 2, 9, 70, 16
     mask, visible = make_mask("random", batch, queries, (7, 10))
     active = make_active(batch, queries, 0.5)
@@ -266,10 +260,9 @@ def test_non_contiguous_inputs(monkeypatch, backend, kernel):
         assert_attention_close(g, e, what=f"d{name}")
 
 
-@pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
-def test_dormant_rows_cost_nothing_and_leak_nothing(monkeypatch, backend, kernel):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dormant_rows_cost_nothing_and_leak_nothing(backend):
     """Dormant queries' q and grad_out values must not reach any output or gradient."""
-    use_variant(monkeypatch, kernel)
     batch, heads, queries = 2, 2, 10
     mask, _ = make_mask("random", batch, queries, (5, 6))
     active = make_active(batch, queries, 0.5)
@@ -286,9 +279,8 @@ def test_dormant_rows_cost_nothing_and_leak_nothing(monkeypatch, backend, kernel
         torch.testing.assert_close(g2, g)
 
 
-@pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
-def test_empty_batch_and_queries(monkeypatch, backend, kernel):
-    use_variant(monkeypatch, kernel)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_batch_and_queries(backend):
     for batch, queries in ((0, 4), (2, 0)):
         q, k, v = make_qkv(batch, 2, queries, 10, 16, torch.float32)
         mask = mca.all_visible_mask(batch, queries, 10, "cpu")
@@ -304,49 +296,10 @@ def test_mask_none_means_all_visible_and_active_none_means_all_active():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-# ------------------------------------------------------------------------------------- memory: no B·h·Q·N
-class _TensorShapes(TorchDispatchMode):
-    """Records the shape of every new tensor (not a view) an op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.is_view:
-            return out
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.shapes.append(tuple(t.shape))
-        return out
-
-
-def test_chunked_path_never_materialises_b_h_q_n(monkeypatch):
-    """The key-chunked path (the C++ kernel holds per thread only packed keys and values of one (b, h))."""
-    batch, heads, queries, keys, head_dim = 2, 4, 50, 900, 8
-    budget = heads * queries * 128  # one sample's scores for 128 keys
-    monkeypatch.setattr(mca, "CHUNK_ELEMENTS", budget)
-    mask, _ = make_mask("random", batch, queries, (30, 30))
-    q, k, v = make_qkv(batch, heads, queries, keys, head_dim, torch.float32)
-    active = make_active(batch, queries, 1.0)
-    forward, backward = mca._chunked_forward, mca._chunked_backward
-    tracker = _TensorShapes()
-    with tracker:  # the backend functions themselves (a mode sees a custom op as one call)
-        out, lse = forward(q, k, v, mask.bits, mask.occupancy, active, 0.3)
-        backward(torch.ones_like(out), q, k, v, out, lse, mask.bits, mask.occupancy, active, 0.3)
-    assert len(tracker.shapes) > 20
-    # apart from dk and dv, nothing is larger than the budget, itself far below B·h·Q·N
-    large = [s for s in tracker.shapes if math.prod(s) > budget and s != tuple(k.shape)]
-    assert not large, f"tensors larger than {budget} elements: {large}"
-    assert budget * 4 < batch * heads * queries * keys
-
-
-@pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
-def test_rows_without_visible_keys_are_zero(monkeypatch, backend, kernel):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_rows_without_visible_keys_are_zero(backend):
     """Only a hand-packed mask can have such a row (build_attention_mask unmasks it): it is zero and gets zero
     gradient, like a dormant row, in every backend (the reference gave NaN)."""
-    use_variant(monkeypatch, kernel)
     visible = torch.rand(2, 5, 40) < 0.5
     visible[0, 2] = False
     visible[1] = False
@@ -408,11 +361,10 @@ STRIDE_PATTERNS = ("sliced", "stepped", "transposed", "permuted", "expanded_head
 
 
 @pytest.mark.parametrize("pattern", STRIDE_PATTERNS)
-@pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
-def test_any_strides_of_k_and_v(monkeypatch, backend, kernel, pattern):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_any_strides_of_k_and_v(backend, pattern):
     """k, v (and q, grad) not contiguous in the last dimension: the native kernel read them as contiguous
     (max error 0.5-3.1 forward, gradients wrong)."""
-    use_variant(monkeypatch, kernel)
     batch, heads, queries, key_map, dim = 2, 3, 11, (7, 10), 16
     mask, visible = make_mask("random", batch, queries, key_map)
     active = make_active(batch, queries, 0.7)
@@ -461,25 +413,57 @@ def test_build_attention_mask_without_queries(shape):
             assert ops.masked_cross_attention(q, k, v, mask).shape == q.shape
 
 
+def _plan_args(mask, active):
+    """The plan tensors and the trailing ints of the attention ops for ``mask`` (a (3, 5) key map)."""
+    return tuple(attention_plan(mask, active)), (mask.size[0], mask.size[1], 16)
+
+
 @pytest.mark.skipif("native" not in CPU_BACKENDS, reason="coavs._C not built")
 def test_native_cpp_ops_opcheck():
     """The C++ ops on their own (schemas, fake kernels), with non-contiguous k and v."""
     q, k, v, mask, _, active = _small_case(torch.float32)
     k, v = strided_view(k.detach(), "stepped"), strided_view(v.detach(), "transposed")
-    args = (q.detach(), k, v, mask.bits, mask.occupancy, active, 0.4)
+    plan, ints = _plan_args(mask, active)
+    torch.library.opcheck(torch.ops.coavs_C.masked_attention_plan.default, (mask.bits, active, *ints))
+    args = (q.detach(), k, v, *plan, 0.4, *ints)
     torch.library.opcheck(torch.ops.coavs_C.masked_cross_attention.default, args)
     out, lse = torch.ops.coavs_C.masked_cross_attention(*args)
     torch.library.opcheck(torch.ops.coavs_C.masked_cross_attention_backward.default,
-                          (torch.randn_like(out), q.detach(), k, v, out, lse, *args[3:]))
+                          (torch.randn_like(out), q.detach(), k, v, out, lse, *plan, 0.4, *ints))
 
 
 @pytest.mark.skipif("native" not in CPU_BACKENDS, reason="coavs._C not built")
-def test_native_cpp_ops_reject_bad_masks():
+def test_native_cpp_ops_reject_bad_plans():
+    """The C++ ops check every plan index they use: a plan that did not come from masked_attention_plan is an
+    error, never a read or write outside a tensor."""
     q, k, v, mask, _, active = _small_case(torch.float32)
-    with pytest.raises(RuntimeError, match="mask_bits must be int32"):
-        torch.ops.coavs_C.masked_cross_attention(q, k, v, mask.bits[:, :, :0], mask.occupancy, active, 0.4)
+    plan, ints = _plan_args(mask, active)
+
+    def run(index, value):
+        bad = [t.clone() for t in plan]
+        bad[index] = value(bad[index])
+        return torch.ops.coavs_C.masked_cross_attention(q.detach(), k.detach(), v.detach(), *bad, 0.4, *ints)
+
+    with pytest.raises(RuntimeError, match="plan block_bits must be int64"):
+        run(0, lambda t: t.int())
+    with pytest.raises(RuntimeError, match="row_order must be a permutation"):
+        run(1, lambda t: t.fill_(0))
+    with pytest.raises(RuntimeError, match="row_order must be a permutation"):
+        run(1, lambda t: t + 100)
+    with pytest.raises(RuntimeError, match="row_count out of range"):
+        run(2, lambda t: t.fill_(5))
+    with pytest.raises(RuntimeError, match="block_counts out of range"):
+        run(5, lambda t: t.fill_(1000))
+    with pytest.raises(RuntimeError, match="block_tiles out of range"):
+        run(6, lambda t: t.fill_(-7))
+    with pytest.raises(RuntimeError, match="plan tile_blocks must be int32"):
+        run(4, lambda t: t.repeat(1, 1, 2))
+    with pytest.raises(RuntimeError, match="the key map 5 x 3 must hold|key map"):
+        torch.ops.coavs_C.masked_cross_attention(q.detach(), k.detach(), v.detach(), *plan, 0.4, 5, 4, 16)
+    with pytest.raises(RuntimeError, match="mask bits must be int32"):
+        torch.ops.coavs_C.masked_attention_plan(mask.bits[:, :, :0], active, *ints)
     with pytest.raises(RuntimeError, match="active must be bool"):
-        torch.ops.coavs_C.masked_cross_attention(q, k, v, mask.bits, mask.occupancy, active.float(), 0.4)
+        torch.ops.coavs_C.masked_attention_plan(mask.bits, active.float(), *ints)
 
 
 # ----------------------------------------------------------------------------------------- gradcheck/opcheck
@@ -496,9 +480,8 @@ def test_float64_gradcheck_reference():
                                     (q, k, v), fast_mode=True)
 
 
-@pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
-def test_float64_gradcheck_op(monkeypatch, backend, kernel):
-    use_variant(monkeypatch, kernel)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float64_gradcheck_op(backend):
     q, k, v, mask, _, active = _small_case()
     with ops.use_backend(backend):
         assert torch.autograd.gradcheck(lambda *x: ops.masked_cross_attention(*x, mask, active, 0.4), (q, k, v),
@@ -506,18 +489,18 @@ def test_float64_gradcheck_op(monkeypatch, backend, kernel):
 
 
 @pytest.mark.parametrize("contiguous", [True, False])
-@pytest.mark.parametrize("backend, kernel", BACKEND_VARIANTS)
-def test_opcheck(monkeypatch, backend, kernel, contiguous):
-    use_variant(monkeypatch, kernel)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_opcheck(backend, contiguous):
     q, k, v, mask, _, active = _small_case(torch.float32)
     if not contiguous:  # as a model passes them: [B,L,h,dh] viewed as [B,h,L,dh]
         q, k, v = [t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for t in (q, k, v)]
-    args = (q, k, v, mask.bits, mask.occupancy, active, 0.4)
     with ops.use_backend(backend):
+        plan, ints = _plan_args(mask, active)
+        torch.library.opcheck(torch.ops.coavs.masked_attention_plan.default, (mask.bits, active, *ints))
+        args = (q, k, v, *plan, 0.4, *ints)
         torch.library.opcheck(masked_cross_attention_op, args)
         out, lse = masked_cross_attention_op(*[t.detach() if isinstance(t, torch.Tensor) else t for t in args])
-        backward_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, mask.bits,
-                         mask.occupancy, active, 0.4)
+        backward_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, *plan, 0.4, *ints)
         torch.library.opcheck(torch.ops.coavs.masked_cross_attention_backward.default, backward_args)
         # outputs are contiguous whatever the input strides, as the fake kernels promise (inductor relies on it)
         grads = torch.ops.coavs.masked_cross_attention_backward(*backward_args)
@@ -622,7 +605,7 @@ def test_bad_input_names_the_argument(change, error, message):
 def test_forced_unavailable_backend_is_an_error():
     args = _good_args()
     with ops.use_backend("cuda"):
-        with pytest.raises(ops.BackendUnavailable, match="masked_cross_attention"):
+        with pytest.raises(ops.BackendUnavailable, match="masked_attention_plan|masked_cross_attention"):
             ops.masked_cross_attention(**args)
 
 
@@ -669,7 +652,7 @@ def test_gpu_non_contiguous_and_odd_head_dim(fixed_triton_config):
 
 
 @pytest.mark.gpu
-def test_gpu_float64_runs_the_chunked_path(fixed_triton_config):
+def test_gpu_float64_runs_the_triton_kernels(fixed_triton_config):
     check_case("triton", 2, 2, 20, (10, 10), 32, torch.float64, 0.5, "random", device="cuda")
 
 
@@ -679,7 +662,8 @@ def test_gpu_opcheck(fixed_triton_config):
     active = make_active(2, 6, 0.5, "cuda")
     q, k, v = [t.requires_grad_() for t in make_qkv(2, 2, 6, 72, 32, torch.float32, "cuda")]
     with ops.use_backend("triton"):
-        torch.library.opcheck(masked_cross_attention_op, (q, k, v, mask.bits, mask.occupancy, active, 0.3))
+        plan = tuple(attention_plan(mask, active))
+        torch.library.opcheck(masked_cross_attention_op, (q, k, v, *plan, 0.3, 8, 9, 16))
 
 
 @pytest.mark.gpu
@@ -693,3 +677,21 @@ def test_gpu_torch_compile_inductor_through_a_decoder_layer():
     torch.testing.assert_close(loss_c, loss_e, atol=1e-4, rtol=1e-4)
     for gc, ge in zip(grads_c, grads_e):
         torch.testing.assert_close(gc, ge, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_the_key_map_decides_the_blocks_not_the_answer(backend):
+    """The same visibility blocked as a (1, N) strip, as the (H, W) image and as a wrong but valid (W, H) map gives
+    the same output and gradients."""
+    batch, heads, queries, key_map = 2, 2, 20, (9, 14)
+    keys = key_map[0] * key_map[1]
+    visible = ops.build_attention_mask(torch.randn(batch, queries, 4, 5) * 2, key_map)
+    active = make_active(batch, queries, 0.6)
+    q, k, v = make_qkv(batch, heads, queries, keys, 16, torch.float32)
+    grad = torch.randn(q.shape)
+    results = [run_op(backend, q, k, v, visible._replace(size=size), active, 0.25, grad)
+               for size in (None, key_map, key_map[::-1])]
+    for out, grads in results[1:]:
+        torch.testing.assert_close(out, results[0][0], atol=1e-5, rtol=1e-5)
+        for g, e in zip(grads, results[0][1]):
+            torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)

@@ -24,6 +24,8 @@ SCRIPT = textwrap.dedent('''
     import coavs.ops as ops
     from coavs.ops.assign_queries import assign_queries_backward_op
     from coavs.ops.debias_logits import debias_logits_backward_op
+    from coavs.ops.attention_plan import empty_plan
+    from coavs.ops.masked_cross_attention import AttentionMask, masked_cross_attention_backward_op
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch._functorch.aot_autograd import aot_function
 
@@ -49,6 +51,13 @@ SCRIPT = textwrap.dedent('''
         x, t = torch.empty(2, 9, 40, device=dev), torch.empty(2, 3, 40, device=dev)
         labels, allowed = torch.empty(2, 3, dtype=torch.long, device=dev), torch.empty(2, 9, 3, dtype=torch.bool, device=dev)
         counts = torch.empty(2, dtype=torch.long, device=dev)
+        # attention over a 12x10 key map: the public op (plan + forward), and the backward op on a plan
+        aq, ak = torch.empty(2, 4, 9, 32, device=dev, dtype=torch.float16), torch.empty(2, 4, 120, 32, device=dev,
+                                                                                       dtype=torch.float16)
+        bits, occ = torch.empty(2, 9, 4, dtype=torch.int32, device=dev), torch.empty(2, 9, 2, dtype=torch.uint8,
+                                                                                    device=dev)
+        plan = empty_plan(2, 9, 12, 10, dev)
+        lse = torch.empty(2, 4, 9, device=dev)
         cases = {
             "debias_logits": (lambda a, b, d, e: ops.debias_logits(a, b, d, e, 0.5, strategy="uncertainty"), m, c, mb, cb),
             "debias_logits_backward": (lambda a, b, d, e: debias_logits_backward_op(a, b, d, e, 0.5, True), m, c, mb, cb),
@@ -58,6 +67,10 @@ SCRIPT = textwrap.dedent('''
             "matching_cost": (lambda *a: ops.matching_cost(*a), x, t, torch.empty(2, 9, 6, device=dev), labels,
                               allowed, counts),
             "semantic_inference": (lambda a, b: ops.semantic_inference(a, b, (16, 16)), m, c),
+            "masked_cross_attention": (lambda q, k, v, b, o, a: ops.masked_cross_attention(
+                q, k, v, AttentionMask(b, o, 120, (12, 10)), a), aq, ak, ak, bits, occ, active),
+            "masked_cross_attention_backward": (lambda g, q, k, v, lse, *plan: masked_cross_attention_backward_op(
+                g, q, k, v, g, lse, *plan, 0.2, 12, 10, 16), aq, aq, ak, ak, lse, *plan),
         }
         out = {}
         for name, (fn, *args) in cases.items():
@@ -76,7 +89,8 @@ def test_triton_kernels_land_in_the_compiled_graph():
     assert proc.returncode == 0, proc.stderr[-3000:]
     graphs = json.loads(proc.stdout.strip().splitlines()[-1])
     expected_kernels = {"debias_logits": 1, "debias_logits_backward": 1, "assign_queries": 1,
-                        "assign_queries_backward": 1, "matching_cost": 1, "semantic_inference": 1}
+                        "assign_queries_backward": 1, "matching_cost": 1, "semantic_inference": 1,
+                        "masked_cross_attention": 3, "masked_cross_attention_backward": 2}
     for name, count in expected_kernels.items():
         assert graphs[name]["opaque"] == 0, f"{name}: an opaque coavs op in the graph: {graphs[name]}"
         assert graphs[name]["kernels"] == count, f"{name}: {graphs[name]}"

@@ -1,25 +1,14 @@
 """Masked cross-attention checks shared by the example and property tests: the error rule (flash-attention's:
-twice the same-precision eager error plus a floor), reference values with gradients, and the chunked variant."""
+twice the same-precision eager error plus a floor), and reference values with gradients."""
 
 from __future__ import annotations
-
-import importlib
 
 import torch
 
 from coavs.ops import reference
 
-mca = importlib.import_module("coavs.ops.masked_cross_attention")  # the module (the package exports the function)
-
 # floor of the allowed error, relative to the largest reference value (see assert_attention_close)
 ERROR_FLOOR = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def use_variant(monkeypatch, kernel):
-    """``kernel == "chunked"``: the native backend runs the key-chunked PyTorch path instead of the C++ kernel."""
-    if kernel == "chunked":
-        monkeypatch.setitem(mca._FORWARD.impls, "native", mca._chunked_forward)
-        monkeypatch.setitem(mca._BACKWARD.impls, "native", mca._chunked_backward)
 
 
 def reference_with_grads(q, k, v, visible, active, scale, grad, dtype):

@@ -1,0 +1,173 @@
+// The block-sparse plan of masked_cross_attention on the CPU (the definition and the layout of its tensors are in
+// coavs/ops/attention_plan.py; this gives the same tensors as its reference_plan, bit for bit). One task per
+// sample: block bits of every row (keys < N only, so bits past N in a hand-built mask never count), the row
+// order (working rows by the Morton code of their mask's centroid), then per tile of R rows its full and
+// partial blocks and per block the tiles that visit it.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "common/masked_attention_plan.h"
+
+namespace coavs {
+namespace {
+
+// Writes a permutation of [0, n): entries of class 2 (ascending), class 1, then class 0; returns the counts
+// (class 2, class 2 or 1).
+std::pair<int32_t, int32_t> ordered_list(const std::vector<int8_t>& klass, int32_t* out) {
+  int32_t full = 0, total = 0;
+  for (int8_t c : klass) full += c == 2, total += c > 0;
+  int32_t at_full = 0, at_partial = full, at_rest = total;
+  for (size_t i = 0; i < klass.size(); ++i) {
+    const int32_t value = static_cast<int32_t>(i);
+    if (klass[i] == 2) out[at_full++] = value;
+    else if (klass[i] == 1) out[at_partial++] = value;
+    else out[at_rest++] = value;
+  }
+  return {full, total};
+}
+
+// A run of lanes of one block whose keys are consecutive (one row of a sub-patch, cut at the map's right edge):
+// lanes [lane, lane + length) hold keys [key, key + length).
+struct LaneRun {
+  int64_t key;
+  int32_t lane, length;
+};
+
+// The runs of every block, block by block (`first[kb]` .. `first[kb + 1]`); lanes past the map's edge are in none.
+void lane_runs(const KeyGeometry& geo, std::vector<LaneRun>& runs, std::vector<int64_t>& first) {
+  first.assign(geo.blocks + 1, 0);
+  int64_t keys_of[kPlanBlockKeys];
+  for (int64_t kb = 0; kb < geo.blocks; ++kb) {
+    first[kb] = static_cast<int64_t>(runs.size());
+    geo.block_keys(kb, keys_of);
+    for (int64_t lane = 0; lane < kPlanBlockKeys;) {
+      if (keys_of[lane] < 0) {
+        ++lane;
+        continue;
+      }
+      int64_t end = lane + 1;
+      while (end < kPlanBlockKeys && keys_of[end] == keys_of[end - 1] + 1 && end - lane < 32) ++end;
+      runs.push_back({keys_of[lane], static_cast<int32_t>(lane), static_cast<int32_t>(end - lane)});
+      lane = end;
+    }
+  }
+  first[geo.blocks] = static_cast<int64_t>(runs.size());
+}
+
+// Bits [key, key + length) of a row's mask words (length <= 32; every key < N, so every word read is the row's).
+COAVS_ALWAYS_INLINE uint64_t mask_bits(const int32_t* words, int64_t key, int32_t length) {
+  const int64_t word = key >> 5;
+  const int shift = static_cast<int>(key & 31);
+  uint64_t value = static_cast<uint32_t>(words[word]) >> shift;
+  if (shift + length > 32) value |= static_cast<uint64_t>(static_cast<uint32_t>(words[word + 1])) << (32 - shift);
+  return value & ((uint64_t(1) << length) - 1);
+}
+
+}  // namespace
+
+using Plan = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+Plan masked_attention_plan_cpu(const at::Tensor& bits, const at::Tensor& active, int64_t height,
+                                                  int64_t width, int64_t rows_per_tile) {
+  TORCH_CHECK(bits.device().is_cpu() && active.device().is_cpu(), "masked_attention_plan_cpu takes CPU tensors");
+  TORCH_CHECK(height >= 1 && width >= 1, "the key map must be at least 1 x 1, got ", height, " x ", width);
+  TORCH_CHECK(rows_per_tile >= 1, "rows_per_tile must be >= 1, got ", rows_per_tile);
+  TORCH_CHECK(active.scalar_type() == at::kBool && active.dim() == 2, "active must be bool [B,Q], got ",
+              active.scalar_type(), " ", active.sizes());
+  const int64_t batch = active.size(0), queries = active.size(1), keys = height * width;
+  const int64_t words = (keys + 31) / 32;
+  TORCH_CHECK(bits.scalar_type() == at::kInt && bits.dim() == 3 && bits.size(0) == batch && bits.size(1) == queries &&
+                  bits.size(2) == words,
+              "mask bits must be int32 [B,Q,ceil(N/32)] = [", batch, ", ", queries, ", ", words, "], got ",
+              bits.scalar_type(), " ", bits.sizes());
+  const KeyGeometry geo(height, width);
+  const int64_t blocks = geo.blocks, tiles = (queries + rows_per_tile - 1) / rows_per_tile;
+  const auto i32 = active.options().dtype(at::kInt);
+  auto block_bits = at::empty({batch, queries, blocks}, active.options().dtype(at::kLong));
+  auto row_order = at::empty({batch, queries}, i32);
+  auto row_count = at::empty({batch}, i32);
+  auto tile_counts = at::empty({batch, tiles, 2}, i32);
+  auto tile_blocks = at::empty({batch, tiles, blocks}, i32);
+  auto block_counts = at::empty({batch, blocks, 2}, i32);
+  auto block_tiles = at::empty({batch, blocks, tiles}, i32);
+  const auto bits_c = bits.contiguous(), active_c = active.contiguous();
+  const int32_t* bit_words = bits_c.const_data_ptr<int32_t>();
+  const bool* act = active_c.const_data_ptr<bool>();
+  int64_t* bb = block_bits.data_ptr<int64_t>();
+  int32_t* order = row_order.data_ptr<int32_t>();
+  int32_t* count = row_count.data_ptr<int32_t>();
+  int32_t* tc = tile_counts.data_ptr<int32_t>();
+  int32_t* tb = tile_blocks.data_ptr<int32_t>();
+  int32_t* bc = block_counts.data_ptr<int32_t>();
+  int32_t* bt = block_tiles.data_ptr<int32_t>();
+  std::vector<uint64_t> valid(blocks);
+  for (int64_t kb = 0; kb < blocks; ++kb) valid[kb] = geo.valid(kb);
+  std::vector<LaneRun> runs;
+  std::vector<int64_t> first_run;
+  lane_runs(geo, runs, first_run);
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> sort_keys(queries);
+    std::vector<int8_t> klass(blocks * tiles), column;
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t working = 0;
+      for (int64_t q = 0; q < queries; ++q) {
+        const int32_t* w = bit_words + (b * queries + q) * words;
+        int64_t seen = 0, sum_y2 = 0, sum_x2 = 0;
+        for (int64_t kb = 0; kb < blocks; ++kb) {
+          uint64_t lanes = 0;
+          for (int64_t r = first_run[kb]; r < first_run[kb + 1]; ++r) {
+            lanes |= mask_bits(w, runs[r].key, runs[r].length) << runs[r].lane;
+          }
+          bb[(b * queries + q) * blocks + kb] = static_cast<int64_t>(lanes);
+          const int64_t n = __builtin_popcountll(lanes);
+          seen += n;
+          sum_y2 += n * geo.centre_y2(kb);
+          sum_x2 += n * geo.centre_x2(kb);
+        }
+        const bool works = act[b * queries + q] && seen > 0;
+        working += works;
+        sort_keys[q] = row_sort_key(works, seen, sum_y2, sum_x2, height, width, q);
+      }
+      std::vector<int64_t> sorted = sort_keys;
+      std::sort(sorted.begin(), sorted.end());
+      for (int64_t i = 0; i < queries; ++i) order[b * queries + i] = static_cast<int32_t>(sorted[i] & 0xffffffff);
+      count[b] = static_cast<int32_t>(working);
+      // classes per (tile, block): 2 full, 1 partial, 0 not visited
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t first = t * rows_per_tile, last = std::min(first + rows_per_tile, working);
+        std::vector<int8_t> row_class(blocks);
+        for (int64_t kb = 0; kb < blocks; ++kb) {
+          bool any = false, full = last > first;
+          for (int64_t p = first; p < last; ++p) {
+            const uint64_t lanes = static_cast<uint64_t>(bb[(b * queries + order[b * queries + p]) * blocks + kb]);
+            any |= lanes != 0;
+            full &= lanes == valid[kb];
+          }
+          row_class[kb] = full ? 2 : (any ? 1 : 0);
+          klass[kb * tiles + t] = row_class[kb];
+        }
+        const auto counts = ordered_list(row_class, tb + (b * tiles + t) * blocks);
+        tc[(b * tiles + t) * 2] = counts.first;
+        tc[(b * tiles + t) * 2 + 1] = counts.second;
+      }
+      for (int64_t kb = 0; kb < blocks; ++kb) {
+        column.assign(klass.begin() + kb * tiles, klass.begin() + (kb + 1) * tiles);
+        const auto counts = ordered_list(column, bt + (b * blocks + kb) * tiles);
+        bc[(b * blocks + kb) * 2] = counts.first;
+        bc[(b * blocks + kb) * 2 + 1] = counts.second;
+      }
+    }
+  });
+  return {block_bits, row_order, row_count, tile_counts, tile_blocks, block_counts, block_tiles};
+}
+
+}  // namespace coavs
+
+// The CPU kernel of this op; its schema is in csrc/torch_bindings.cpp.
+TORCH_LIBRARY_IMPL(coavs_C, CPU, m) { m.impl("masked_attention_plan", &coavs::masked_attention_plan_cpu); }
