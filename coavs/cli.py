@@ -9,7 +9,6 @@ option name that every command inherits).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -123,7 +122,7 @@ def cmd_train(args) -> int:
     if args.init_from is not None:
         if args.resume:
             raise UserError("--init-from starts a new run from another run's weights; a resumed run has its own")
-        overrides.append(f"run.init_from={json.dumps(str(Path(args.init_from).absolute()))}")
+        overrides.append(f"run.init_from={jsonio.dumps(str(Path(args.init_from).absolute()))}")
     if args.config is None:
         if not args.resume:
             raise UserError("give a CONFIG file (YAML or JSON), or --resume to continue the run in --out")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coavs import jsonio
 from coavs.audio_spec import SAMPLE_RATE
 from coavs.data.audio import read_wav
 from coavs.data.avsbench import SPLITS, ClipRecord, read_records
@@ -102,7 +103,7 @@ def open_output(out, manifest_name: str, manifest: dict, overwrite: bool) -> Pat
                             "use --overwrite to replace them, or another --out")
     out.mkdir(parents=True, exist_ok=True)
     if old != manifest:
-        write_atomic(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1) + "\n"))
+        jsonio.write_json(path, manifest, indent=1)
     return out
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from coavs import jsonio
 from coavs.audio_spec import SAMPLE_RATE
 from coavs.data.audio import resample
 from coavs.data.avsbench import SPLITS, label_map_for
@@ -309,7 +310,7 @@ def compute_markers(root, out=None, *, classifier=None, class_map=None, hubert=N
     per_clip = {"classifier": folder_identity(classifier) if classifier else None, "class_map": resolved,
                 "window": settings.window, "hubert": folder_identity(hubert) if hubert else None,
                 "hubert_layer": speech.layer if speech else None}
-    key = hashlib.sha256(json.dumps(per_clip, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(jsonio.dumps(per_clip, sort_keys=True).encode()).hexdigest()[:16]
     cache = out / ".cache" / key
     if overwrite and (out / ".cache").is_dir():
         for old in (out / ".cache").rglob("*.pt"):
@@ -363,7 +364,7 @@ def compute_markers(root, out=None, *, classifier=None, class_map=None, hubert=N
             "layout": layout, **per_clip, **{k: v for k, v in asdict(settings).items() if k != "hubert_layer"},
             "files": "<uid>.pth: a list of T long tensors, frame t's marker ids (classes 0..C-1 at >= threshold, "
                      "then C + cluster)"}
-    write_atomic(out / MARKER_INFO, lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n"))
+    jsonio.write_json(out / MARKER_INFO, info, indent=1)
     return {"out": str(out), "clips": len(records), "written": len(records), "classes": num_classes,
             "clusters": num_clusters, "seconds": time.perf_counter() - start}
 
