@@ -21,7 +21,9 @@ machine slows them alike.
 Work of the block-sparse plan, per (N, active): ``tile_ratio`` = scores the Triton kernels compute (every
 working row of a 16-row tile against every lane of each 64-key block it visits) ÷ visible scores, and
 ``cpu_ratio`` = scores the C++ kernel computes (groups of 4 rows against the 16-key sub-patches they see) ÷
-visible scores (issue 22's goal: <= 2; a dense kernel over the active rows is ≈ 1 / visible ≈ 7).
+visible scores (issue 22's goal: <= 2; a dense kernel over the active rows is ≈ 1 / visible ≈ 7), and
+``mma_bound`` = the least any kernel with 16-row matrix-multiply tiles can compute ÷ visible scores (a key seen
+by v working rows of a sample costs at least max(v, 16) scores, whatever the tiling or order).
 GPU targets (not tests): >= 2x sdpa and >= 1.3x flex at 20% active; ours' time falling with the fraction.
 CPU targets (issues 13, 22, one thread): >= 1.5x sdpa at 100% active and >= 4x at 20% active, fwd and fwd+bwd.
 A full GPU run compiles FlexAttention once per N (forward and backward): a few minutes; ``--keys`` shortens it.
@@ -223,7 +225,8 @@ def main(argv=None):
                 steps = {name: _timed(fn, qkv, grad, backward=mode == "fwd+bwd") for name, fn in providers.items()}
                 fields = {"N": keys, "active": fraction, "visible": round(seen, 3), "mode": mode,
                           "tile_ratio": round(work_done["tile_ratio"], 2),
-                          "cpu_ratio": round(work_done["cpu_ratio"], 2)}
+                          "cpu_ratio": round(work_done["cpu_ratio"], 2),
+                          "mma_bound": round(work_done["mma_bound"], 2)}
                 ratios = [Ratio(f"x_vs_{name}", name, rows=("ours",)) for name in steps if name != "ours"]
                 rows += measure(steps, device, fields=fields, ratios=ratios, warmup=2, max_rounds=100)
             del qkv, grad
@@ -240,15 +243,19 @@ def work_ratios(args, device, keys_list, fractions) -> list[dict]:
     for keys in keys_list:
         for fraction in fractions:
             _, mask, visible, active = make_inputs(keys, fraction, torch.float32, device, BATCH)
-            stats = plan_statistics(attention_plan(mask, active), *key_map(mask))
+            plan = attention_plan(mask, active)
+            stats = plan_statistics(plan, *key_map(mask))
             rows.append({"N": keys, "key_map": "x".join(map(str, key_map(mask))), "active": fraction,
                          "visible": round(visible[active].float().mean().item(), 3) if active.any() else 0.0,
                          "visible_scores": stats["visible_scores"], "tile_ratio": round(stats["tile_ratio"], 2),
-                         "cpu_ratio": round(stats["cpu_ratio"], 2)})
+                         "cpu_ratio": round(stats["cpu_ratio"], 2), "mma_bound": round(stats["mma_bound"], 2),
+                         "mma8_bound": round(plan_statistics(plan, *key_map(mask), mma_rows=8)["mma_bound"], 2)})
             print(rows[-1])
     notes = (f"B={BATCH}, Q={QUERIES}, one blob per query. tile_ratio: scores the Triton kernels compute (16-row "
              "tiles x 64-key blocks) / visible scores of the working rows; cpu_ratio: the C++ kernel (4-row groups "
-             "x 16-key sub-patches) / visible scores. Goal (issue 22): <= 2.")
+             "x 16-key sub-patches) / visible scores. Goal (issue 22): <= 2. mma_bound / mma8_bound: the least any "
+             "kernel can compute whose matrix-multiply tiles hold >= 16 / >= 8 rows of one sample (a key seen by v "
+             "rows costs >= max(v, 16) scores), whatever its tiling.")
     if args.out:
         write_results(args.out, "attention_work", device, rows, notes)
     return rows
@@ -266,7 +273,7 @@ def _summary(rows, device) -> str:
     for r in ours:
         if r["mode"] == "fwd":
             lines.append(f"N={r['N']} active={r['active']:g}: computed/visible scores {r['tile_ratio']:.2f} (Triton "
-                         f"tiles), {r['cpu_ratio']:.2f} (C++ groups)")
+                         f"tiles; no 16-row tiling below {r['mma_bound']:.2f}), {r['cpu_ratio']:.2f} (C++ groups)")
     for r in ours:
         if abs(r["active"] - 0.2) < 1e-9 or abs(r["active"] - 1.0) < 1e-9:
             parts = [f"{k[5:]} {v:.2f}x" for k, v in r.items() if k.startswith("x_vs_")]

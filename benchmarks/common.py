@@ -201,9 +201,27 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def cpu_model() -> str:
+    """The host CPU as /proc/cpuinfo names it, with its family/model numbers and torch's vector ISA (CPU timings
+    differ up to ~2x between machines that both say "Intel Xeon"): e.g. ``Intel(R) Xeon(R) Processor (6/207,
+    AVX512)``. Falls back to ``platform.processor()`` where /proc/cpuinfo is missing."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or "cpu"
+    if "cpu family" in fields and "model" in fields:
+        name += f" ({fields['cpu family']}/{fields['model']}, {torch.backends.cpu.get_cpu_capability()})"
+    return name
+
+
 def environment(device: torch.device) -> dict:
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -215,9 +233,11 @@ def write_results(out: Path, name: str, device: torch.device, rows: list[dict], 
     """Writes ``<out>/<device>/<name>.json`` and ``.md`` (a table of every row) and returns the folder."""
     folder = out / device_label(device)
     folder.mkdir(parents=True, exist_ok=True)
-    jsonio.write_json(folder / f"{name}.json", {"env": environment(device), "rows": rows})  # NaN -> null
+    env = environment(device)
+    jsonio.write_json(folder / f"{name}.json", {"env": env, "rows": rows})  # NaN -> null
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    lines = [f"# {name} on {environment(device)['device']}", "", notes, "",
+    where = env["device"] if device.type == "cuda" else f"cpu: {env['cpu']}, {env['threads']} thread(s)"
+    lines = [f"# {name} on {where}", "", notes, "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")

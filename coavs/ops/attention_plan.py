@@ -263,24 +263,31 @@ def build_plan(bits: Tensor, active: Tensor, height: int, width: int,
 
 # ------------------------------------------------------------------------------------------- statistics
 def plan_statistics(plan: AttentionPlan, height: int, width: int, rows_per_tile: int = ROWS_PER_TILE,
-                    group: int = 4) -> dict:
+                    group: int = 4, vector_lanes: int = 8, mma_rows: int = 16) -> dict:
     """Work the kernels do under ``plan``, in scores (one query against one key), against the visible scores:
 
     ``tile_ratio``  the Triton kernels: every working row of a tile against every lane of each visited block
-    ``cpu_ratio``   the C++ kernel, as it walks: per block, the rows of its tiles (its list's order: full tiles,
-                    then partial ones) that see it, in groups of ``group``, each group against the 16-lane
-                    sub-patches any of its rows sees
-    Both ÷ the visible (row, key) pairs of the working rows. Host-side (reads the plan): for benchmarks only.
+    ``cpu_ratio``   the C++ forward, as it walks: per block, the rows of its tiles (its list's order: full tiles,
+                    then partial ones) that see it, in groups of ``group``, each group against the vectors of
+                    ``vector_lanes`` lanes (8 with AVX-512 or AVX2: 2×4 keys; the backward on AVX-512: 16, a 4×4
+                    sub-patch) any of its rows sees
+    ``mma_bound``   a lower bound for any kernel whose matrix-multiply tiles hold at least ``mma_rows`` rows of
+                    one sample (``tl.dot`` needs 16): a key seen by ``v`` working rows costs at least
+                    ``max(v, mma_rows)`` scores, however rows and keys are tiled or ordered
+    All ÷ the visible (row, key) pairs of the working rows. Host-side (reads the plan): for benchmarks only.
     """
     bits = plan.block_bits.cpu()
     order, count = plan.row_order.cpu().long(), plan.row_count.cpu().long()
     block_counts, block_tiles = plan.block_counts.cpu().tolist(), plan.block_tiles.cpu().tolist()
     valid = [int(v) & ((1 << 64) - 1) for v in valid_lanes(height, width).tolist()]
-    sub_masks = [((1 << SUB_KEYS) - 1) << (SUB_KEYS * i) for i in range(BLOCK_KEYS // SUB_KEYS)]
+    vector_masks = [((1 << vector_lanes) - 1) << (vector_lanes * i) for i in range(BLOCK_KEYS // vector_lanes)]
     batch, _, blocks = bits.shape
-    visible = tile = cpu = 0
+    visible = tile = cpu = bound = 0
+    lane_is_key = unpack_lanes(valid_lanes(height, width))
     for b in range(batch):
         rows = order[b, : int(count[b])]
+        viewers = (unpack_lanes(bits[b, rows]) & lane_is_key).sum(0)
+        bound += int(torch.where(viewers > 0, viewers.clamp(min=mma_rows), 0).sum())
         row_bits = [[int(x) & ((1 << 64) - 1) for x in line] for line in bits[b, rows].tolist()]
         visible += sum(bin(x & valid[kb]).count("1") for line in row_bits for kb, x in enumerate(line))
         for t in range(-(-len(row_bits) // rows_per_tile)):
@@ -300,6 +307,7 @@ def plan_statistics(plan: AttentionPlan, height: int, width: int, rows_per_tile:
                 union = 0
                 for x in members:
                     union |= x
-                cpu += len(members) * SUB_KEYS * sum(bool(union & m) for m in sub_masks)
-    return {"visible_scores": visible, "tile_scores": tile, "cpu_scores": cpu,
-            "tile_ratio": tile / max(1, visible), "cpu_ratio": cpu / max(1, visible)}
+                cpu += len(members) * vector_lanes * sum(bool(union & m) for m in vector_masks)
+    return {"visible_scores": visible, "tile_scores": tile, "cpu_scores": cpu, "mma_bound_scores": bound,
+            "tile_ratio": tile / max(1, visible), "cpu_ratio": cpu / max(1, visible),
+            "mma_bound": bound / max(1, visible)}

@@ -89,11 +89,29 @@ COAVS_ALWAYS_INLINE typename Vec<double, W>::type vexp(typename Vec<double, W>::
   return x;
 }
 
+// The largest lane (halves compared pairwise, so log2(W) vector steps instead of W - 1 scalar ones).
 template <typename T, int W>
 COAVS_ALWAYS_INLINE T reduce_max(typename Vec<T, W>::type x) {
-  T best = x[0];
-  for (int i = 1; i < W; ++i) best = x[i] > best ? x[i] : best;
-  return best;
+  if constexpr (W == 1) {
+    return x[0];
+  } else {
+    using H = typename Vec<T, W / 2>::type;
+    H lo, hi;
+    std::memcpy(&lo, &x, sizeof(H));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
+    return reduce_max<T, W / 2>(lo > hi ? lo : hi);
+  }
+}
+
+// True when any lane of the mask (or integer vector) m is not zero.
+template <typename M>
+COAVS_ALWAYS_INLINE bool any_lane(const M& m) {
+  static_assert(sizeof(M) % sizeof(uint64_t) == 0, "whole 64-bit words");
+  uint64_t words[sizeof(M) / sizeof(uint64_t)];
+  std::memcpy(words, &m, sizeof(M));
+  uint64_t any = 0;
+  for (uint64_t word : words) any |= word;
+  return any != 0;
 }
 
 template <typename T, int W>

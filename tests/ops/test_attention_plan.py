@@ -153,9 +153,24 @@ def test_rows_are_ordered_by_their_masks():
 
 def test_plan_statistics_count_work():
     visible = torch.zeros(1, 16, 64, dtype=torch.bool)
-    visible[0, :, [0, 1, 2, 3, 8, 9, 10, 11]] = True  # every row: half of the first 4x4 sub-patch of an 8x8 block
+    visible[0, :, [0, 1, 2, 3, 8, 9, 10, 11]] = True  # every row: the top half of the first 4x4 sub-patch of an 8x8 block
     plan = ap.reference_plan(pack_visibility(visible).bits, torch.ones(1, 16, dtype=torch.bool), 8, 8)
     stats = ap.plan_statistics(plan, 8, 8)
     assert stats["visible_scores"] == 16 * 8
-    assert stats["tile_scores"] == 16 * 64 and stats["cpu_scores"] == 16 * 16
-    assert stats["tile_ratio"] == 8 and stats["cpu_ratio"] == 2
+    assert stats["tile_scores"] == 16 * 64 and stats["cpu_scores"] == 16 * 8  # one 8-lane vector (2x4 keys)
+    assert stats["tile_ratio"] == 8 and stats["cpu_ratio"] == 1
+    assert ap.plan_statistics(plan, 8, 8, vector_lanes=16)["cpu_ratio"] == 2  # 16-lane vectors: a 4x4 sub-patch
+    assert stats["mma_bound_scores"] == 16 * 8 and stats["mma_bound"] == 1  # 16 rows share each visible key
+
+
+def test_mma_bound_counts_at_least_a_tile_of_rows_per_seen_key():
+    """Key 0 seen by 3 rows, key 5 by 20 rows, nothing else: 16 + 20 scores at least, of 23 visible."""
+    visible = torch.zeros(1, 24, 64, dtype=torch.bool)
+    visible[0, :3, 0] = True
+    visible[0, 4:, 5] = True
+    active = torch.ones(1, 24, dtype=torch.bool)
+    plan = ap.reference_plan(pack_visibility(visible).bits, active, 8, 8)
+    stats = ap.plan_statistics(plan, 8, 8)
+    assert stats["visible_scores"] == 23 and stats["mma_bound_scores"] == 16 + 20
+    assert stats["tile_scores"] >= stats["mma_bound_scores"]
+    assert ap.plan_statistics(plan, 8, 8, mma_rows=8)["mma_bound_scores"] == 8 + 20
