@@ -20,7 +20,7 @@ On CPU the providers are timed interleaved (one call of each in turn, medians ov
 machine slows them alike.
 Work of the block-sparse plan, per (N, active): ``tile_ratio`` = scores the Triton kernels compute (every
 working row of a 16-row tile against every lane of each 64-key block it visits) ÷ visible scores, and
-``cpu_ratio`` = scores the C++ kernel computes (groups of 4 rows against the 16-key sub-patches they see) ÷
+``cpu_ratio`` = scores the C++ forward computes (groups of 4 rows against the 8-key vectors they see) ÷
 visible scores (issue 22's goal: <= 2; a dense kernel over the active rows is ≈ 1 / visible ≈ 7), and
 ``mma_bound`` = the least any kernel with 16-row matrix-multiply tiles can compute ÷ visible scores (a key seen
 by v working rows of a sample costs at least max(v, 16) scores, whatever the tiling or order).
@@ -253,7 +253,7 @@ def work_ratios(args, device, keys_list, fractions) -> list[dict]:
             print(rows[-1])
     notes = (f"B={BATCH}, Q={QUERIES}, one blob per query. tile_ratio: scores the Triton kernels compute (16-row "
              "tiles x 64-key blocks) / visible scores of the working rows; cpu_ratio: the C++ kernel (4-row groups "
-             "x 16-key sub-patches) / visible scores. Goal (issue 22): <= 2. mma_bound / mma8_bound: the least any "
+             "x 8-key vectors, 2x4 keys) / visible scores. Goal (issue 22): <= 2. mma_bound / mma8_bound: the least any "
              "kernel can compute whose matrix-multiply tiles hold >= 16 / >= 8 rows of one sample (a key seen by v "
              "rows costs >= max(v, 16) scores), whatever its tiling.")
     if args.out:
