@@ -71,21 +71,24 @@ def append_jsonl(path, record) -> None:
 
 def read_json(path, what: str, error=UserError):
     """The parsed contents of the JSON file ``path``. A file that is missing, unreadable, not UTF-8 or not valid
-    JSON raises ``error`` (an exception type, called with one message) with a one-line message naming ``what``
-    and the path, e.g. ``marker info /x/markers.json: not valid JSON (line 3, column 5: Expecting ',' delimiter)``."""
+    JSON raises ``error`` with a one-line message naming ``what`` and the path, e.g. ``marker info
+    /x/markers.json: not valid JSON (line 3, column 5: Expecting ',' delimiter)``. ``error`` is called with that
+    message, or with ``(path, "<what>: <reason>")`` when it has ``takes_path`` (``DataError``, which keeps the path)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(f"{what} {path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{what} {path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise error(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
-    try:
         return json.loads(text)
+    except FileNotFoundError:
+        reason = "no such file"
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text (byte {exc.start})"
     except json.JSONDecodeError as exc:
-        raise error(f"{what} {path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        reason = f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+    except OSError as exc:
+        reason = f"cannot be read ({exc.strerror or exc})"
+    if getattr(error, "takes_path", False):
+        raise error(path, f"{what}: {reason}")
+    raise error(f"{what} {path}: {reason}")
 
 
 __all__ = ["append_jsonl", "dumps", "finite", "read_json", "write_json"]
