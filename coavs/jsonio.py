@@ -1,4 +1,5 @@
-"""The one JSON writer of coavs: every JSON file and every JSON line it prints goes through :func:`dumps`.
+"""The one JSON writer and reader of coavs: every JSON file and every JSON line it prints goes through
+:func:`dumps`, and every JSON file a user gives or an earlier run wrote is read with :func:`read_json`.
 
 Strict JSON has no NaN or Infinity (Python's ``json`` writes the bare tokens ``NaN``/``Infinity`` by default, which
 strict parsers — ``jq``, JavaScript, most other languages — reject). A metric that is undefined (no frames to
@@ -9,6 +10,7 @@ hold one.
     write_json(run / "summary.json", summary)
     append_jsonl(run / "log.jsonl", record)
     print(dumps(rows, indent=2))
+    info = read_json(folder / "markers.json", "marker info", error=DataError)
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import math
 import os
 from pathlib import Path, PurePath
+
+from coavs.errors import UserError
 
 
 def finite(value):
@@ -65,4 +69,26 @@ def append_jsonl(path, record) -> None:
         f.write(dumps(record) + "\n")
 
 
-__all__ = ["append_jsonl", "dumps", "finite", "write_json"]
+def read_json(path, what: str, error=UserError):
+    """The parsed contents of the JSON file ``path``. A file that is missing, unreadable, not UTF-8 or not valid
+    JSON raises ``error`` with a one-line message naming ``what`` and the path, e.g. ``marker info
+    /x/markers.json: not valid JSON (line 3, column 5: Expecting ',' delimiter)``. ``error`` is called with that
+    message, or with ``(path, "<what>: <reason>")`` when it has ``takes_path`` (``DataError``, which keeps the path)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text)
+    except FileNotFoundError:
+        reason = "no such file"
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text (byte {exc.start})"
+    except json.JSONDecodeError as exc:
+        reason = f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+    except OSError as exc:
+        reason = f"cannot be read ({exc.strerror or exc})"
+    if getattr(error, "takes_path", False):
+        raise error(path, f"{what}: {reason}")
+    raise error(f"{what} {path}: {reason}")
+
+
+__all__ = ["append_jsonl", "dumps", "finite", "read_json", "write_json"]

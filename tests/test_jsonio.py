@@ -1,5 +1,5 @@
 """The one JSON writer (issue 24): no file or line coavs writes holds a NaN or Infinity token, and every JSON
-write in the package goes through :mod:`coavs.jsonio`."""
+write in the package goes through :mod:`coavs.jsonio`; its reader names the file and what it holds in one line."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from coavs import jsonio
+from coavs.errors import ConfigError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,47 @@ def test_append_jsonl_writes_strict_lines(tmp_path):
     jsonio.append_jsonl(path, {"loss": math.inf})
     jsonio.append_jsonl(path, {"loss": 1.0})
     assert [_strict(line) for line in path.read_text().splitlines()] == [{"loss": None}, {"loss": 1.0}]
+
+
+def test_read_json_returns_the_parsed_value(tmp_path):
+    path = tmp_path / "info.json"
+    path.write_text('{"name": "violin", "sizes": [1, 2.5]}', encoding="utf-8")
+    assert jsonio.read_json(path, "info") == {"name": "violin", "sizes": [1, 2.5]}
+
+
+def test_read_json_names_a_missing_file(tmp_path):
+    path = tmp_path / "absent.json"
+    with pytest.raises(UserError) as info:
+        jsonio.read_json(path, "marker info")
+    assert str(info.value) == f"marker info {path}: no such file"
+
+
+def test_read_json_gives_the_line_and_column_of_invalid_json(tmp_path):
+    path = tmp_path / "markers.json"
+    path.write_text('{\n  "a": 1,\n  "b": 2\n  "c": 3\n}\n')
+    with pytest.raises(UserError) as info:
+        jsonio.read_json(path, "marker info")
+    assert str(info.value) == f"marker info {path}: not valid JSON (line 4, column 3: Expecting ',' delimiter)"
+
+
+def test_read_json_refuses_bytes_that_are_not_utf8(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"name": "café"}'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.json: not UTF-8 text \(byte 13\)"):
+        jsonio.read_json(path, "label map")
+
+
+def test_read_json_names_a_folder_it_cannot_read(tmp_path):
+    with pytest.raises(UserError, match="cannot be read") as info:
+        jsonio.read_json(tmp_path, "gate")
+    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_read_json_raises_the_error_type_it_is_given(tmp_path):
+    path = tmp_path / "gate.json"
+    path.write_text("[1,")
+    with pytest.raises(ConfigError, match=r"^gate .*gate\.json: not valid JSON \(line 1, column 4"):
+        jsonio.read_json(path, "gate", error=ConfigError)
 
 
 def _json_calls(path: Path):

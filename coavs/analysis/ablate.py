@@ -73,6 +73,7 @@ from coavs.data.avsbench import detect_layout
 from coavs.data.errors import DataError
 from coavs.data.splits import BINARY_KINDS
 from coavs.devices import resolve_device
+from coavs.errors import UserError
 from coavs.eval.gate import build_gate
 from coavs.eval.runner import evaluate
 from coavs.inference.combine import logit_strategy, resolve_scheme
@@ -280,8 +281,8 @@ def _existing_run_dir(out_dir: Path, key: str) -> Path | None:
 def _stored_info(run_dir: Path) -> dict:
     """A run folder's ``ablation_run.json`` ({} when it is missing or unreadable)."""
     try:
-        info = json.loads((run_dir / "ablation_run.json").read_text())
-    except (OSError, ValueError):
+        info = jsonio.read_json(run_dir / "ablation_run.json", "ablation run record")
+    except UserError:
         return {}
     return info if isinstance(info, dict) else {}
 
@@ -291,7 +292,7 @@ def _finished(run: TrainingRun) -> dict | None:
     info = run.run_dir / "ablation_run.json"
     if not info.is_file():
         return None
-    stored = json.loads(info.read_text())
+    stored = jsonio.read_json(info, "ablation run record")
     if stored.get("key") != run.key or not stored.get("finished"):
         return None
     return stored
@@ -311,7 +312,7 @@ def train_one(run: TrainingRun, fresh: bool = False) -> None:
         return
     info = run.run_dir / "ablation_run.json"
     resume = (not fresh and (run.run_dir / "checkpoints" / "last.pt").is_file() and info.is_file()
-              and json.loads(info.read_text()).get("key") == run.key)
+              and jsonio.read_json(info, "ablation run record").get("key") == run.key)
     if run.run_dir.exists() and not resume:
         shutil.rmtree(run.run_dir)
     stamps: list[float] = []

@@ -27,7 +27,6 @@ are not read here: the log-mel is computed from ``audio_wav/`` instead (:mod:`co
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,12 +132,7 @@ class LabelMap:
     def from_json(cls, path: str | os.PathLike) -> "LabelMap":
         """Read ``label2idx.json`` (name -> 1..K, ``background`` = 1); names ordered by value."""
         path = Path(path)
-        try:
-            mapping = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DataError(path, "label map file is missing") from None
-        except (OSError, ValueError) as exc:
-            raise DataError(path, f"not valid JSON ({exc})") from None
+        mapping = jsonio.read_json(path, "label map", error=DataError)
         if not isinstance(mapping, dict) or not mapping:
             raise DataError(path, "expected a JSON object mapping class name -> index (1..K)")
         values = sorted(mapping.values(), key=lambda v: (not isinstance(v, int), v if isinstance(v, int) else 0))
@@ -341,10 +335,7 @@ def read_synth_info(root) -> dict | None:
     path = Path(root) / SYNTH_INFO_FILE
     if not path.is_file():
         return None
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(path, f"not valid JSON ({exc})") from None
+    info = jsonio.read_json(path, "synthetic set info", error=DataError)
     if not isinstance(info, dict) or not isinstance(info.get("clips"), dict) or not isinstance(
             info.get("subsets"), dict):
         raise DataError(path, "expected an object with 'subsets' and 'clips'")

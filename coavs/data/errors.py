@@ -10,6 +10,8 @@ from coavs.errors import UserError
 class DataError(UserError):
     """A dataset file is missing, unreadable or malformed. The message names the file (and row or pixel)."""
 
+    takes_path = True  # coavs.jsonio.read_json passes the path apart, so it stays in ``.path``
+
     def __init__(self, path: str | os.PathLike | None, message: str | None = None):
         if message is None:  # rebuilt from its text alone, as torch's DataLoader re-raises a worker's error
             super().__init__(str(path))

@@ -16,7 +16,6 @@ The marker space is coavs's (``ModelConfig``): markers ``0 … C-1`` are the dat
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from coavs import jsonio
 from coavs.data.errors import DataError
 
 MARKER_INFO = "markers.json"
@@ -94,10 +94,7 @@ def read_marker_info(folder: str | os.PathLike) -> dict | None:
     path = Path(folder) / MARKER_INFO
     if not path.is_file():
         return None
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(path, f"not valid JSON ({exc})") from None
+    info = jsonio.read_json(path, "marker info", error=DataError)
     if not isinstance(info, dict) or info.get("format") != MARKER_INFO_FORMAT or not all(
             isinstance(info.get(k), int) and info[k] >= 0 for k in ("num_classes", "num_clusters")):
         raise DataError(path, "not a coavs marker description (format coavs-markers with num_classes and "

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import json
 import math
 import multiprocessing as mp
 import os
@@ -43,6 +42,7 @@ from tqdm import tqdm
 
 from coavs import jsonio
 from coavs.data.avsbench import SPLITS, SYNTH_INFO_FILE, LabelMap, palette
+from coavs.data.errors import DataError
 
 SYNTH_VERSION = 1
 
@@ -578,7 +578,7 @@ def generate(root: str | os.PathLike, config: SynthConfig = SynthConfig(), *, wo
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    summary = json.loads((root / SYNTH_INFO_FILE).read_text())
+    summary = jsonio.read_json(root / SYNTH_INFO_FILE, "synthetic set info", error=DataError)
     summary.pop("clips")
     summary["root"] = str(root)
     return summary

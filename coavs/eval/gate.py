@@ -21,7 +21,6 @@ percentile lies below that, sits midway between the two.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +216,7 @@ def load_gate(run_dir) -> Gate | None:
     path = path / GATE_FILE if path.is_dir() else path.parent.parent / GATE_FILE
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    data = jsonio.read_json(path, "gate", error=ConfigError)
     probe = None
     if data.get("probe"):
         probe_path = path.parent / data["probe"]

@@ -5,7 +5,6 @@ weights or settings is refused instead of mixing files), and atomic writes."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -93,9 +92,9 @@ def open_output(out, manifest_name: str, manifest: dict, overwrite: bool) -> Pat
     old = None
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = None
+            old = jsonio.read_json(path, "manifest")
+        except UserError:
+            old = None  # an unreadable manifest counts as one made with other settings
         if old != manifest and not overwrite:
             old = old if isinstance(old, dict) else {}
             changed = ", ".join(sorted(k for k in set(manifest) | set(old) if old.get(k) != manifest.get(k)))

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,10 +221,7 @@ def read_class_map(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--class-map file not found: {path}")
-    try:
-        mapping = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--class-map {path}: not valid JSON ({exc})") from None
+    mapping = jsonio.read_json(path, "--class-map")
     if not isinstance(mapping, dict):
         raise UserError(f"--class-map {path}: expected a JSON object (dataset class -> classifier labels)")
     return mapping

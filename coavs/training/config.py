@@ -1,5 +1,6 @@
-"""The training config: the schema (:class:`TrainConfig` and its sections), dotted-key overrides, validation, and
-the reader that turns YAML or JSON into nested dataclasses with errors that name the offending key.
+"""The training config: the schema (:class:`TrainConfig` and its sections), dotted-key overrides, validation (the
+ranges of its numbers are in :mod:`coavs.training.config_ranges`), and the reader that turns YAML or JSON into nested
+dataclasses with errors that name the offending key.
 
     config = TrainConfig.from_file("configs/demo_debias.yaml", overrides=["data.root=data/coavs"])
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import re
 import typing
 import warnings
@@ -49,6 +49,8 @@ from coavs.inference.precision import PRECISIONS
 from coavs.inference.settings import STRATEGIES, DebiasConfig
 from coavs.models.config import ModelConfig
 from coavs.models.hf_mask2former import read_checkpoint
+from coavs.training.config_ranges import (NUMBER_RANGES, _numbers, check_finite,  # noqa: F401  (re-export)
+                                         check_number_ranges)
 from coavs.training.negatives import NegativesSection
 
 SCHEDULES = ("poly", "cosine", "constant")
@@ -366,64 +368,6 @@ class RunSection:
     init_from: str | None = None  # a run folder or checkpoint whose model weights start this run (--init-from)
 
 
-# The allowed range of every number of the sections above and of ``gate`` and ``negatives`` (dotted key, list
-# items as ``[]``): (lowest, highest), None = unbounded, both ends included; lowest given as ("above", x) excludes x.
-# ``model`` and ``debias`` numbers are checked by ModelConfig and DebiasConfig. tests/training/test_config_ranges.py
-# fails on a number without a range, so a new field gets one.
-NUMBER_RANGES: dict[str, tuple] = {
-    "data.image_size": (1, None), "data.num_frames": (1, None), "data.batch_size": (1, None),
-    "data.frames_per_clip": (0, None), "data.num_workers": (0, None),
-    "loss.class_weight": (0, None), "loss.mask_weight": (0, None), "loss.dice_weight": (0, None),
-    "loss.no_object_weight": (0, None), "loss.num_points": (1, None), "loss.audio_class_weight": (0, None),
-    "optim.lr": (("above", 0), None), "optim.debias_lr_scale": (("above", 0), None), "optim.weight_decay": (0, None),
-    "optim.betas[]": (0, ("below", 1)), "optim.backbone_lr_scale": (0, None), "optim.warmup_steps": (0, None),
-    "optim.grad_clip": (0, None),
-    "stages[].epochs": (1, None), "stages[].lr_scale": (0, None),
-    "eval.every": (0, None), "eval.batch_size": (1, None), "eval.max_clips": (1, None),
-    "run.seed": (0, None), "run.max_steps": (1, None), "run.log_every": (1, None), "run.checkpoint_every": (0, None),
-    "run.threads": (1, None),
-    "gate.threshold": (0, 1), "gate.keep": (("above", 0), 1), "gate.max_clips": (1, None),
-    "negatives.ratio": (0, 8),
-}
-
-
-def _numbers(data, where: str = ""):
-    """(dotted key with list items as ``[]``, the item's own key, value) of every int or float in ``data``."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            yield from _numbers(value, f"{where}.{key}" if where else str(key))
-    elif isinstance(data, (list, tuple)):
-        for i, value in enumerate(data):
-            for pattern, key, number in _numbers(value, f"{where}[{i}]"):
-                yield pattern.replace(f"{where}[{i}]", f"{where}[]", 1), key, number
-    elif isinstance(data, (int, float)) and not isinstance(data, bool):
-        yield where, where, data
-
-
-def _out_of_range(value, low, high) -> str | None:
-    """What is wrong with ``value`` for the range (low, high) of :data:`NUMBER_RANGES`, or None."""
-    if low is not None:
-        above = isinstance(low, tuple)
-        bound = low[1] if above else low
-        if value < bound or (above and value == bound):
-            return f"must be {'>' if above else '>='} {bound}"
-    if high is not None:
-        below = isinstance(high, tuple)
-        bound = high[1] if below else high
-        if value > bound or (below and value == bound):
-            return f"must be {'<' if below else '<='} {bound}"
-    return None
-
-
-def check_number_ranges(data: dict) -> None:
-    """Raises :class:`ConfigError` naming the first number outside its :data:`NUMBER_RANGES` range."""
-    for pattern, key, value in _numbers({k: v for k, v in data.items() if k not in ("model", "debias", "resolved")}):
-        bounds = NUMBER_RANGES.get(pattern)
-        problem = _out_of_range(value, *bounds) if bounds is not None else None
-        if problem:
-            raise ConfigError(f"{key} {problem}, got {value}")
-
-
 # Keys that may differ between a run and its resumption (they do not change what is computed).
 _RESUMABLE_CHANGES = ("run.progress", "run.log_every", "run.checkpoint_every", "run.threads", "data.num_workers",
                       "data.pin_memory", "data.cache_dir", "resolved")
@@ -553,10 +497,7 @@ class TrainConfig:
     # ----------------------------------------------------------------------------------- validation
     def validate(self) -> None:
         d, o, r, e = self.data, self.optim, self.run, self.eval
-        bad = _non_finite(to_dict(self))
-        if bad:
-            raise ConfigError("config values must be finite numbers: "
-                              + ", ".join(f"{key}={value}" for key, value in bad[:4]))
+        check_finite(to_dict(self))
         if d.split not in SPLITS:
             raise ConfigError(f"data.split must be one of {', '.join(SPLITS)}, got {d.split!r}")
         if e.split not in ("",) + SPLITS:
@@ -695,15 +636,6 @@ def _flatten(data, prefix: str = "") -> dict:
             out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: data}
-
-
-def _non_finite(data, where: str = "") -> list[tuple[str, float]]:
-    """(dotted key, value) of every NaN or infinite float in nested dicts and lists."""
-    if isinstance(data, dict):
-        return [bad for key, value in data.items() for bad in _non_finite(value, f"{where}.{key}" if where else key)]
-    if isinstance(data, (list, tuple)):
-        return [bad for i, value in enumerate(data) for bad in _non_finite(value, f"{where}[{i}]")]
-    return [(where, data)] if isinstance(data, float) and not math.isfinite(data) else []
 
 
 def config_differences(a: TrainConfig, b: TrainConfig, ignore=_RESUMABLE_CHANGES) -> list[str]:

@@ -1,5 +1,6 @@
 """``coavs ablate`` as docs/analysis.md describes it (issue 25): the counts of variants and trainings and which
-variants share a training are the plan's, and a finished training is reused whatever variant first needed it."""
+variants share a training are the plan's, a finished training is reused whatever variant first needed it, and a
+corrupt run record is named in one line."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import json
 import re
 from pathlib import Path
 
-from coavs.analysis.ablate import default_base_config, plan_trainings, select_variants
+import pytest
+
+from coavs.analysis.ablate import default_base_config, plan_trainings, select_variants, train_one
+from coavs.errors import UserError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analysis.md"
 
@@ -43,3 +47,13 @@ def test_a_finished_training_is_reused_under_another_variant_name(tmp_path):
     assert later[0].run_dir == first[0].run_dir
     other = _plan(tmp_path, "strategy/uncertainty")  # another training gets its own folder
     assert other[0].run_dir.name.startswith("strategy-uncertainty-")
+
+
+def test_a_corrupt_run_record_is_a_user_error_naming_the_file(tmp_path):
+    run = _plan(tmp_path, "scheme/separate")[0]
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "ablation_run.json").write_text('{"key": "' + run.key + '", "finished": tru}')
+    assert _plan(tmp_path, "scheme/separate")[0].run_dir == run.run_dir  # planning reads it as unfinished
+    with pytest.raises(UserError, match="not valid JSON") as info:
+        train_one(run)
+    assert str(run.run_dir / "ablation_run.json") in str(info.value)

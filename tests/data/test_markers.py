@@ -50,6 +50,13 @@ def test_marker_folder_reads_its_layout_and_names_bad_files(tmp_path):
         ReferenceMarkers(tmp_path)
 
 
+def test_a_corrupt_marker_description_is_a_data_error_naming_the_file(tmp_path):
+    (tmp_path / "markers.json").write_text('{"format": "coavs-markers",')
+    with pytest.raises(DataError, match=r"markers\.json: marker info: not valid JSON \(line 1, column 28") as info:
+        ReferenceMarkers(tmp_path, num_markers=3)
+    assert str(tmp_path / "markers.json") in str(info.value)
+
+
 def test_dataset_items_carry_markers_padded_like_the_audio(synth_root, tmp_path):
     dataset = open_dataset(synth_root, "val")
     (tmp_path / "markers.json").write_text(json.dumps({"format": "coavs-markers", "num_classes": 10,

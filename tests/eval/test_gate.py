@@ -69,6 +69,13 @@ def test_section_validation(changes, message):
         GateSection(**changes)
 
 
+def test_a_corrupt_gate_file_is_a_config_error_naming_the_file(tmp_path):
+    (tmp_path / "gate.json").write_text('{"mode": "any", "threshold": }')
+    with pytest.raises(ConfigError, match="not valid JSON") as info:
+        load_gate(tmp_path)
+    assert str(tmp_path / "gate.json") in str(info.value)
+
+
 def test_the_trainer_calibrates_on_the_val_split_and_eval_applies_the_gate(tmp_path):
     data = make_tiny_set(tmp_path / "tiny")
     config = TrainConfig.from_dict(tiny_config(data, tmp_path / "cache", negatives={"ratio": 0.5},

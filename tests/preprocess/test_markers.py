@@ -13,8 +13,10 @@ import yaml
 
 from coavs.data.audio import load_seconds
 from coavs.data.dataset import open_dataset
+from coavs.errors import UserError
 from coavs.eval.runner import predict_batches
 from coavs.models import AVSModel, load_kmeans
+from coavs.preprocess.common import open_output
 from coavs.training.checkpoint import load_model
 from tests.support.cli import assert_one_line_error, run_cli, snapshot
 from tests.support.pretrained import write_tiny_ast, write_tiny_hubert
@@ -153,6 +155,7 @@ def test_predict_needs_the_clips_marker_file(space, marker_folder, tmp_path, cap
     (["--classifier", "{root}/nowhere"], "--classifier folder not found: {root}/nowhere"),
     (["--classifier", "{root}"], "has no config.json"),
     (["--class-map", "{root}/absent.json"], "--class-map file not found"),
+    (["--class-map", "{root}/broken.json"], "--class-map {root}/broken.json: not valid JSON (line 1, column 19: "),
     (["--class-map", "{root}/bad_key.json"], "not classes of the dataset"),
     (["--class-map", "{root}/bad_label.json"], "'Violn' is not a label of the classifier (close: ['Violin, fiddle'])"),
     (["--class-map", "{root}/empty.json"], "no classifier label is named like the dataset class(es) ['violin']"),
@@ -166,6 +169,7 @@ def test_markers_user_mistakes_are_one_line(change, message, space, tmp_path, ca
     (root / "bad_key.json").write_text(json.dumps({"lion": ["Dog"]}))
     (root / "bad_label.json").write_text(json.dumps({"violin": ["Violn"]}))
     (root / "empty.json").write_text("{}")
+    (root / "broken.json").write_text('{"violin": ["Dog"]')
     base = {"--classifier": root / "ast", "--class-map": root / "map.json", "--hubert": root / "hubert",
             "--clusters": "3"}
     extra = []
@@ -185,6 +189,14 @@ def test_markers_needs_a_model(space, capsys):
     _, data = space
     code, _, err = run_cli(["markers", data], capsys)
     assert_one_line_error(code, err, "give --classifier FOLDER")
+
+
+def test_an_unreadable_manifest_counts_as_other_settings(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"weights": ')
+    with pytest.raises(UserError, match="use --overwrite"):
+        open_output(tmp_path, "manifest.json", {"weights": "a"}, overwrite=False)
+    open_output(tmp_path, "manifest.json", {"weights": "a"}, overwrite=True)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {"weights": "a"}
 
 
 @pytest.mark.parametrize("section, message", [
