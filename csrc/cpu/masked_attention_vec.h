@@ -89,16 +89,24 @@ COAVS_ALWAYS_INLINE typename Vec<double, W>::type vexp(typename Vec<double, W>::
   return x;
 }
 
+// The low and high halves of x, as vectors of W / 2 lanes.
+template <typename T, int W>
+COAVS_ALWAYS_INLINE std::pair<typename Vec<T, W / 2>::type, typename Vec<T, W / 2>::type> halves(
+    typename Vec<T, W>::type x) {
+  using H = typename Vec<T, W / 2>::type;
+  H lo, hi;
+  std::memcpy(&lo, &x, sizeof(H));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
+  return {lo, hi};
+}
+
 // The largest lane (halves compared pairwise, so log2(W) vector steps instead of W - 1 scalar ones).
 template <typename T, int W>
 COAVS_ALWAYS_INLINE T reduce_max(typename Vec<T, W>::type x) {
   if constexpr (W == 1) {
     return x[0];
   } else {
-    using H = typename Vec<T, W / 2>::type;
-    H lo, hi;
-    std::memcpy(&lo, &x, sizeof(H));
-    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
+    const auto [lo, hi] = halves<T, W>(x);
     return reduce_max<T, W / 2>(lo > hi ? lo : hi);
   }
 }
@@ -119,10 +127,7 @@ COAVS_ALWAYS_INLINE T reduce_sum(typename Vec<T, W>::type x) {
   if constexpr (W == 1) {
     return x[0];
   } else {
-    using H = typename Vec<T, W / 2>::type;
-    H lo, hi;
-    std::memcpy(&lo, &x, sizeof(H));
-    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(H), sizeof(H));
+    const auto [lo, hi] = halves<T, W>(x);
     return reduce_sum<T, W / 2>(lo + hi);
   }
 }
