@@ -282,12 +282,9 @@ def plan_statistics(plan: AttentionPlan, height: int, width: int, rows_per_tile:
     valid = [int(v) & ((1 << 64) - 1) for v in valid_lanes(height, width).tolist()]
     vector_masks = [((1 << vector_lanes) - 1) << (vector_lanes * i) for i in range(BLOCK_KEYS // vector_lanes)]
     batch, _, blocks = bits.shape
-    visible = tile = cpu = bound = 0
-    lane_is_key = unpack_lanes(valid_lanes(height, width))
+    visible = tile = cpu = 0
     for b in range(batch):
         rows = order[b, : int(count[b])]
-        viewers = (unpack_lanes(bits[b, rows]) & lane_is_key).sum(0)
-        bound += int(torch.where(viewers > 0, viewers.clamp(min=mma_rows), 0).sum())
         row_bits = [[int(x) & ((1 << 64) - 1) for x in line] for line in bits[b, rows].tolist()]
         visible += sum(bin(x & valid[kb]).count("1") for line in row_bits for kb, x in enumerate(line))
         for t in range(-(-len(row_bits) // rows_per_tile)):
@@ -308,6 +305,20 @@ def plan_statistics(plan: AttentionPlan, height: int, width: int, rows_per_tile:
                 for x in members:
                     union |= x
                 cpu += len(members) * vector_lanes * sum(bool(union & m) for m in vector_masks)
+    bound = mma_bound_scores(plan, height, width, mma_rows)
     return {"visible_scores": visible, "tile_scores": tile, "cpu_scores": cpu, "mma_bound_scores": bound,
             "tile_ratio": tile / max(1, visible), "cpu_ratio": cpu / max(1, visible),
             "mma_bound": bound / max(1, visible)}
+
+
+def mma_bound_scores(plan: AttentionPlan, height: int, width: int, mma_rows: int = 16) -> int:
+    """The fewest scores any kernel can compute under ``plan`` whose matrix-multiply tiles hold at least
+    ``mma_rows`` rows of one sample: a key that ``v`` working rows of a sample see costs ``max(v, mma_rows)``."""
+    bits = plan.block_bits.cpu()
+    order, count = plan.row_order.cpu().long(), plan.row_count.cpu().long()
+    lane_is_key = unpack_lanes(valid_lanes(height, width))
+    bound = 0
+    for b in range(bits.shape[0]):
+        viewers = (unpack_lanes(bits[b, order[b, : int(count[b])]]) & lane_is_key).sum(0)
+        bound += int(torch.where(viewers > 0, viewers.clamp(min=mma_rows), 0).sum())
+    return bound

@@ -73,12 +73,41 @@ COAVS_ALWAYS_INLINE bool finite(T x) {
   return x - x == T(0);  // false for NaN and +-inf
 }
 
+// dst[0 .. dh) = src[0 .. dh), times scale when Scaled, adding x - x of every stored x to probe / tail_probe (they
+// stay zero unless a stored value is non-finite: a cheap test before the per-element one).
+template <typename T, int W, bool Scaled>
+COAVS_ALWAYS_INLINE void copy_probed(const T* src, T* dst, int64_t dh, T scale, typename Vec<T, W>::type& probe,
+                                     T& tail_probe) {
+  using V = typename Vec<T, W>::type;
+  int64_t d = 0;
+  for (; d + W <= dh; d += W) {
+    V x = load<V>(src + d);
+    if constexpr (Scaled) x = x * splat_as(V, scale);
+    probe += x - x;
+    store(dst + d, x);
+  }
+  for (; d < dh; ++d) {
+    const T x = Scaled ? src[d] * scale : src[d];
+    tail_probe += x - x;
+    dst[d] = x;
+  }
+}
+
+// Stores 0 over every non-finite element of x[0 .. n); true when there was one.
+template <typename T>
+COAVS_ALWAYS_INLINE bool zero_non_finite(T* x, int64_t n) {
+  bool any = false;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!finite(x[i])) x[i] = T(0), any = true;
+  }
+  return any;
+}
+
 // Block `kb` of the [N, dh] matrix m as rows [64][dh] in lane order (zero for lanes past the map's edge), each
 // element converted to T; a non-finite one is stored as 0 and its lane is set in the returned mask. float32
 // (float64) rows with a unit last stride are read as vectors in place; others are converted through `row`
-// ([dh] scratch) first. The copy only sums x - x (zero unless x is non-finite); lanes are checked one by one
-// only when that sum is not zero. transpose_block (masked_attention_vec.h) turns the rows into the [dh][64]
-// the scores need.
+// ([dh] scratch) first. Lanes are checked one by one only when the copy's probe is not zero.
+// transpose_block (masked_attention_vec.h) turns the rows into the [dh][64] the scores need.
 template <typename S, typename T, int W>
 COAVS_ALWAYS_INLINE uint64_t pack_block(const KeyGeometry& geo, int64_t dh, const Strided<S>& m, int64_t kb, T* rows,
                                         T* row) {
@@ -102,30 +131,18 @@ COAVS_ALWAYS_INLINE uint64_t pack_block(const KeyGeometry& geo, int64_t dh, cons
     } else {
       for (int64_t d = 0; d < dh; ++d) row[d] = static_cast<T>(m.at(key, d));
     }
-    int64_t d = 0;
-    for (; d + W <= dh; d += W) {
-      const V x = load<V>(src + d);
-      probe += x - x;
-      store(dst + d, x);
-    }
-    for (; d < dh; ++d) {
-      tail_probe += src[d] - src[d];
-      dst[d] = src[d];
-    }
+    copy_probed<T, W, false>(src, dst, dh, T(1), probe, tail_probe);
   }
   if (reduce_sum<T, W>(probe) + tail_probe == T(0)) return 0;
   uint64_t bad = 0;
   for (int64_t lane = 0; lane < kLanes; ++lane) {
-    T* dst = rows + lane * dh;
-    for (int64_t d = 0; d < dh; ++d) {
-      if (!finite(dst[d])) dst[d] = T(0), bad |= uint64_t(1) << lane;
-    }
+    if (zero_non_finite(rows + lane * dh, dh)) bad |= uint64_t(1) << lane;
   }
   return bad;
 }
 
 // dst [count][dh] = scale * the rows rows[0 .. count) of m, a non-finite product stored as 0 with its row
-// flagged in `poisoned` (checked element by element only for rows whose x - x does not sum to zero).
+// flagged in `poisoned` (checked element by element only for rows whose copy's probe is not zero).
 template <typename S, typename T, int W>
 COAVS_ALWAYS_INLINE void load_scaled_rows(const Strided<S>& m, const int32_t* rows, int64_t count, int64_t dh, T scale,
                                           T* dst, uint8_t* poisoned) {
@@ -134,23 +151,16 @@ COAVS_ALWAYS_INLINE void load_scaled_rows(const Strided<S>& m, const int32_t* ro
   if constexpr (std::is_same_v<S, T>) direct = m.col == 1;
   for (int64_t at = 0; at < count; ++at) {
     T* out = dst + at * dh;
+    const T* src = out;
     if (direct) {
-      std::memcpy(out, m.data + rows[at] * m.row, dh * sizeof(T));
+      src = reinterpret_cast<const T*>(m.data + rows[at] * m.row);
     } else {
       for (int64_t d = 0; d < dh; ++d) out[d] = static_cast<T>(m.at(rows[at], d));
     }
     V probe{};
     T tail_probe = T(0);
-    int64_t d = 0;
-    for (; d + W <= dh; d += W) {
-      const V x = load<V>(out + d) * splat_as(V, scale);
-      probe += x - x;
-      store(out + d, x);
-    }
-    for (; d < dh; ++d) out[d] *= scale, tail_probe += out[d] - out[d];
-    if (reduce_sum<T, W>(probe) + tail_probe == T(0)) continue;
-    poisoned[at] = 1;
-    for (d = 0; d < dh; ++d) out[d] = finite(out[d]) ? out[d] : T(0);
+    copy_probed<T, W, true>(src, out, dh, scale, probe, tail_probe);
+    if (reduce_sum<T, W>(probe) + tail_probe != T(0)) poisoned[at] |= zero_non_finite(out, dh);
   }
 }
 

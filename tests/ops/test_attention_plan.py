@@ -174,3 +174,4 @@ def test_mma_bound_counts_at_least_a_tile_of_rows_per_seen_key():
     assert stats["visible_scores"] == 23 and stats["mma_bound_scores"] == 16 + 20
     assert stats["tile_scores"] >= stats["mma_bound_scores"]
     assert ap.plan_statistics(plan, 8, 8, mma_rows=8)["mma_bound_scores"] == 8 + 20
+    assert ap.mma_bound_scores(plan, 8, 8, 8) == 8 + 20
