@@ -51,6 +51,25 @@ struct KeyGeometry {
     }
   }
 
+  // Calls fn(key, lane, length) for each run of lanes [lane, lane + length) of `block` whose keys
+  // [key, key + length) are consecutive (at most 32 lanes: one mask word; lanes past the map's edge are in none),
+  // in lane order.
+  template <typename F>
+  void for_each_run(int64_t block, F&& fn) const {
+    int64_t keys_of[kPlanBlockKeys];
+    block_keys(block, keys_of);
+    for (int64_t lane = 0; lane < kPlanBlockKeys;) {
+      if (keys_of[lane] < 0) {
+        ++lane;
+        continue;
+      }
+      int64_t end = lane + 1;
+      while (end < kPlanBlockKeys && keys_of[end] == keys_of[end - 1] + 1 && end - lane < 32) ++end;
+      fn(keys_of[lane], lane, end - lane);
+      lane = end;
+    }
+  }
+
   // Mask of the valid lanes of `block`.
   uint64_t valid(int64_t block) const {
     uint64_t mask = 0;

@@ -42,20 +42,11 @@ struct LaneRun {
 // The runs of every block, block by block (`first[kb]` .. `first[kb + 1]`); lanes past the map's edge are in none.
 void lane_runs(const KeyGeometry& geo, std::vector<LaneRun>& runs, std::vector<int64_t>& first) {
   first.assign(geo.blocks + 1, 0);
-  int64_t keys_of[kPlanBlockKeys];
   for (int64_t kb = 0; kb < geo.blocks; ++kb) {
     first[kb] = static_cast<int64_t>(runs.size());
-    geo.block_keys(kb, keys_of);
-    for (int64_t lane = 0; lane < kPlanBlockKeys;) {
-      if (keys_of[lane] < 0) {
-        ++lane;
-        continue;
-      }
-      int64_t end = lane + 1;
-      while (end < kPlanBlockKeys && keys_of[end] == keys_of[end - 1] + 1 && end - lane < 32) ++end;
-      runs.push_back({keys_of[lane], static_cast<int32_t>(lane), static_cast<int32_t>(end - lane)});
-      lane = end;
-    }
+    geo.for_each_run(kb, [&](int64_t key, int64_t lane, int64_t length) {
+      runs.push_back({key, static_cast<int32_t>(lane), static_cast<int32_t>(length)});
+    });
   }
   first[geo.blocks] = static_cast<int64_t>(runs.size());
 }

@@ -185,6 +185,27 @@ def test_native_dtypes_and_head_dims(dtype, head_dim):
         check_case("native", 2, 3, 30, (13, 15), head_dim, dtype, 0.5, kind)
 
 
+@pytest.mark.parametrize("key_map", [(2, 600), (1, 1100), (12, 150)])
+def test_native_maps_wider_than_one_packed_chunk(key_map):
+    """The C++ kernels pack at most 8 blocks of a patch row at a time (1x64 strips: 18 blocks in a row; 2x600:
+    19; 12x150 with 4x16 patches: 10 with a ragged edge): every chunk, a short last one and edge lanes."""
+    for kind in ("random", "one", "none"):
+        check_case("native", 2, 2, 24, key_map, 32, torch.float32, 0.7, kind)
+
+
+def test_native_non_finite_key_in_a_later_chunk_poisons_only_its_viewers():
+    key_map, keys = (1, 1100), 1100
+    mask, visible = make_mask("random", 1, 12, key_map)
+    active = make_active(1, 12, 1.0)
+    q, k, v = make_qkv(1, 2, 12, keys, 16, torch.float32)
+    k[0, 0, 1000, 3] = float("inf")  # block 15: the second chunk of 8
+    with ops.use_backend("native"):
+        out = ops.masked_cross_attention(q, k, v, mask, active)
+    viewers = visible[0, :, 1000] & visible[0].any(-1)
+    assert torch.equal(torch.isnan(out[0, 0]).any(-1), viewers)
+    assert not torch.isnan(out[0, 1]).any()
+
+
 def test_native_odd_head_dim_and_scale():
     mask, visible = make_mask("random", 2, 9, (6, 11))
     active = make_active(2, 9, 0.5)
