@@ -32,11 +32,12 @@ std::pair<int32_t, int32_t> ordered_list(const std::vector<int8_t>& klass, int32
   return {full, total};
 }
 
-// A run of lanes of one block whose keys are consecutive (one row of a sub-patch, cut at the map's right edge):
-// lanes [lane, lane + length) hold keys [key, key + length).
+// A run of lanes of one block whose keys are consecutive and lie in one mask word: lanes [lane, lane + length)
+// hold bits [shift, shift + length) of word `word` (a run that crosses a word is cut in two).
 struct LaneRun {
-  int64_t key;
-  int32_t lane, length;
+  int32_t word;
+  uint8_t shift, lane;
+  uint32_t mask;  // (1 << length) - 1
 };
 
 // The runs of every block, block by block (`first[kb]` .. `first[kb + 1]`); lanes past the map's edge are in none.
@@ -45,19 +46,24 @@ void lane_runs(const KeyGeometry& geo, std::vector<LaneRun>& runs, std::vector<i
   for (int64_t kb = 0; kb < geo.blocks; ++kb) {
     first[kb] = static_cast<int64_t>(runs.size());
     geo.for_each_run(kb, [&](int64_t key, int64_t lane, int64_t length) {
-      runs.push_back({key, static_cast<int32_t>(lane), static_cast<int32_t>(length)});
+      while (length > 0) {
+        const int64_t shift = key & 31, piece = std::min<int64_t>(length, 32 - shift);
+        const uint32_t mask = piece == 32 ? ~uint32_t(0) : (uint32_t(1) << piece) - 1;
+        runs.push_back({static_cast<int32_t>(key >> 5), static_cast<uint8_t>(shift), static_cast<uint8_t>(lane),
+                        mask});
+        key += piece, lane += piece, length -= piece;
+      }
     });
   }
   first[geo.blocks] = static_cast<int64_t>(runs.size());
 }
 
-// Bits [key, key + length) of a row's mask words (length <= 32; every key < N, so every word read is the row's).
-COAVS_ALWAYS_INLINE uint64_t mask_bits(const int32_t* words, int64_t key, int32_t length) {
-  const int64_t word = key >> 5;
-  const int shift = static_cast<int>(key & 31);
-  uint64_t value = static_cast<uint32_t>(words[word]) >> shift;
-  if (shift + length > 32) value |= static_cast<uint64_t>(static_cast<uint32_t>(words[word + 1])) << (32 - shift);
-  return value & ((uint64_t(1) << length) - 1);
+// Set bits of x, inline (__builtin_popcountll is a library call without -mpopcnt).
+COAVS_ALWAYS_INLINE int64_t count_lanes(uint64_t x) {
+  x -= (x >> 1) & 0x5555555555555555ULL;
+  x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+  return static_cast<int64_t>((x * 0x0101010101010101ULL) >> 56);
 }
 
 }  // namespace
@@ -98,7 +104,10 @@ Plan masked_attention_plan_cpu(const at::Tensor& bits, const at::Tensor& active,
   int32_t* bc = block_counts.data_ptr<int32_t>();
   int32_t* bt = block_tiles.data_ptr<int32_t>();
   std::vector<uint64_t> valid(blocks);
-  for (int64_t kb = 0; kb < blocks; ++kb) valid[kb] = geo.valid(kb);
+  std::vector<int64_t> centre_y2(blocks), centre_x2(blocks);
+  for (int64_t kb = 0; kb < blocks; ++kb) {
+    valid[kb] = geo.valid(kb), centre_y2[kb] = geo.centre_y2(kb), centre_x2[kb] = geo.centre_x2(kb);
+  }
   std::vector<LaneRun> runs;
   std::vector<int64_t> first_run;
   lane_runs(geo, runs, first_run);
@@ -113,13 +122,14 @@ Plan masked_attention_plan_cpu(const at::Tensor& bits, const at::Tensor& active,
         for (int64_t kb = 0; kb < blocks; ++kb) {
           uint64_t lanes = 0;
           for (int64_t r = first_run[kb]; r < first_run[kb + 1]; ++r) {
-            lanes |= mask_bits(w, runs[r].key, runs[r].length) << runs[r].lane;
+            const LaneRun& run = runs[r];
+            lanes |= static_cast<uint64_t>((static_cast<uint32_t>(w[run.word]) >> run.shift) & run.mask) << run.lane;
           }
           bb[(b * queries + q) * blocks + kb] = static_cast<int64_t>(lanes);
-          const int64_t n = __builtin_popcountll(lanes);
+          const int64_t n = count_lanes(lanes);
           seen += n;
-          sum_y2 += n * geo.centre_y2(kb);
-          sum_x2 += n * geo.centre_x2(kb);
+          sum_y2 += n * centre_y2[kb];
+          sum_x2 += n * centre_x2[kb];
         }
         const bool works = act[b * queries + q] && seen > 0;
         working += works;
