@@ -151,6 +151,11 @@ COAVS_ALWAYS_INLINE bool zero_non_finite(T* x, int64_t n) {
   return any;
 }
 
+// True when a tile of sample b visits block kb.
+COAVS_ALWAYS_INLINE bool visits(const Problem& p, int64_t b, int64_t kb) {
+  return p.block_counts[(b * p.blocks + kb) * 2 + 1] > 0;
+}
+
 // The blocks of chunk c that sample b visits, from the [N, dh] matrix m, as rows [kChunkBlocks][64][dh] in lane
 // order (zero for lanes past the map's edge), each element converted to T; a non-finite one is stored as 0 and
 // its lane is set in bad[slot]. float32 (float64) rows with a unit last stride are read as vectors in place; others
@@ -165,7 +170,7 @@ COAVS_ALWAYS_INLINE void pack_chunk(const Problem& p, int64_t b, int64_t c, int6
   bool visited[kChunkBlocks];
   for (int64_t slot = 0; slot < blocks; ++slot) {
     const int64_t kb = first + slot;
-    visited[slot] = p.block_counts[(b * p.blocks + kb) * 2 + 1] > 0;
+    visited[slot] = visits(p, b, kb);
     bad[slot] = 0;
     if (!visited[slot] || ~p.valid[kb] == 0) continue;
     for (int64_t lane = 0; lane < kLanes; ++lane) {
@@ -202,6 +207,32 @@ COAVS_ALWAYS_INLINE void pack_chunk(const Problem& p, int64_t b, int64_t c, int6
     if (!visited[slot]) continue;
     for (int64_t lane = 0; lane < kLanes; ++lane) {
       if (zero_non_finite(rows + (slot * kLanes + lane) * dh, dh)) bad[slot] |= uint64_t(1) << lane;
+    }
+  }
+}
+
+// Writes the keys of chunk c to out ([N][dh] of one (b, h)) in key order: the rows of the blocks sample b visits
+// from `rows` ([8][64][dh], converted to S; the lanes of nan_lanes[slot] as NaN), zeros for every other key.
+template <typename S, typename T>
+COAVS_ALWAYS_INLINE void store_chunk(const Problem& p, int64_t b, int64_t c, int64_t dh, const T* rows,
+                                     const uint64_t* nan_lanes, S* out) {
+  const KeyChunks& chunks = p.chunks;
+  const int64_t first = chunks.first_block[c];
+  for (int64_t r = chunks.first_run[c]; r < chunks.first_run[c + 1]; ++r) {
+    const KeyRun& run = chunks.runs[r];
+    S* dst = out + run.key * dh;
+    if (!visits(p, b, first + run.slot)) {
+      std::fill(dst, dst + run.length * dh, S(0));
+      continue;
+    }
+    for (int64_t i = 0; i < run.length; ++i, dst += dh) {
+      const int64_t lane = run.lane + i;
+      if ((nan_lanes[run.slot] >> lane) & 1) {
+        std::fill(dst, dst + dh, static_cast<S>(std::numeric_limits<T>::quiet_NaN()));
+        continue;
+      }
+      const T* src = rows + (run.slot * kLanes + lane) * dh;
+      for (int64_t d = 0; d < dh; ++d) dst[d] = static_cast<S>(src[d]);
     }
   }
 }
@@ -369,7 +400,7 @@ COAVS_ALWAYS_INLINE void forward_body(const Problem& p, const at::Tensor& q, con
 }
 
 template <typename S, typename T, int W>
-COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const KeyGeometry& geo, const at::Tensor& grad_out,
+COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const at::Tensor& grad_out,
                                        const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        const at::Tensor& out, const at::Tensor& lse, int64_t b, int64_t h,
                                        std::vector<T>& scratch, const Buffers& grads) {
@@ -377,15 +408,15 @@ COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const KeyGeometry& geo,
   const int64_t dh = p.head_dim, count = p.row_count[b];
   const int32_t* rows = p.row_order + b * p.queries;
   const int64_t chunk_size = kChunkBlocks * kLanes * dh;
-  scratch.resize(2 * chunk_size + 4 * kLanes * dh + 2 * kMaxGroup * kLanes + count * (3 * dh + 2) + dh);
+  scratch.resize(4 * chunk_size + 2 * kLanes * dh + 2 * kMaxGroup * kLanes + count * (3 * dh + 2) + dh);
   T* row = scratch.data();            // [dh] conversion scratch
   T* kc = row + dh;                   // [8][64][dh] keys of the packed chunk
   T* vc = kc + chunk_size;            // [8][64][dh] values
-  T* kt = vc + chunk_size;            // [dh][64]
-  T* vt = kt + kLanes * dh;           // [dh][64]
-  T* dk = vt + kLanes * dh;           // [64][dh] of the block
-  T* dv = dk + kLanes * dh;           // [64][dh]
-  T* sc = dv + kLanes * dh;           // [4][64] scores, then probabilities
+  T* dkc = vc + chunk_size;           // [8][64][dh] dk of the chunk's keys
+  T* dvc = dkc + chunk_size;          // [8][64][dh] dv
+  T* kt = dvc + chunk_size;           // [dh][64] keys of a block, transposed
+  T* vt = kt + kLanes * dh;           // [dh][64] values
+  T* sc = vt + kLanes * dh;           // [4][64] scores, then probabilities
   T* ds = sc + kMaxGroup * kLanes;    // [4][64] d(scores)
   T* qs = ds + kMaxGroup * kLanes;    // [count][dh] scale * q
   T* go = qs + count * dh;            // [count][dh] grad_out
@@ -421,58 +452,56 @@ COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const KeyGeometry& geo,
   S* dk_out = static_cast<S*>(grads.b) + (b * p.heads + h) * p.keys * dh;
   S* dv_out = static_cast<S*>(grads.c) + (b * p.heads + h) * p.keys * dh;
   uint64_t unused[kChunkBlocks];  // non-finite keys and values poisoned their rows' lse in the forward
-  int64_t packed = -1;
-  for (int64_t kb = 0; kb < p.blocks; ++kb) {
-    if (p.block_counts[(b * p.blocks + kb) * 2 + 1] == 0) continue;
-    const int64_t c = p.chunks.chunk_of[kb], slot = kb - p.chunks.first_block[c];
-    if (c != packed) {
+  uint64_t key_poisoned[kChunkBlocks];
+  for (int64_t c = 0; c + 1 < static_cast<int64_t>(p.chunks.first_block.size()); ++c) {
+    const int64_t first = p.chunks.first_block[c], last = p.chunks.first_block[c + 1];
+    bool any = false;
+    for (int64_t kb = first; kb < last; ++kb) any |= visits(p, b, kb);
+    if (any) {
       pack_chunk<S, T, W>(p, b, c, dh, km, kc, row, unused);
       pack_chunk<S, T, W>(p, b, c, dh, vm, vc, row, unused);
-      packed = c;
     }
-    const T* kr = kc + slot * kLanes * dh;
-    transpose_block<T, W>(kr, dh, kt);
-    transpose_block<T, W>(vc + slot * kLanes * dh, dh, vt);
-    std::fill(dk, dk + 2 * kLanes * dh, T(0));
-    uint64_t key_poisoned = 0;
-    for_each_group(p, b, kb, count, poisoned.data(), key_poisoned,
-                   [&](int n, const int64_t* pos, const uint64_t* lanes) COAVS_ALWAYS_INLINE_LAMBDA {
-      uint64_t all = 0;
-      for (int g = 0; g < n; ++g) {
-        all |= lanes[g];
-        xq[g] = qs + pos[g] * dh, xg[g] = go + pos[g] * dh, a[g] = dq + pos[g] * dh;
-      }
-      const int live = live_vectors<W>(all, vec);
-      block_scores<T, W>(n, xq, kt, vec, live, dh, sc);
-      block_scores<T, W>(n, xg, vt, vec, live, dh, ds);
-      for (int g = 0; g < n; ++g) {
-        const V row_lse_v = splat_as(V, row_lse[pos[g]]), row_delta = splat_as(V, delta[pos[g]]);
-        for (int l = 0; l < live; ++l) {
-          T* s = sc + g * kLanes + vec[l] * W;
-          T* dp = ds + g * kLanes + vec[l] * W;
-          const auto seen = lane_mask<T, W>(lanes[g] >> (vec[l] * W));
-          const V e = vexp<W>(load<V>(s) - row_lse_v);
-          const V prob = seen ? e : V{};
-          const V grad = prob * (load<V>(dp) - row_delta);
-          store(s, prob);
-          store(dp, seen ? grad : V{});  // invisible lanes stay 0 even where dO.v overflows
+    for (int64_t kb = first; kb < last; ++kb) {
+      const int64_t slot = kb - first;
+      key_poisoned[slot] = 0;
+      if (!visits(p, b, kb)) continue;
+      const T* kr = kc + slot * kLanes * dh;
+      transpose_block<T, W>(kr, dh, kt);
+      transpose_block<T, W>(vc + slot * kLanes * dh, dh, vt);
+      T* dk = dkc + slot * kLanes * dh;
+      T* dv = dvc + slot * kLanes * dh;
+      std::fill(dk, dk + kLanes * dh, T(0));
+      std::fill(dv, dv + kLanes * dh, T(0));
+      for_each_group(p, b, kb, count, poisoned.data(), key_poisoned[slot],
+                     [&](int n, const int64_t* pos, const uint64_t* lanes) COAVS_ALWAYS_INLINE_LAMBDA {
+        uint64_t all = 0;
+        for (int g = 0; g < n; ++g) {
+          all |= lanes[g];
+          xq[g] = qs + pos[g] * dh, xg[g] = go + pos[g] * dh, a[g] = dq + pos[g] * dh;
         }
-      }
-      keys_update<T, W>(n, dv, sc, xg, all, dh);
-      keys_update<T, W>(n, dk, ds, xq, all, dh);
-      rows_update<T, W>(n, a, ds, kr, dh, all, dh);
-    });
-    int64_t keys[kLanes];
-    geo.block_keys(kb, keys);
-    for (int64_t lane = 0; lane < kLanes; ++lane) {
-      const int64_t key = keys[lane];
-      if (key < 0) continue;
-      const bool bad = (key_poisoned >> lane) & 1;
-      for (int64_t d = 0; d < dh; ++d) {
-        dk_out[key * dh + d] = static_cast<S>(bad ? nan : dk[lane * dh + d]);
-        dv_out[key * dh + d] = static_cast<S>(bad ? nan : dv[lane * dh + d]);
-      }
+        const int live = live_vectors<W>(all, vec);
+        block_scores<T, W>(n, xq, kt, vec, live, dh, sc);
+        block_scores<T, W>(n, xg, vt, vec, live, dh, ds);
+        for (int g = 0; g < n; ++g) {
+          const V row_lse_v = splat_as(V, row_lse[pos[g]]), row_delta = splat_as(V, delta[pos[g]]);
+          for (int l = 0; l < live; ++l) {
+            T* s = sc + g * kLanes + vec[l] * W;
+            T* dp = ds + g * kLanes + vec[l] * W;
+            const auto seen = lane_mask<T, W>(lanes[g] >> (vec[l] * W));
+            const V e = vexp<W>(load<V>(s) - row_lse_v);
+            const V prob = seen ? e : V{};
+            const V grad = prob * (load<V>(dp) - row_delta);
+            store(s, prob);
+            store(dp, seen ? grad : V{});  // invisible lanes stay 0 even where dO.v overflows
+          }
+        }
+        keys_update<T, W>(n, dv, sc, xg, all, dh);
+        keys_update<T, W>(n, dk, ds, xq, all, dh);
+        rows_update<T, W>(n, a, ds, kr, dh, all, dh);
+      });
     }
+    store_chunk<S, T>(p, b, c, dh, dkc, key_poisoned, dk_out);
+    store_chunk<S, T>(p, b, c, dh, dvc, key_poisoned, dv_out);
   }
   S* dq_out = static_cast<S*>(grads.a) + (b * p.heads + h) * p.queries * dh;
   for (int64_t at = 0; at < count; ++at) {
@@ -506,10 +535,10 @@ COAVS_ISA_VARIANTS(forward_bh, forward_body, 32,
                     int64_t h, std::vector<T>& scratch, const Buffers& o),
                    (p, q, k, v, b, h, scratch, o))
 COAVS_ISA_VARIANTS(backward_bh, backward_body, 64,
-                   (const Problem& p, const KeyGeometry& geo, const at::Tensor& go, const at::Tensor& q,
+                   (const Problem& p, const at::Tensor& go, const at::Tensor& q,
                     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                     int64_t b, int64_t h, std::vector<T>& scratch, const Buffers& g),
-                   (p, geo, go, q, k, v, out, lse, b, h, scratch, g))
+                   (p, go, q, k, v, out, lse, b, h, scratch, g))
 
 enum class Isa { kAvx512, kAvx2, kBase };
 
@@ -675,9 +704,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_backward_c
                                    tile_counts, tile_blocks, block_counts, block_tiles);
   const Problem p = make_problem(q, k, v, t, geo, rows_per_tile, scale);
   auto dq = at::zeros(q.sizes(), q.options());
-  auto dk = at::zeros(k.sizes(), k.options());
-  auto dv = at::zeros(v.sizes(), v.options());
-  if (dq.numel() == 0 || dk.numel() == 0) return {dq, dk, dv};
+  auto dk = at::empty(k.sizes(), k.options());  // every key is written by backward_body (zeros where unseen)
+  auto dv = at::empty(v.sizes(), v.options());
+  if (dq.numel() == 0 || dk.numel() == 0) return {dq, dk.zero_(), dv.zero_()};
   const Buffers g{dq.data_ptr(), dk.data_ptr(), dv.data_ptr()};
   const Isa isa = cpu_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_cross_attention_backward_cpu",
@@ -687,11 +716,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_backward_c
       std::vector<T> scratch;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / p.heads, h = i % p.heads;
-        if (p.row_count[b] == 0) continue;
+        if (p.row_count[b] == 0) {
+          const int64_t size = p.keys * p.head_dim;
+          std::fill_n(static_cast<scalar_t*>(g.b) + i * size, size, scalar_t(0));
+          std::fill_n(static_cast<scalar_t*>(g.c) + i * size, size, scalar_t(0));
+          continue;
+        }
         switch (isa) {
-          case Isa::kAvx512: backward_bh_avx512<scalar_t, T>(p, geo, grad_out, q, k, v, out, lse, b, h, scratch, g); break;
-          case Isa::kAvx2: backward_bh_avx2<scalar_t, T>(p, geo, grad_out, q, k, v, out, lse, b, h, scratch, g); break;
-          default: backward_bh_base<scalar_t, T>(p, geo, grad_out, q, k, v, out, lse, b, h, scratch, g);
+          case Isa::kAvx512: backward_bh_avx512<scalar_t, T>(p, grad_out, q, k, v, out, lse, b, h, scratch, g); break;
+          case Isa::kAvx2: backward_bh_avx2<scalar_t, T>(p, grad_out, q, k, v, out, lse, b, h, scratch, g); break;
+          default: backward_bh_base<scalar_t, T>(p, grad_out, q, k, v, out, lse, b, h, scratch, g);
         }
       }
     });

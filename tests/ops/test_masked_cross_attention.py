@@ -206,6 +206,24 @@ def test_native_non_finite_key_in_a_later_chunk_poisons_only_its_viewers():
     assert not torch.isnan(out[0, 1]).any()
 
 
+def test_native_gradients_of_unseen_keys_and_idle_samples_are_zero():
+    """dk and dv are allocated uninitialised and written key by key: a sample without working rows, and the keys
+    no row sees, must still read exactly 0 (memory recycled from a NaN tensor first, so garbage would show)."""
+    batch, heads, queries, key_map = 3, 2, 10, (12, 20)
+    mask, visible = make_mask("random", batch, queries, key_map)
+    active = make_active(batch, queries, 0.8)
+    active[1] = False
+    q, k, v = make_qkv(batch, heads, queries, 240, 16, torch.float32)
+    garbage = [torch.full((batch, heads, 240, 16), float("nan")) for _ in range(4)]
+    del garbage
+    out, (dq, dk, dv) = run_op("native", q, k, v, mask, active, 0.3, torch.randn(q.shape))
+    unseen = ~(visible & active[..., None]).any(1)  # [B,N]
+    for g in (dk, dv):
+        assert not g[1].any()
+        assert not g.transpose(1, 2)[unseen].any()
+        assert torch.isfinite(g).all()
+
+
 def test_native_odd_head_dim_and_scale():
     mask, visible = make_mask("random", 2, 9, (6, 11))
     active = make_active(2, 9, 0.5)
