@@ -331,7 +331,7 @@ COAVS_ALWAYS_INLINE void forward_body(const Problem& p, const at::Tensor& q, con
   uint64_t unused = 0, bad_k[kChunkBlocks], bad_v[kChunkBlocks];
   int64_t packed = -1;
   for (int64_t kb = 0; kb < p.blocks; ++kb) {
-    if (p.block_counts[(b * p.blocks + kb) * 2 + 1] == 0) continue;
+    if (!visits(p, b, kb)) continue;
     const int64_t c = p.chunks.chunk_of[kb], slot = kb - p.chunks.first_block[c];
     if (c != packed) {
       pack_chunk<S, T, W>(p, b, c, dh, km, kc, row, bad_k);
