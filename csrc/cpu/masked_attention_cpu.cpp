@@ -30,11 +30,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
-#include <string>
 #include <vector>
 
 #include "common/masked_attention_plan.h"
 #include "common/tensor_checks.h"
+#include "cpu/cpu_isa.h"
 #include "cpu/masked_attention_vec.h"
 
 namespace coavs {
@@ -428,23 +428,18 @@ COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const at::Tensor& grad_
   const Strided<S> qm = slice<S>(q, b, h), km = slice<S>(k, b, h), vm = slice<S>(v, b, h);
   const Strided<S> gm = slice<S>(grad_out, b, h), om = slice<S>(out, b, h);
   const T* lse_bh = lse.const_data_ptr<T>() + b * lse.stride(0) + h * lse.stride(1);
+  // the working rows' scale * q, grad_out and out (read into dq, zeroed once delta = sum grad_out * out is taken)
+  load_scaled_rows<S, T, W>(qm, rows, count, dh, scale, qs, poisoned.data());
+  load_scaled_rows<S, T, W>(gm, rows, count, dh, T(1), go, poisoned.data());
+  load_scaled_rows<S, T, W>(om, rows, count, dh, T(1), dq, poisoned.data());
   for (int64_t at = 0; at < count; ++at) {
-    const int64_t r = rows[at];
-    row_lse[at] = lse_bh[r * lse.stride(2)];
-    bool ok = finite(row_lse[at]);
+    row_lse[at] = lse_bh[rows[at] * lse.stride(2)];
+    poisoned[at] |= !finite(row_lse[at]);
     T dot = T(0);
-    for (int64_t d = 0; d < dh; ++d) {
-      const T qd = static_cast<T>(qm.at(r, d)) * scale, gd = static_cast<T>(gm.at(r, d));
-      const T od = static_cast<T>(om.at(r, d));
-      ok &= finite(qd) && finite(gd) && finite(od);
-      qs[at * dh + d] = finite(qd) ? qd : T(0);
-      go[at * dh + d] = finite(gd) ? gd : T(0);
-      dq[at * dh + d] = T(0);
-      dot += finite(gd) && finite(od) ? gd * od : T(0);
-    }
-    poisoned[at] = !ok;
+    for (int64_t d = 0; d < dh; ++d) dot += go[at * dh + d] * dq[at * dh + d];
     delta[at] = dot;
   }
+  std::fill(dq, dq + count * dh, T(0));
   int vec[kLanes];
   const T* xq[kMaxGroup];
   const T* xg[kMaxGroup];
@@ -539,28 +534,6 @@ COAVS_ISA_VARIANTS(backward_bh, backward_body, 64,
                     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                     int64_t b, int64_t h, std::vector<T>& scratch, const Buffers& g),
                    (p, go, q, k, v, out, lse, b, h, scratch, g))
-
-enum class Isa { kAvx512, kAvx2, kBase };
-
-// The widest ISA the CPU has, capped by COAVS_CPU_CAPABILITY ("default": the portable loops, "avx2": no AVX-512;
-// any other value or none: no cap), read once per process.
-Isa cpu_isa() {
-  static const Isa isa = [] {
-    const char* forced = std::getenv("COAVS_CPU_CAPABILITY");
-    const std::string cap = forced == nullptr ? "" : forced;
-    if (cap == "default") return Isa::kBase;
-    __builtin_cpu_init();
-    if (cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
-      return Isa::kAvx512;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-      return Isa::kAvx2;
-    }
-    return Isa::kBase;
-  }();
-  return isa;
-}
 
 struct PlanTensors {
   at::Tensor block_bits, row_order, row_count, tile_counts, tile_blocks, block_counts, block_tiles;
@@ -663,7 +636,7 @@ std::tuple<at::Tensor, at::Tensor> masked_cross_attention_cpu(
   auto lse = at::zeros({p.batch, p.heads, p.queries}, q.options().dtype(opmath_scalar_type(q.scalar_type())));
   if (out.numel() == 0) return {out, lse};
   const Buffers o{out.data_ptr(), lse.data_ptr(), nullptr};
-  const Isa isa = cpu_isa();
+  const cpu::Isa isa = cpu::cpu_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_cross_attention_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
@@ -672,8 +645,8 @@ std::tuple<at::Tensor, at::Tensor> masked_cross_attention_cpu(
         const int64_t b = i / p.heads, h = i % p.heads;
         if (p.row_count[b] == 0) continue;
         switch (isa) {
-          case Isa::kAvx512: forward_bh_avx512<scalar_t, T>(p, q, k, v, b, h, scratch, o); break;
-          case Isa::kAvx2: forward_bh_avx2<scalar_t, T>(p, q, k, v, b, h, scratch, o); break;
+          case cpu::Isa::kAvx512: forward_bh_avx512<scalar_t, T>(p, q, k, v, b, h, scratch, o); break;
+          case cpu::Isa::kAvx2: forward_bh_avx2<scalar_t, T>(p, q, k, v, b, h, scratch, o); break;
           default: forward_bh_base<scalar_t, T>(p, q, k, v, b, h, scratch, o);
         }
       }
@@ -708,7 +681,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_backward_c
   auto dv = at::empty(v.sizes(), v.options());
   if (dq.numel() == 0 || dk.numel() == 0) return {dq, dk.zero_(), dv.zero_()};
   const Buffers g{dq.data_ptr(), dk.data_ptr(), dv.data_ptr()};
-  const Isa isa = cpu_isa();
+  const cpu::Isa isa = cpu::cpu_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_cross_attention_backward_cpu",
                                   [&] {
     using T = at::opmath_type<scalar_t>;
@@ -723,8 +696,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_backward_c
           continue;
         }
         switch (isa) {
-          case Isa::kAvx512: backward_bh_avx512<scalar_t, T>(p, grad_out, q, k, v, out, lse, b, h, scratch, g); break;
-          case Isa::kAvx2: backward_bh_avx2<scalar_t, T>(p, grad_out, q, k, v, out, lse, b, h, scratch, g); break;
+          case cpu::Isa::kAvx512: backward_bh_avx512<scalar_t, T>(p, grad_out, q, k, v, out, lse, b, h, scratch, g); break;
+          case cpu::Isa::kAvx2: backward_bh_avx2<scalar_t, T>(p, grad_out, q, k, v, out, lse, b, h, scratch, g); break;
           default: backward_bh_base<scalar_t, T>(p, grad_out, q, k, v, out, lse, b, h, scratch, g);
         }
       }

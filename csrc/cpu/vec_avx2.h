@@ -5,7 +5,7 @@
 // per capability as ATen builds them) at::vec falls back to its scalar emulation. So only the functions marked
 // COAVS_TARGET_AVX2 use AVX2 + F16C instructions, and callers run them only when use_avx2() says the CPU has
 // both; every other CPU takes the portable scalar loop. COAVS_CPU_CAPABILITY=default in the environment forces
-// the scalar loops (read once per process), which the tests use to compare both paths.
+// the scalar loops (cpu_isa.h, read once per process), which the tests use to compare both paths.
 //
 // Everything here has internal linkage (static or anonymous namespace), so no AVX2 copy of an inline function
 // can be chosen by the linker for a caller on the portable path. The helpers only load, convert and store;
@@ -17,8 +17,9 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
+
+#include "cpu/cpu_isa.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define COAVS_HAVE_AVX2_KERNELS 1
@@ -31,16 +32,10 @@
 namespace coavs {
 namespace cpu {
 
-// True when the CPU has AVX2 and F16C and COAVS_CPU_CAPABILITY is not "default" (checked once per process).
+// True when the CPU has AVX2 and F16C (cpu_isa.h; COAVS_CPU_CAPABILITY=default says no).
 static inline bool use_avx2() {
 #if COAVS_HAVE_AVX2_KERNELS
-  static const bool enabled = [] {
-    const char* forced = std::getenv("COAVS_CPU_CAPABILITY");
-    if (forced != nullptr && std::strcmp(forced, "default") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  }();
-  return enabled;
+  return cpu_isa() != Isa::kBase;
 #else
   return false;
 #endif
