@@ -267,10 +267,10 @@ def plan_statistics(plan: AttentionPlan, height: int, width: int, rows_per_tile:
     """Work the kernels do under ``plan``, in scores (one query against one key), against the visible scores:
 
     ``tile_ratio``  the Triton kernels: every working row of a tile against every lane of each visited block
-    ``cpu_ratio``   the C++ forward, as it walks: per block, the rows of its tiles (its list's order: full tiles,
-                    then partial ones) that see it, in groups of ``group``, each group against the vectors of
-                    ``vector_lanes`` lanes (8 with AVX-512 or AVX2: 2×4 keys; the backward on AVX-512: 16, a 4×4
-                    sub-patch) any of its rows sees
+    ``cpu_ratio``   the C++ forward, as it walks: per block, the rows of its tiles that see it (full tiles, then
+                    partial ones, sorted stably by the first and then the last 8-lane vector they see), in groups
+                    of ``group``, each group against the vectors of ``vector_lanes`` lanes (8 with AVX-512 or
+                    AVX2: 2×4 keys; the backward on AVX-512: 16, a 4×4 sub-patch) any of its rows sees
     ``mma_bound``   a lower bound for any kernel whose matrix-multiply tiles hold at least ``mma_rows`` rows of
                     one sample (``tl.dot`` needs 16): a key seen by ``v`` working rows costs at least
                     ``max(v, mma_rows)`` scores, however rows and keys are tiled or ordered
@@ -299,6 +299,7 @@ def plan_statistics(plan: AttentionPlan, height: int, width: int, rows_per_tile:
                     seen = valid[kb] if i < full else row_bits[at][kb] & valid[kb]
                     if seen:
                         lanes.append(seen)
+            lanes.sort(key=lambda x: ((x & -x).bit_length() - 1) // 8 * 8 + (x.bit_length() - 1) // 8)
             for start in range(0, len(lanes), group):
                 members = lanes[start: start + group]
                 union = 0

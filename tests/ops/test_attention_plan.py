@@ -163,6 +163,22 @@ def test_plan_statistics_count_work():
     assert stats["mma_bound_scores"] == 16 * 8 and stats["mma_bound"] == 1  # 16 rows share each visible key
 
 
+def test_cpu_groups_rows_that_see_the_same_vectors():
+    """8 rows of one 8x8 block, alternately seeing 8-lane vectors {0, 7} and {3, 4} (the same centroid, so the
+    plan keeps index order): in plan order every group of 4 would compute 4 vectors per row; grouped by the
+    (first, last) vector they see, 2 — exactly the visible keys."""
+    keys = torch.arange(64).view(8, 8)
+    first = torch.cat([keys[0:2, 0:4].flatten(), keys[6:8, 4:8].flatten()])  # lanes 0-7 and 56-63
+    second = torch.cat([keys[2:4, 4:8].flatten(), keys[4:6, 0:4].flatten()])  # lanes 24-31 and 32-39
+    visible = torch.zeros(1, 8, 64, dtype=torch.bool)
+    visible[0, 0::2, first] = True
+    visible[0, 1::2, second] = True
+    plan = ap.reference_plan(pack_visibility(visible).bits, torch.ones(1, 8, dtype=torch.bool), 8, 8)
+    assert plan.row_order[0].tolist() == list(range(8))
+    stats = ap.plan_statistics(plan, 8, 8)
+    assert stats["visible_scores"] == 8 * 16 and stats["cpu_scores"] == 8 * 16 and stats["cpu_ratio"] == 1
+
+
 def test_mma_bound_counts_at_least_a_tile_of_rows_per_seen_key():
     """Key 0 seen by 3 rows, key 5 by 20 rows, nothing else: 16 + 20 scores at least, of 23 visible."""
     visible = torch.zeros(1, 24, 64, dtype=torch.bool)
