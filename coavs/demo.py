@@ -27,7 +27,6 @@ table and the timings). The numbers are whatever training gives; ``--out`` keeps
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -90,11 +89,7 @@ def _last_step(run_dir: Path) -> tuple[int, int | None]:
     path = run_dir / "log.jsonl"
     step, total = 0, None
     if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line being written
-                continue
+        for record in jsonio.read_jsonl(path, "training log", partial_end=True):
             total = record.get("total_steps", total)
             step = record.get("step", step)
     return step, total

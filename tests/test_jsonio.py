@@ -130,3 +130,96 @@ def test_every_json_write_goes_through_jsonio():
                 strays.append(f"{relative}:{line} ({function})")
     assert not strays, "use coavs.jsonio (dumps / write_json / append_jsonl) instead of json.dump(s): " + ", ".join(
         strays)
+
+
+def test_check_object_returns_an_object_with_its_fields():
+    value = {"mode": "any", "threshold": 1, "probe": None}
+    fields, optional = {"mode": str, "threshold": float}, {"probe": (str, type(None)), "note": str}
+    assert jsonio.check_object(value, "gate.json", "gate", ConfigError, fields, optional) is value
+
+
+@pytest.mark.parametrize("value, reason", [
+    ([1, 2], "not a JSON object (got a list)"),
+    ("gate", 'not a JSON object (got "gate")'),
+    ({"threshold": 0.5}, '"mode" is missing'),
+    ({"mode": "any"}, '"threshold" is missing'),
+    ({"mode": "any", "threshold": "high"}, '"threshold" must be a number, got "high"'),
+    ({"mode": "any", "threshold": True}, '"threshold" must be a number, got true'),
+    ({"mode": ["any"], "threshold": 0.5}, '"mode" must be a string, got a list'),
+    ({"mode": "any", "threshold": 0.5, "probe": 3}, '"probe" must be a string or null, got 3'),
+    ({"mode": "x" * 60, "threshold": None}, '"threshold" must be a number, got null'),
+])
+def test_check_object_names_the_file_and_the_first_wrong_field(value, reason):
+    with pytest.raises(ConfigError) as info:
+        jsonio.check_object(value, "/r/gate.json", "gate", ConfigError, {"mode": str, "threshold": float},
+                            {"probe": (str, type(None))})
+    assert str(info.value) == f"gate /r/gate.json: {reason}"
+
+
+def test_check_object_cuts_a_long_value_and_keeps_one_line():
+    with pytest.raises(UserError) as info:
+        jsonio.check_object({"key": "a\nb" * 30}, "/r/x.json", "record", fields={"key": int})
+    message = str(info.value)
+    assert message.startswith('record /r/x.json: "key" must be an integer, got "a\\nb') and message.endswith("...")
+    assert "\n" not in message and len(message) < 100
+
+
+def test_read_json_object_gives_a_data_error_its_path(tmp_path):
+    from coavs.data.errors import DataError
+
+    path = tmp_path / "coavs_synth.json"
+    path.write_text('{"clips": []}')
+    with pytest.raises(DataError) as info:
+        jsonio.read_json_object(path, "synthetic set info", DataError, {"clips": dict})
+    assert info.value.path == str(path)
+    assert str(info.value) == f'{path}: synthetic set info: "clips" must be an object, got a list'
+
+
+def test_parse_json_names_where_the_text_came_from():
+    assert jsonio.parse_json('{"a": 1}', "config", "/r/last.pt") == {"a": 1}
+    with pytest.raises(ConfigError, match=r"^config /r/last\.pt: not valid JSON \(line 1, column 2: "):
+        jsonio.parse_json("{oops", "config", "/r/last.pt", ConfigError)
+    with pytest.raises(UserError, match=r"^config /r/last\.pt: not JSON text \(got int\)$"):
+        jsonio.parse_json(5, "config", "/r/last.pt")
+
+
+def test_read_jsonl_returns_the_records(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1}\n\n{"step": 2}\n')
+    assert jsonio.read_jsonl(path, "run log") == [{"step": 1}, {"step": 2}]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('{"step": 1}\n{"step": \n{"step": 3}\n', "not valid JSON (line 2, column 10: Expecting value)"),
+    ('{"step": 1}\n\n[1, 2]\n', "line 3 is not a JSON object (got a list)"),
+    ('{"step": 1}\n{"step": 2', "not valid JSON (line 2, column 11: Expecting ',' delimiter)"),
+])
+def test_read_jsonl_names_the_file_and_the_line(tmp_path, text, reason):
+    path = tmp_path / "log.jsonl"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        jsonio.read_jsonl(path, "run log")
+    assert str(info.value) == f"run log {path}: {reason}"
+
+
+def test_read_jsonl_leaves_out_only_a_last_line_still_being_written(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2')
+    assert jsonio.read_jsonl(path, "run log", partial_end=True) == [{"step": 1}]
+    path.write_text('{"step": 1}\n{"step": 2\n')  # a finished line that is broken
+    with pytest.raises(UserError, match="line 2"):
+        jsonio.read_jsonl(path, "run log", partial_end=True)
+    path.write_text('{"ste\n{"step": 2}\n')
+    with pytest.raises(UserError, match="line 1"):
+        jsonio.read_jsonl(path, "run log", partial_end=True)
+
+
+def test_the_demo_progress_reads_a_log_being_written_and_names_a_broken_one(tmp_path):
+    from coavs.demo import _last_step
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 5, "total_steps": 40}\n{"step": 10, "tot')
+    assert _last_step(tmp_path) == (5, 40)
+    log.write_text('{"step": 5, "total_steps": 40}\n7\n{"step": 10}\n')
+    with pytest.raises(UserError, match=f"training log {log}: line 2 is not a JSON object"):
+        _last_step(tmp_path)

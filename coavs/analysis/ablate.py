@@ -94,6 +94,7 @@ NEGATIVES = {"ratio": 0.2, "kinds": ["silence", "noise", "misaligned", "swapped"
 UNSWAPPED_NEGATIVES = {"ratio": 0.15, "kinds": ["silence", "noise", "misaligned"], "audio_only": ["silence", "noise"],
                        "mode": "add"}
 SEGMENTATION_NEGATIVES = {"ratio": 0.25, "kinds": ["silence", "noise", "misaligned"], "mode": "add"}
+RUN_RECORD = "ablation_run.json"  # in each run folder: the config key, finished, step time
 METRICS = ("miou", "fscore", "fpr_silence", "fpr_noise", "fpr_misaligned", "fp_swapped", "counterfactual_iou")
 WARMUP_STEPS = 3  # steps left out of the step time (first-call overheads), when the run is long enough
 
@@ -273,29 +274,23 @@ def _existing_run_dir(out_dir: Path, key: str) -> Path | None:
     """The folder under ``<out>/runs`` that already holds the training of ``key`` (named after whichever variant
     first needed it, perhaps in an earlier call with other variants), finished ones first; None when there is none."""
     found = [path for path in sorted((Path(out_dir) / "runs").glob(f"*-{key}"))
-             if (path / "ablation_run.json").is_file()]
+             if (path / RUN_RECORD).is_file()]
     finished = [path for path in found if _stored_info(path).get("finished")]
     return (finished or found or [None])[0]
 
 
 def _stored_info(run_dir: Path) -> dict:
-    """A run folder's ``ablation_run.json`` ({} when it is missing or unreadable)."""
+    """A run folder's ``ablation_run.json`` ({} when it is missing, unreadable or malformed)."""
     try:
-        info = jsonio.read_json(run_dir / "ablation_run.json", "ablation run record")
+        return _read_record(run_dir / RUN_RECORD)
     except UserError:
         return {}
-    return info if isinstance(info, dict) else {}
 
 
-def _finished(run: TrainingRun) -> dict | None:
-    """The stored timing of a finished run with the same config, or None."""
-    info = run.run_dir / "ablation_run.json"
-    if not info.is_file():
-        return None
-    stored = jsonio.read_json(info, "ablation run record")
-    if stored.get("key") != run.key or not stored.get("finished"):
-        return None
-    return stored
+def _read_record(path: Path) -> dict:
+    """The run record ``path`` (written by :func:`train_one`); a malformed one is a UserError naming it."""
+    return jsonio.read_json_object(path, "ablation run record", fields={"key": str, "finished": bool},
+                                   optional={"step_ms": (float, type(None)), "seconds": (float, type(None))})
 
 
 def _nan_if_none(value) -> float:
@@ -306,13 +301,14 @@ def _nan_if_none(value) -> float:
 def train_one(run: TrainingRun, fresh: bool = False) -> None:
     """Train ``run``, recording the step time. A finished identical run is reused, an interrupted one resumed
     (unless ``fresh``). Ctrl-C or SIGTERM saves the run's checkpoint and raises KeyboardInterrupt."""
-    stored = None if fresh else _finished(run)
-    if stored is not None:
-        run.step_ms, run.seconds, run.reused = _nan_if_none(stored["step_ms"]), _nan_if_none(stored["seconds"]), True
+    info = run.run_dir / RUN_RECORD
+    stored = _read_record(info) if not fresh and info.is_file() else None
+    ours = stored is not None and stored["key"] == run.key
+    if ours and stored["finished"]:
+        run.step_ms, run.seconds = _nan_if_none(stored.get("step_ms")), _nan_if_none(stored.get("seconds"))
+        run.reused = True
         return
-    info = run.run_dir / "ablation_run.json"
-    resume = (not fresh and (run.run_dir / "checkpoints" / "last.pt").is_file() and info.is_file()
-              and jsonio.read_json(info, "ablation run record").get("key") == run.key)
+    resume = ours and (run.run_dir / "checkpoints" / "last.pt").is_file()
     if run.run_dir.exists() and not resume:
         shutil.rmtree(run.run_dir)
     stamps: list[float] = []

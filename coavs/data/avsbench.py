@@ -41,6 +41,7 @@ SPLITS = ("train", "val", "test")
 IGNORE_INDEX = 255  # label value of pixels of frames without annotation
 AVSS_NUM_CLASSES = 71  # the AVSS label map: background + 70 sounding classes
 SYNTH_INFO_FILE = "coavs_synth.json"
+SYNTH_INFO_FIELDS = {"clips": dict, "subsets": dict}  # what readers of SYNTH_INFO_FILE rely on
 
 S4_CATEGORIES = (
     "baby_laughter", "female_singing", "male_speech", "dog_barking", "cat_meowing", "lions_roaring",
@@ -335,11 +336,7 @@ def read_synth_info(root) -> dict | None:
     path = Path(root) / SYNTH_INFO_FILE
     if not path.is_file():
         return None
-    info = jsonio.read_json(path, "synthetic set info", error=DataError)
-    if not isinstance(info, dict) or not isinstance(info.get("clips"), dict) or not isinstance(
-            info.get("subsets"), dict):
-        raise DataError(path, "expected an object with 'subsets' and 'clips'")
-    return info
+    return jsonio.read_json_object(path, "synthetic set info", DataError, SYNTH_INFO_FIELDS)
 
 
 def avss_subset_rules(root) -> dict[str, SubsetRule]:

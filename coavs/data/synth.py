@@ -41,7 +41,7 @@ from scipy.io import wavfile
 from tqdm import tqdm
 
 from coavs import jsonio
-from coavs.data.avsbench import SPLITS, SYNTH_INFO_FILE, LabelMap, palette
+from coavs.data.avsbench import SPLITS, SYNTH_INFO_FIELDS, SYNTH_INFO_FILE, LabelMap, palette
 from coavs.data.errors import DataError
 
 SYNTH_VERSION = 1
@@ -578,7 +578,7 @@ def generate(root: str | os.PathLike, config: SynthConfig = SynthConfig(), *, wo
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    summary = jsonio.read_json(root / SYNTH_INFO_FILE, "synthetic set info", error=DataError)
+    summary = jsonio.read_json_object(root / SYNTH_INFO_FILE, "synthetic set info", DataError, SYNTH_INFO_FIELDS)
     summary.pop("clips")
     summary["root"] = str(root)
     return summary

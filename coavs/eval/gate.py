@@ -22,6 +22,7 @@ percentile lies below that, sits midway between the two.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,17 +217,46 @@ def load_gate(run_dir) -> Gate | None:
     path = path / GATE_FILE if path.is_dir() else path.parent.parent / GATE_FILE
     if not path.is_file():
         return None
-    data = jsonio.read_json(path, "gate", error=ConfigError)
-    probe = None
-    if data.get("probe"):
-        probe_path = path.parent / data["probe"]
-        if not probe_path.is_file():
-            raise FileNotFoundError(2, "the gate's sounding probe is missing (recalibrate the gate)", str(probe_path))
-        stored = torch.load(probe_path, map_location="cpu", weights_only=True)
-        probe = SoundingProbe(int(stored["dim"]))
-        probe.load_state_dict(stored["state_dict"])
-        probe.eval()
-    return Gate(data["mode"], float(data["threshold"]), probe)
+    data = jsonio.read_json_object(path, "gate", ConfigError, fields={"mode": str, "threshold": float},
+                                   optional={"probe": (str, type(None))})
+    probe = _load_probe(path.parent / data["probe"]) if data.get("probe") else None
+    try:
+        return Gate(data["mode"], float(data["threshold"]), probe)
+    except ValueError as exc:  # a mode or threshold out of range, a probe under the class mode
+        reason = str(exc)
+    jsonio.fail(ConfigError, path, "gate", reason)
+
+
+def _load_probe(path: Path) -> SoundingProbe:
+    """The sounding probe that :func:`save_gate` wrote to ``path``; a damaged file is a one-line ConfigError."""
+    if not path.is_file():
+        raise FileNotFoundError(2, "the gate's sounding probe is missing (recalibrate the gate)", str(path))
+    try:
+        with warnings.catch_warnings():  # torch's advice on weights_only would follow the one-line error
+            warnings.simplefilter("ignore")
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a damaged file
+        reason = f"not a readable torch file ({type(exc).__name__})"
+    else:
+        reason = _probe_problem(stored)
+        if reason is None:
+            probe = SoundingProbe(stored["dim"])
+            probe.load_state_dict(stored["state_dict"])
+            return probe.eval()
+    jsonio.fail(ConfigError, path, "gate probe", f"{reason}; recalibrate the gate")
+
+
+def _probe_problem(stored) -> str | None:
+    """What keeps ``stored`` from being a saved :class:`SoundingProbe`, or None."""
+    if not (isinstance(stored, dict) and isinstance(stored.get("dim"), int) and stored["dim"] >= 1
+            and isinstance(stored.get("state_dict"), dict)):
+        return "not a sounding probe saved by coavs gate (a dict of dim and state_dict)"
+    with torch.device("meta"):  # the shapes a probe of that width has, without allocating it
+        expected = {k: tuple(v.shape) for k, v in SoundingProbe(stored["dim"]).state_dict().items()}
+    got = {k: tuple(v.shape) if isinstance(v, Tensor) else None for k, v in stored["state_dict"].items()}
+    if got != expected:
+        return f"its state_dict is not that of a sounding probe of dim {stored['dim']}"
+    return None
 
 
 __all__ = ["GATE_MODES", "GateSection", "Gate", "SoundingProbe", "apply_gate", "build_gate", "calibrate_gate",

@@ -25,7 +25,7 @@ import torch
 from coavs import jsonio
 from coavs.errors import UserError, one_line
 from coavs.models import AVSModel, build_model
-from coavs.training.config import ConfigError, TrainConfig, config_differences
+from coavs.training.config import ConfigError, TrainConfig, config_differences, stored_config
 from coavs.training.runtime import RunFolder
 
 CHECKPOINT_FORMAT = "coavs-train-checkpoint"
@@ -99,15 +99,20 @@ def check_same_run(state: dict, run_id: str | None, config: TrainConfig, path) -
         raise ConfigError(f"{path} belongs to another run (run id {theirs or 'none'}; this run folder's config.json "
                           f"says {run_id or 'none'}): a checkpoint copied from another run folder would mix the two "
                           "runs; resume that run in its own folder, or start a new run in an empty one")
-    try:
-        written_with = TrainConfig.from_dict(json.loads(state["config"]))
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{path} does not record its run's config; it cannot be resumed") from None
-    changed = config_differences(written_with, config)
+    changed = config_differences(recorded_config(state, path), config)
     if changed:
         raise ConfigError(f"{path} was written by a run with another config ({', '.join(changed[:4])} differ from "
                           "this run folder's config.json): a checkpoint copied from another run folder would mix "
                           "the two runs")
+
+
+def recorded_config(state: dict, path) -> TrainConfig:
+    """The run config that the checkpoint ``path`` (loaded as ``state``) records as a JSON string; a missing or
+    corrupt one is a one-line ConfigError naming the checkpoint."""
+    what = "the config recorded in the checkpoint"
+    if "config" not in state:
+        jsonio.fail(ConfigError, path, what, "missing (not written by coavs train)")
+    return stored_config(jsonio.parse_json(state["config"], what, path, ConfigError), what, path)
 
 
 def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -183,7 +188,7 @@ def load_model(run_dir_or_checkpoint, device="cpu"):
     state = load(path, map_location="cpu")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a coavs training checkpoint")
-    config = TrainConfig.from_dict(json.loads(state["config"]))
+    config = recorded_config(state, path)
     model = build_model(config.model_config(), pretrained=False)  # the checkpoint holds every weight
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config
@@ -213,7 +218,7 @@ def initialise_from(model: AVSModel, config: TrainConfig, source) -> Path:
     state = load(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"run.init_from: {path} is not a coavs training checkpoint")
-    stored = TrainConfig.from_dict(json.loads(state["config"]))
+    stored = recorded_config(state, path)
     # compared as stored (JSON): a transformers config's integer id2label keys come back from JSON as strings
     mine, theirs = (json.loads(jsonio.dumps(c.model_config().to_dict())) for c in (config, stored))
     differ = [k for k in mine if k not in _FREE_MODEL_KEYS and mine[k] != theirs.get(k)]

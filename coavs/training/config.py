@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import torch
 import yaml
 
+from coavs import jsonio
 from coavs.data.splits import base_dataset, is_binary
 from coavs.errors import ConfigError
 from coavs.eval.gate import GateSection
@@ -580,6 +581,17 @@ class TrainConfig:
                 raise ConfigError(f"eval.modes: {exc}") from None
         self.debias_config()
         self.model_config(num_classes=self.model.get("num_classes"))
+
+
+def stored_config(data, what: str, path) -> TrainConfig:
+    """The :class:`TrainConfig` of ``data``, the resolved config that ``path`` holds (a run's ``config.json``, a
+    checkpoint); anything wrong with it is a one-line ConfigError naming ``what`` and ``path``."""
+    jsonio.check_object(data, path, what, ConfigError)
+    try:
+        return TrainConfig.from_dict(data)
+    except ValueError as exc:  # ConfigError included: an unknown key, a value of the wrong type or range
+        reason = str(exc)
+    jsonio.fail(ConfigError, path, what, reason)
 
 
 def _rename_debias_mode(debias):

@@ -3,7 +3,6 @@ distributed sampler, and a throughput meter (clips/s and the share of time spent
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Sampler
 
-from coavs.jsonio import append_jsonl, write_json
+from coavs.jsonio import append_jsonl, read_jsonl, write_json
 
 
 class RunFolder:
@@ -34,7 +33,7 @@ class RunFolder:
         path = self.root / file
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(path, "run log")
 
     @property
     def last_checkpoint(self) -> Path:

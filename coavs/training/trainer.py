@@ -24,7 +24,6 @@ share of each epoch (DDP; NCCL on GPU, gloo on CPU) and logged and evaluated num
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import signal
 import time
@@ -51,7 +50,7 @@ from coavs.training import distributed as dist_utils
 from coavs.training.checkpoint import checkpoint_path, load_model
 from coavs.training.config import (ConfigError, DataSection, EvalSection, LossSection, OptimSection, RunSection,
                                    StageSection, TrainConfig, apply_overrides, config_differences, prepare_segmenter,
-                                   resolve)
+                                   resolve, stored_config)
 from coavs.training.debias import DebiasObjective
 from coavs.training.evaluation import calibrate_run_gate, check_gate_split, evaluate_run
 from coavs.training.losses import SetCriterion, audio_classification_loss, targets_from_labels
@@ -107,7 +106,8 @@ class _Trainer:
             raise ConfigError(f"{folder.root} already holds a run (checkpoints/last.pt); resume it (--resume) "
                               "or choose another folder")
         if resume:
-            stored = TrainConfig.from_dict(json.loads((folder.root / "config.json").read_text()))
+            path = folder.root / "config.json"
+            stored = stored_config(jsonio.read_json(path, "run config", ConfigError), "run config", path)
             if cfg is not None:
                 cfg = prepare_segmenter(cfg)
                 given = resolve(cfg, open_split(cfg, cfg.data.split, cfg.stages[0].subsets), self.info.world_size)

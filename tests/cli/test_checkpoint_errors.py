@@ -1,5 +1,6 @@
 """A damaged or hostile checkpoint given to ``eval``, ``predict`` or ``train --resume`` is one line with exit 1
-(loaded with ``weights_only=True``: the malicious pickle never runs), and nothing is written."""
+(loaded with ``weights_only=True``: the malicious pickle never runs), and nothing is written; so is a checkpoint
+whose recorded config is not a run config."""
 
 from __future__ import annotations
 
@@ -65,3 +66,25 @@ def test_a_foreign_checkpoint_is_named_as_such(tmp_path, capsys):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     code, _, err = run_cli(["eval", path], capsys)
     assert_one_line_error(code, err, "is not a coavs training checkpoint")
+
+
+@pytest.mark.parametrize("config, reason", [
+    ("{not json", "not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)"),
+    ("[1, 2]", "not a JSON object (got a list)"),
+    ('{"nonsense": 1}', "unknown key(s) nonsense"),
+    (None, "missing (not written by coavs train)"),
+])
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_a_checkpoint_whose_recorded_config_is_damaged(command, config, reason, run_copy, tmp_path, capsys):
+    import torch
+
+    path = run_copy / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    if config is None:
+        del state["config"]
+    else:
+        state["config"] = config
+    torch.save(state, path)
+    argv = ["eval", path, "--split", "val"] if command == "eval" else ["train", "--resume", "--out", run_copy]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, f"the config recorded in the checkpoint {path}: {reason}")

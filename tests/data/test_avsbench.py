@@ -10,8 +10,8 @@ from PIL import Image
 
 from coavs.data import DataError
 from coavs.data.avsbench import (BINARY_LABELS, LabelMap, colour_to_index, detect_layout, palette, read_avss_records,
-                                 read_mask, read_records, read_s4_records)
-from coavs.data.dataset import AVSSDataset, MS3Dataset, S4Dataset, open_dataset
+                                 read_mask, read_records, read_s4_records, read_synth_info)
+from coavs.data.dataset import AVSSDataset, CoAVSDataset, MS3Dataset, S4Dataset, open_dataset
 
 from tests.support.datasets import make_ms3, make_s4
 
@@ -97,6 +97,20 @@ def test_avss_reader_round_trip(synth_root):
             semantic = read_mask(record.mask_paths[t].parent.parent / "labels_semantic" / f"{t}.png", "index", 11)
             assert (labels[t] == semantic).all()
             assert (labels[t] > 0).mean() == pytest.approx(info["clips"][record.uid]["target_area"][t], abs=1e-4)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda info: [info], "not a JSON object (got a list)"),
+    (lambda info: {**info, "clips": list(info["clips"])}, '"clips" must be an object, got a list'),
+    (lambda info: {k: v for k, v in info.items() if k != "subsets"}, '"subsets" is missing'),
+])
+def test_a_synthetic_set_info_of_the_wrong_shape_names_the_file(synth_copy, change, reason):
+    path = synth_copy / "coavs_synth.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    for read in (read_synth_info, lambda root: CoAVSDataset(root, "train")):
+        with pytest.raises(DataError) as info:
+            read(synth_copy)
+        assert str(info.value) == f"{path}: synthetic set info: {reason}"
 
 
 def test_avss_reads_labels_semantic_without_labels_rgb(synth_copy):

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from scipy.io import wavfile
 
-from coavs.data import synth
+from coavs.data import DataError, synth
+from coavs.data.avsbench import SYNTH_INFO_FILE
 from coavs.data.audio import log_mel, resample, split_seconds
 from coavs.data.synth import CLASS_NAMES, SYNTH_CLASSES, SynthConfig, generate, generate_clip
 
@@ -184,3 +185,19 @@ def test_mixture_contains_each_sounding_class():
 def test_config_errors_name_the_knob(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SynthConfig(**kwargs)
+
+
+def test_a_summary_without_its_clips_is_a_data_error_naming_the_file(tmp_path, monkeypatch):
+    write_index = synth._write_index
+
+    def without_clips(root, config, clips):
+        write_index(root, config, clips)
+        info = json.loads((root / SYNTH_INFO_FILE).read_text())
+        del info["clips"]
+        (root / SYNTH_INFO_FILE).write_text(json.dumps(info))
+
+    monkeypatch.setattr(synth, "_write_index", without_clips)
+    with pytest.raises(DataError) as info:
+        generate(tmp_path / "set", SynthConfig(num_clips=4, frames_per_clip=1, image_size=32))
+    path = tmp_path / "set" / SYNTH_INFO_FILE
+    assert info.value.path == str(path) and str(info.value) == f'{path}: synthetic set info: "clips" is missing'

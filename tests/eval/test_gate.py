@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from coavs.eval.gate import Gate, GateSection, apply_gate, calibrate_gate, choose_threshold, load_gate
+from coavs.eval.gate import (Gate, GateSection, SoundingProbe, apply_gate, calibrate_gate, choose_threshold, load_gate,
+                             save_gate)
 from coavs.eval.runner import evaluate
 from coavs.training.config import ConfigError
 from coavs.training.trainer import TrainConfig, load_model, open_split, train
@@ -74,6 +75,57 @@ def test_a_corrupt_gate_file_is_a_config_error_naming_the_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid JSON") as info:
         load_gate(tmp_path)
     assert str(tmp_path / "gate.json") in str(info.value)
+
+
+@pytest.mark.parametrize("stored, reason", [
+    ([0.5], "not a JSON object (got a list)"),
+    ({"threshold": 0.5}, '"mode" is missing'),
+    ({"mode": "any"}, '"threshold" is missing'),
+    ({"mode": "any", "threshold": "high"}, '"threshold" must be a number, got "high"'),
+    ({"mode": "any", "threshold": None}, '"threshold" must be a number, got null'),
+    ({"mode": "any", "threshold": 0.5, "probe": 1}, '"probe" must be a string or null, got 1'),
+    ({"mode": "maybe", "threshold": 0.5}, "Gate.mode must be 'any' or 'class', got 'maybe'"),
+    ({"mode": "any", "threshold": 1.5}, "Gate.threshold must be in [0, 1], got 1.5"),
+])
+def test_a_gate_file_of_the_wrong_shape_is_a_config_error_naming_the_file(tmp_path, stored, reason):
+    path = tmp_path / "gate.json"
+    path.write_text(json.dumps(stored))
+    with pytest.raises(ConfigError) as info:
+        load_gate(tmp_path)
+    assert str(info.value) == f"gate {path}: {reason}"
+
+
+def _damaged_probe(path, kind):
+    """Writes a probe file that load_gate must refuse."""
+    weights = SoundingProbe(4).state_dict()
+    if kind == "random":
+        path.write_bytes(b"\x80\x02not a torch file" * 8)
+        return
+    stored = {"list": [1, 2], "no_state_dict": {"dim": 4},
+              "missing_weights": {"dim": 4, "state_dict": {"net.0.weight": weights["net.0.weight"]}},
+              "huge_dim": {"dim": 10**6, "state_dict": weights}}[kind]
+    torch.save(stored, path)
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("random", "not a readable torch file (UnpicklingError)"),
+    ("list", "not a sounding probe saved by coavs gate (a dict of dim and state_dict)"),
+    ("no_state_dict", "not a sounding probe saved by coavs gate (a dict of dim and state_dict)"),
+    ("missing_weights", "its state_dict is not that of a sounding probe of dim 4"),
+    ("huge_dim", "its state_dict is not that of a sounding probe of dim 1000000"),  # refused before allocating
+])
+def test_a_damaged_probe_file_is_a_config_error_naming_the_file(tmp_path, kind, reason):
+    (tmp_path / "gate.json").write_text(json.dumps({"mode": "any", "threshold": 0.5, "probe": "gate_probe.pt"}))
+    _damaged_probe(tmp_path / "gate_probe.pt", kind)
+    with pytest.raises(ConfigError) as info:
+        load_gate(tmp_path)
+    assert str(info.value) == f"gate probe {tmp_path / 'gate_probe.pt'}: {reason}; recalibrate the gate"
+
+
+def test_a_saved_probe_gate_loads_back(tmp_path):
+    gate = Gate("any", 0.25, SoundingProbe(4).eval())
+    save_gate(tmp_path, gate)
+    assert load_gate(tmp_path) == gate
 
 
 def test_the_trainer_calibrates_on_the_val_split_and_eval_applies_the_gate(tmp_path):
