@@ -29,11 +29,18 @@ class RunFolder:
     def log(self, record: dict, file: str = "log.jsonl") -> None:
         append_jsonl(self.root / file, record)
 
-    def read(self, file: str = "log.jsonl") -> list[dict]:
+    def read(self, file: str = "log.jsonl", partial_end: bool = False) -> list[dict]:
+        """The records of ``file``; ``partial_end``: a last line cut off without its newline (a crash while
+        appending it) is left out instead of refused."""
         path = self.root / file
         if not path.exists():
             return []
-        return read_jsonl(path, "run log")
+        return read_jsonl(path, "run log", partial_end=partial_end)
+
+    def ends_cleanly(self, file: str = "log.jsonl") -> bool:
+        """False when ``file``'s last line was cut off before its newline."""
+        path = self.root / file
+        return not path.exists() or path.stat().st_size == 0 or path.read_bytes().endswith(b"\n")
 
     @property
     def last_checkpoint(self) -> Path:

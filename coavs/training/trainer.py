@@ -235,11 +235,11 @@ class _Trainer:
             raise ConfigError(f"the checkpoint was written by {len(rngs)} process(es); resume it with as many "
                               f"(this run has {self.info.world_size})")
         ckpt.set_rng_state(rngs[self.info.rank])
-        if self.main:  # drop records written after the checkpoint (a crash between checkpoints)
+        if self.main:  # drop records written after the checkpoint, and a line cut off by a crash
             for name in ("log.jsonl", "metrics.jsonl"):
-                records = self.folder.read(name)
+                records = self.folder.read(name, partial_end=True)
                 kept = [r for r in records if r.get("step", 0) <= self.step]
-                if len(kept) != len(records):
+                if len(kept) != len(records) or not self.folder.ends_cleanly(name):
                     (self.folder.root / name).write_text("".join(jsonio.dumps(r) + "\n" for r in kept))
 
     # -------------------------------------------------------------------------------------- logging

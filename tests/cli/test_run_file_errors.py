@@ -56,3 +56,15 @@ def test_resume_of_a_run_whose_log_has_a_broken_line(bad, reason, run_copy, caps
     log.write_text(lines[0] + bad + "".join(lines[1:]))
     code, _, err = run_cli(["train", "--resume", "--out", run_copy], capsys)
     assert_one_line_error(code, err, f"run log {log}: {reason}")
+
+
+def test_resume_drops_a_log_line_cut_off_by_a_crash(run_copy, capsys):
+    """A crash while appending leaves a last line without its newline: resume drops it and the log parses."""
+    log = run_copy / "log.jsonl"
+    whole = log.read_text()
+    log.write_text(whole + '{"step": 99999, "lo')
+    code, _, err = run_cli(["train", "--resume", "--out", run_copy], capsys)
+    assert code == 0, err
+    text = log.read_text()
+    assert text.endswith("\n") and '"lo\n' not in text and "99999" not in text
+    assert all(json.loads(line) for line in text.splitlines() if line.strip())
