@@ -610,8 +610,8 @@ void rows_by_block(const Problem& p, int64_t b, SampleRows& out) {
       const int64_t first = static_cast<int64_t>(tiles[i]) * p.rows_per_tile;
       const int64_t last = std::min(first + p.rows_per_tile, count);
       for (int64_t at = first; at < last; ++at) {
-        const int64_t bits = p.block_bits[(b * p.queries + rows[at]) * p.blocks + kb];
-        const uint64_t seen = i < counts[0] ? valid : static_cast<uint64_t>(bits) & valid;
+        const int64_t* bits = p.block_bits + (b * p.queries + rows[at]) * p.blocks;
+        const uint64_t seen = i < counts[0] ? valid : static_cast<uint64_t>(bits[kb]) & valid;
         if (!seen) continue;
         pos.push_back(static_cast<int32_t>(at));
         lanes.push_back(seen);
