@@ -4,6 +4,7 @@ distributed sampler, and a throughput meter (clips/s and the share of time spent
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -40,7 +41,11 @@ class RunFolder:
     def ends_cleanly(self, file: str = "log.jsonl") -> bool:
         """False when ``file``'s last line was cut off before its newline."""
         path = self.root / file
-        return not path.exists() or path.stat().st_size == 0 or path.read_bytes().endswith(b"\n")
+        if not path.exists() or path.stat().st_size == 0:
+            return True
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
 
     @property
     def last_checkpoint(self) -> Path:

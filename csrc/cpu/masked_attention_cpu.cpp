@@ -62,11 +62,9 @@ struct KeyRun {
 struct KeyChunks {
   std::vector<int64_t> first_block;  // chunk c holds blocks [first_block[c], first_block[c + 1])
   std::vector<int64_t> first_run;    // and runs [first_run[c], first_run[c + 1])
-  std::vector<int64_t> chunk_of;     // [KB]
   std::vector<KeyRun> runs;
 
   void build(const KeyGeometry& geo) {
-    chunk_of.assign(geo.blocks, 0);
     for (int64_t kb = 0; kb < geo.blocks; ++kb) {
       const bool starts = kb == 0 || kb % geo.patches_x == 0 || kb - first_block.back() == kChunkBlocks;
       if (starts) {
@@ -74,7 +72,6 @@ struct KeyChunks {
         first_block.push_back(kb);
         first_run.push_back(static_cast<int64_t>(runs.size()));
       }
-      chunk_of[kb] = static_cast<int64_t>(first_block.size()) - 1;
       geo.for_each_run(kb, [&](int64_t key, int64_t lane, int64_t length) {
         runs.push_back({key, static_cast<int32_t>(kb - first_block.back()), static_cast<int32_t>(lane),
                         static_cast<int32_t>(length)});
@@ -84,6 +81,8 @@ struct KeyChunks {
     first_block.push_back(geo.blocks);
     first_run.push_back(static_cast<int64_t>(runs.size()));
   }
+
+  int64_t count() const { return static_cast<int64_t>(first_block.size()) - 1; }
 
  private:
   void close_chunk() {
@@ -165,6 +164,14 @@ COAVS_ALWAYS_INLINE bool zero_non_finite(T* x, int64_t n) {
 // True when a tile of sample b visits block kb.
 COAVS_ALWAYS_INLINE bool visits(const Problem& p, int64_t b, int64_t kb) {
   return p.block_counts[(b * p.blocks + kb) * 2 + 1] > 0;
+}
+
+// True when a tile of sample b visits a block of chunk c.
+COAVS_ALWAYS_INLINE bool visits_chunk(const Problem& p, int64_t b, int64_t c) {
+  for (int64_t kb = p.chunks.first_block[c]; kb < p.chunks.first_block[c + 1]; ++kb) {
+    if (visits(p, b, kb)) return true;
+  }
+  return false;
 }
 
 // The blocks of chunk c that sample b visits, from the [N, dh] matrix m, as rows [kChunkBlocks][64][dh] in lane
@@ -329,62 +336,62 @@ COAVS_ALWAYS_INLINE void forward_body(const Problem& p, const at::Tensor& q, con
   const T* x[kMaxGroup];
   T* a[kMaxGroup];
   uint64_t unused = 0, bad_k[kChunkBlocks], bad_v[kChunkBlocks];
-  int64_t packed = -1;
-  for (int64_t kb = 0; kb < p.blocks; ++kb) {
-    if (!visits(p, b, kb)) continue;
-    const int64_t c = p.chunks.chunk_of[kb], slot = kb - p.chunks.first_block[c];
-    if (c != packed) {
-      pack_chunk<S, T, W>(p, b, c, dh, km, kc, row, bad_k);
-      pack_chunk<S, T, W>(p, b, c, dh, vm, vc, row, bad_v);
-      packed = c;
+  for (int64_t c = 0; c < p.chunks.count(); ++c) {
+    if (!visits_chunk(p, b, c)) continue;
+    pack_chunk<S, T, W>(p, b, c, dh, km, kc, row, bad_k);
+    pack_chunk<S, T, W>(p, b, c, dh, vm, vc, row, bad_v);
+    for (int64_t kb = p.chunks.first_block[c]; kb < p.chunks.first_block[c + 1]; ++kb) {
+      if (!visits(p, b, kb)) continue;
+      const int64_t slot = kb - p.chunks.first_block[c];
+      transpose_block<T, W>(kc + slot * kLanes * dh, dh, kt);
+      const T* vr = vc + slot * kLanes * dh;
+      const uint64_t bad = bad_k[slot] | bad_v[slot];
+      for_each_group(p, b, kb, nullptr, unused,
+                     [&](int n, const int64_t* pos, const uint64_t* lanes) COAVS_ALWAYS_INLINE_LAMBDA {
+        uint64_t all = 0;
+        for (int g = 0; g < n; ++g) all |= lanes[g], x[g] = qs + pos[g] * dh, a[g] = acc + pos[g] * dh;
+        const int live = live_vectors<W>(all, vec);
+        block_scores<T, W>(n, x, kt, vec, live, dh, sc);
+        for (int g = 0; g < n; ++g) {
+          const int64_t at = pos[g];
+          poisoned[at] |= (lanes[g] & bad) != 0;
+          V top = splat_as(V, neg_inf);
+          M overflow{};
+          for (int l = 0; l < live; ++l) {
+            const M seen = lane_mask<T, W>(lanes[g] >> (vec[l] * W));
+            const V s = load<V>(sc + g * kLanes + vec[l] * W);
+            const M ok = seen & ((s - s) == V{});
+            overflow |= seen & ~ok;
+            const V masked = ok ? s : splat_as(V, neg_inf);
+            top = top > masked ? top : masked;
+            store(sc + g * kLanes + vec[l] * W, masked);
+          }
+          poisoned[at] |= any_lane(overflow);
+          const T block_max = reduce_max<T, W>(top);
+          const T new_max = block_max > row_max[at] ? block_max : row_max[at];
+          if (new_max == neg_inf) {  // every visible score non-finite: the row is poisoned, nothing to add
+            for (int l = 0; l < live; ++l) store(pr + g * kLanes + vec[l] * W, V{});
+            continue;
+          }
+          V total{};
+          for (int l = 0; l < live; ++l) {
+            const V masked = load<V>(sc + g * kLanes + vec[l] * W);
+            const V e = vexp<W>(masked - splat_as(V, new_max));
+            const V prob = masked > splat_as(V, neg_inf) ? e : V{};
+            total += prob;
+            store(pr + g * kLanes + vec[l] * W, prob);
+          }
+          if (new_max > row_max[at]) {
+            const T correction = row_max[at] == neg_inf ? T(0) : std::exp(row_max[at] - new_max);
+            row_sum[at] *= correction;
+            for (int64_t d = 0; d < dh; ++d) acc[at * dh + d] *= correction;
+            row_max[at] = new_max;
+          }
+          row_sum[at] += reduce_sum<T, W>(total);
+        }
+        rows_update<T, W>(n, a, pr, vr, dh, all, dh);
+      });
     }
-    transpose_block<T, W>(kc + slot * kLanes * dh, dh, kt);
-    const T* vr = vc + slot * kLanes * dh;
-    const uint64_t bad = bad_k[slot] | bad_v[slot];
-    for_each_group(p, b, kb, nullptr, unused, [&](int n, const int64_t* pos, const uint64_t* lanes) COAVS_ALWAYS_INLINE_LAMBDA {
-      uint64_t all = 0;
-      for (int g = 0; g < n; ++g) all |= lanes[g], x[g] = qs + pos[g] * dh, a[g] = acc + pos[g] * dh;
-      const int live = live_vectors<W>(all, vec);
-      block_scores<T, W>(n, x, kt, vec, live, dh, sc);
-      for (int g = 0; g < n; ++g) {
-        const int64_t at = pos[g];
-        poisoned[at] |= (lanes[g] & bad) != 0;
-        V top = splat_as(V, neg_inf);
-        M overflow{};
-        for (int l = 0; l < live; ++l) {
-          const M seen = lane_mask<T, W>(lanes[g] >> (vec[l] * W));
-          const V s = load<V>(sc + g * kLanes + vec[l] * W);
-          const M ok = seen & ((s - s) == V{});
-          overflow |= seen & ~ok;
-          const V masked = ok ? s : splat_as(V, neg_inf);
-          top = top > masked ? top : masked;
-          store(sc + g * kLanes + vec[l] * W, masked);
-        }
-        poisoned[at] |= any_lane(overflow);
-        const T block_max = reduce_max<T, W>(top);
-        const T new_max = block_max > row_max[at] ? block_max : row_max[at];
-        if (new_max == neg_inf) {  // every visible score non-finite: the row is poisoned, nothing to add
-          for (int l = 0; l < live; ++l) store(pr + g * kLanes + vec[l] * W, V{});
-          continue;
-        }
-        V total{};
-        for (int l = 0; l < live; ++l) {
-          const V masked = load<V>(sc + g * kLanes + vec[l] * W);
-          const V e = vexp<W>(masked - splat_as(V, new_max));
-          const V prob = masked > splat_as(V, neg_inf) ? e : V{};
-          total += prob;
-          store(pr + g * kLanes + vec[l] * W, prob);
-        }
-        if (new_max > row_max[at]) {
-          const T correction = row_max[at] == neg_inf ? T(0) : std::exp(row_max[at] - new_max);
-          row_sum[at] *= correction;
-          for (int64_t d = 0; d < dh; ++d) acc[at * dh + d] *= correction;
-          row_max[at] = new_max;
-        }
-        row_sum[at] += reduce_sum<T, W>(total);
-      }
-      rows_update<T, W>(n, a, pr, vr, dh, all, dh);
-    });
   }
   S* out = static_cast<S*>(o.a) + (b * p.heads + h) * p.queries * dh;
   T* lse = static_cast<T*>(o.b) + (b * p.heads + h) * p.queries;
@@ -448,11 +455,9 @@ COAVS_ALWAYS_INLINE void backward_body(const Problem& p, const at::Tensor& grad_
   S* dv_out = static_cast<S*>(grads.c) + (b * p.heads + h) * p.keys * dh;
   uint64_t unused[kChunkBlocks];  // non-finite keys and values poisoned their rows' lse in the forward
   uint64_t key_poisoned[kChunkBlocks];
-  for (int64_t c = 0; c + 1 < static_cast<int64_t>(p.chunks.first_block.size()); ++c) {
+  for (int64_t c = 0; c < p.chunks.count(); ++c) {
     const int64_t first = p.chunks.first_block[c], last = p.chunks.first_block[c + 1];
-    bool any = false;
-    for (int64_t kb = first; kb < last; ++kb) any |= visits(p, b, kb);
-    if (any) {
+    if (visits_chunk(p, b, c)) {
       pack_chunk<S, T, W>(p, b, c, dh, km, kc, row, unused);
       pack_chunk<S, T, W>(p, b, c, dh, vm, vc, row, unused);
     }
