@@ -58,6 +58,16 @@ def write_json(path, value, indent: int | None = 2, atomic: bool = True, **kwarg
     if not atomic:
         path.write_text(text, encoding="utf-8")
         return path
+    return _replace_text(path, text)
+
+
+def write_jsonl(path, records) -> Path:
+    """Replaces ``path`` with ``records``, one strict JSON line each, atomically (as :func:`write_json`): a crash
+    while rewriting a log leaves the old log, never a truncated one."""
+    return _replace_text(Path(path), "".join(dumps(record) + "\n" for record in records))
+
+
+def _replace_text(path: Path, text: str) -> Path:
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         temporary.write_text(text, encoding="utf-8")

@@ -37,20 +37,25 @@ def test_non_finite_numbers_become_null_and_scalars_plain_numbers():
                       "zero_d": 1.25, "path": "a/b", "nested": [{"x": None}], "bool": True, "none": None}
 
 
-def test_write_json_is_strict_and_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "summary.json"
-    jsonio.write_json(path, {"miou": math.nan})
-    assert _strict(path.read_text()) == {"miou": None}
+@pytest.mark.parametrize("name, write, read", [
+    ("summary.json", jsonio.write_json, lambda text: _strict(text)),
+    ("log.jsonl", lambda path, value: jsonio.write_jsonl(path, [value, {"step": 2}]),
+     lambda text: [_strict(line) for line in text.splitlines()][0]),
+])
+def test_json_writes_are_strict_and_atomic(tmp_path, monkeypatch, name, write, read):
+    path = tmp_path / name
+    write(path, {"miou": math.nan})
+    assert read(path.read_text()) == {"miou": None}
 
     def full_disk(self, *args, **kwargs):
         raise OSError(28, "No space left on device", str(self))
 
     monkeypatch.setattr(Path, "write_text", full_disk)
     with pytest.raises(OSError):
-        jsonio.write_json(path, {"miou": 0.5})
+        write(path, {"miou": 0.5})
     monkeypatch.undo()
-    assert _strict(path.read_text()) == {"miou": None}  # the old file survives a failed write
-    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    assert read(path.read_text()) == {"miou": None}  # the old file survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 def test_append_jsonl_writes_strict_lines(tmp_path):

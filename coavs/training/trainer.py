@@ -240,7 +240,7 @@ class _Trainer:
                 records = self.folder.read(name, partial_end=True)
                 kept = [r for r in records if r.get("step", 0) <= self.step]
                 if len(kept) != len(records) or not self.folder.ends_cleanly(name):
-                    (self.folder.root / name).write_text("".join(jsonio.dumps(r) + "\n" for r in kept))
+                    jsonio.write_jsonl(self.folder.root / name, kept)
 
     # -------------------------------------------------------------------------------------- logging
     def say(self, message: str) -> None:
