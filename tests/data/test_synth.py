@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from scipy.io import wavfile
 
-from coavs.data import DataError, synth
+from coavs.data import DataError, synth, synth_sounds
 from coavs.data.avsbench import SYNTH_INFO_FILE
 from coavs.data.audio import log_mel, resample, split_seconds
 from coavs.data.synth import CLASS_NAMES, SYNTH_CLASSES, SynthConfig, generate, generate_clip
@@ -142,7 +142,7 @@ def test_shapes_and_textures_differ_between_classes():
 
 
 def _sound_profile(cls, seed: int, rate: int = 16000) -> torch.Tensor:
-    wave = synth.class_sound(cls, 2.0, rate, np.random.default_rng(seed))
+    wave = synth_sounds.class_sound(cls, 2.0, rate, np.random.default_rng(seed))
     patches = log_mel(split_seconds(resample(wave.astype(np.float32), rate), 2))
     profile = patches.mean(dim=(0, 1, 2))  # mean log-mel per band
     return profile - profile.mean()
@@ -159,7 +159,7 @@ def test_each_class_has_its_own_sound():
 def test_mixture_contains_each_sounding_class():
     rng = np.random.default_rng(0)
     violin, car = synth._CLASS_BY_NAME["violin"], synth._CLASS_BY_NAME["car"]
-    mix = synth.mix_sounds([violin, car], 1.0, 16000, 0.0, rng).astype(np.float64)
+    mix = synth_sounds.mix_sounds([violin, car], 1.0, 16000, 0.0, rng).astype(np.float64)
     spectrum = np.abs(np.fft.rfft(mix))
     freqs = np.fft.rfftfreq(mix.size, 1 / 16000)
     band = lambda lo, hi: spectrum[(freqs >= lo) & (freqs < hi)].mean()  # noqa: E731
