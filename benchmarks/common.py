@@ -26,11 +26,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def device_label(device: torch.device) -> str:
-    """A folder-safe device name, e.g. ``NVIDIA_H100_80GB_HBM3`` or ``cpu-2cores``."""
+    """A folder-safe device name, e.g. ``NVIDIA_H100_80GB_HBM3`` or ``cpu-amd-25-17-1threads`` (vendor, family and
+    model: CPU timings differ up to ~2x between machines, so each CPU keeps its own results)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"cpu-{torch.get_num_threads()}threads"
+        fields = _cpuinfo()
+        vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(fields.get("vendor_id", ""), "")
+        family = "-".join(fields[k] for k in ("cpu family", "model") if k in fields)
+        name = "-".join(part for part in ("cpu", vendor, family, f"{torch.get_num_threads()}threads") if part)
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
@@ -205,17 +209,23 @@ def cpu_model() -> str:
     """The host CPU as /proc/cpuinfo names it, with its family/model numbers and torch's vector ISA (CPU timings
     differ up to ~2x between machines that both say "Intel Xeon"): e.g. ``Intel(R) Xeon(R) Processor (6/207,
     AVX512)``. Falls back to ``platform.processor()`` where /proc/cpuinfo is missing."""
-    fields = {}
+    fields = _cpuinfo()
+    name = fields.get("model name") or platform.processor() or "cpu"
+    if "cpu family" in fields and "model" in fields:
+        name += f" ({fields['cpu family']}/{fields['model']}, {torch.backends.cpu.get_cpu_capability()})"
+    return name
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    name = fields.get("model name") or platform.processor() or "cpu"
-    if "cpu family" in fields and "model" in fields:
-        name += f" ({fields['cpu family']}/{fields['model']}, {torch.backends.cpu.get_cpu_capability()})"
-    return name
+    return fields
 
 
 def environment(device: torch.device) -> dict:
@@ -327,12 +337,15 @@ _COPY_MS: dict = {}
 
 
 def copy_ms(total_bytes: int, device: torch.device) -> float:
-    """Median time of ``torch.empty_like(x).copy_(x)`` with x of ``total_bytes / 2`` bytes, so that the copy moves
-    ``total_bytes`` (read + write) like the op it is compared with; measured once per size and run."""
+    """Median time of ``y.copy_(x)`` with x and y of ``total_bytes / 2`` bytes each, both allocated and touched
+    before timing, so that the copy moves ``total_bytes`` (read + write) like the op it is compared with and
+    nothing else (a fresh CPU allocation of this size is mmapped and page-faults on its first write: 4 GB/s
+    instead of 25 at 173 MB on one core); measured once per size and run."""
     key = (int(total_bytes), str(device))
     if key not in _COPY_MS:
         x = torch.empty(max(1, int(total_bytes) // 8), dtype=torch.float32, device=device).fill_(1.0)
-        _COPY_MS[key] = time_ms(lambda: torch.empty_like(x).copy_(x), device)["median_ms"]
+        y = torch.zeros_like(x)
+        _COPY_MS[key] = time_ms(lambda: y.copy_(x), device)["median_ms"]
     return _COPY_MS[key]
 
 
@@ -390,8 +403,8 @@ def roofline_legend(device: torch.device) -> str:
     if _gpu_of(device):
         share = f"pct_of_bound: the {_gpu_of(device)} bound / measured time"
     elif device.type == "cpu":
-        share = ("pct_of_copy: time of torch.empty_like(x).copy_(x) moving the same bytes, measured in this run / "
-                 "measured time (copy_GB/s: that copy's bandwidth)")
+        share = ("pct_of_copy: time of y.copy_(x) into an allocated y, moving the same bytes, measured in this run "
+                 "/ measured time (copy_GB/s: that copy's bandwidth)")
     else:
         share = "no share: not an H100/H200"
     return f"roofline peaks: {peaks}. Bytes: inputs read once + outputs written once. {share}."
