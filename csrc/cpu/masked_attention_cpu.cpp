@@ -50,9 +50,13 @@ using namespace attention_cpu;
 // in ascending order (runs of consecutive keys sorted by key), so the rows of K and V stream front to back from
 // memory; block by block, the reads would jump between map rows every few keys and wait on each line.
 constexpr int64_t kChunkBlocks = 8;
-// Rows are asked for this far ahead of their copy, in key order (measured at the benchmark shapes on a 6/207 Xeon,
-// one thread, 20% active: forward 14.2 -> 6.8-7.1 ms; 1-2 KB ahead: 7.7-8.8 ms; 16 KB: 8.2 ms).
-constexpr int64_t kPackAheadBytes = 4096;
+// Rows are asked for this far ahead of their copy, in key order, into L2 (prefetcht2), not L1: measured at the
+// benchmark shapes, one thread, 20% active, forward kernel: 6/207 Xeon 14.2 -> 6.8-7.1 ms with 4 KB into L1 (1-2 KB:
+// 7.7-8.8 ms; 16 KB: 8.2 ms; L2 instead of L1 no different there); Zen 4 EPYC, interleaved in one process:
+// 6.4 ms with 4 KB into L1, 5.6 ms into L2, 5.2 ms with 6-8 KB into L2 (N=4096: 23.1 -> 19.9-21.2 ms); likely
+// because a prefetch into L1 holds one of the core's few L1 miss buffers until its line arrives.
+constexpr int64_t kPackAheadBytes = 6144;
+constexpr int kPackAheadLocality = 1;  // __builtin_prefetch's locality 1: prefetcht2
 
 struct KeyRun {
   int64_t key;
@@ -210,7 +214,9 @@ COAVS_ALWAYS_INLINE void pack_chunk(const Problem& p, int64_t b, int64_t c, int6
       const T* src = row;
       if (m.col == 1) {  // a prefetch never faults: past the tensor's end it is a no-op
         const auto ahead = reinterpret_cast<uintptr_t>(m.data + (run.key + i) * m.row) + ahead_bytes;
-        for (int64_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(reinterpret_cast<const void*>(ahead + at));
+        for (int64_t at = 0; at < row_bytes; at += 64) {
+          __builtin_prefetch(reinterpret_cast<const void*>(ahead + at), 0, kPackAheadLocality);
+        }
       }
       if (direct) {
         src = reinterpret_cast<const T*>(m.data + (run.key + i) * m.row);
