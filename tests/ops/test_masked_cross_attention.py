@@ -224,6 +224,21 @@ def test_native_gradients_of_unseen_keys_and_idle_samples_are_zero():
         assert torch.isfinite(g).all()
 
 
+def test_native_gradients_larger_than_16_mb_equal_the_reference():
+    """dk and dv of 21 MB each: the backward asks for huge pages for them before writing (advise_huge_pages);
+    the values must not change, the unseen keys' zeros included."""
+    key_map, head_dim = (128, 128), 160
+    mask, visible = make_mask("random", 1, 5, key_map)
+    active = make_active(1, 5, 1.0)
+    q, k, v = make_qkv(1, 2, 5, key_map[0] * key_map[1], head_dim, torch.float32)
+    assert k.nbytes > 16 * 2**20
+    grad = torch.randn(q.shape)
+    _, grads = run_op("native", q, k, v, mask, active, 0.3, grad)
+    _, exact = reference_with_grads(q, k, v, visible, active, 0.3, grad, torch.float64)
+    for name, got, expected in zip("qkv", grads, exact):
+        assert_attention_close(got, expected, what=f"d{name}")
+
+
 def test_native_odd_head_dim_and_scale():
     mask, visible = make_mask("random", 2, 9, (6, 11))
     active = make_active(2, 9, 0.5)
