@@ -262,8 +262,10 @@ COAVS_ALWAYS_INLINE void store_chunk(const Problem& p, int64_t b, int64_t c, int
         continue;
       }
       const T* src = rows + (run.slot * kLanes + lane) * dh;
-      const char* ahead = reinterpret_cast<const char*>(dst) + kPackAheadBytes;  // asked for ownership early
-      for (int64_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(ahead + at, 1, kPackAheadLocality);
+      const auto ahead = reinterpret_cast<uintptr_t>(dst) + kPackAheadBytes;  // lines asked for ownership early
+      for (int64_t at = 0; at < row_bytes; at += 64) {
+        __builtin_prefetch(reinterpret_cast<const void*>(ahead + at), 1, kPackAheadLocality);
+      }
       for (int64_t d = 0; d < dh; ++d) dst[d] = static_cast<S>(src[d]);
     }
   }
