@@ -8,7 +8,8 @@ and zero the dormant ones, since they cannot skip rows):
   eager   additive −inf float mask repeated per head + softmax, as Mask2Former's ``nn.MultiheadAttention``
   sdpa    ``F.scaled_dot_product_attention`` with a boolean ``[B,1,Q,N]`` mask
   flex    FlexAttention (compiled) with a block mask from ``visible & active`` (GPU only by default)
-  ours    ``coavs.ops.masked_cross_attention`` (Triton on GPU, the coavs C++ kernel on CPU)
+  ours    ``coavs.ops.masked_cross_attention`` (Triton on GPU, the coavs C++ kernel on CPU:
+          csrc/cpu/masked_attention_cpu.cpp)
 Shapes: B=20, Q=100, h=8, dh=32, N in {49, 196, 784, 1024, 4096}, active fraction in {0.1, 0.2, 0.5, 1.0};
 forward and forward+backward; median time, peak extra memory (GPU) and ours' speed-up over each baseline.
 Masks as Mask2Former's decoder sees them: per query one smooth blob of logits (random centre, radii and

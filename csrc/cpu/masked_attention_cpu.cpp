@@ -62,6 +62,15 @@ constexpr int64_t kChunkBlocks = 8;
 constexpr int64_t kPackAheadBytes = 6144;
 constexpr int kPackAheadLocality = 1;  // __builtin_prefetch's locality 1: prefetcht2
 
+// Asks for the 64-byte lines of [address, address + bytes) into L2, for reading (Write = 0) or writing (1). A
+// prefetch never faults: past a tensor's end it is a no-op (the address is an integer: no out-of-range pointer).
+template <int Write>
+COAVS_ALWAYS_INLINE void prefetch_lines(uintptr_t address, int64_t bytes) {
+  for (int64_t at = 0; at < bytes; at += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(address + at), Write, kPackAheadLocality);
+  }
+}
+
 struct KeyRun {
   int64_t key;
   int32_t slot, lane, length;  // slot: the block's place in its chunk
@@ -216,14 +225,10 @@ COAVS_ALWAYS_INLINE void pack_chunk(const Problem& p, int64_t b, int64_t c, int6
     T* dst = rows + (run.slot * kLanes + run.lane) * dh;
     for (int64_t i = 0; i < run.length; ++i, dst += dh) {
       const T* src = row;
-      if (m.col == 1) {  // a prefetch never faults: past the tensor's end it is a no-op
-        const auto ahead = reinterpret_cast<uintptr_t>(m.data + (run.key + i) * m.row) + ahead_bytes;
-        for (int64_t at = 0; at < row_bytes; at += 64) {
-          __builtin_prefetch(reinterpret_cast<const void*>(ahead + at), 0, kPackAheadLocality);
-        }
-      }
+      const S* key_row = m.data + (run.key + i) * m.row;
+      if (m.col == 1) prefetch_lines<0>(reinterpret_cast<uintptr_t>(key_row) + ahead_bytes, row_bytes);
       if (direct) {
-        src = reinterpret_cast<const T*>(m.data + (run.key + i) * m.row);
+        src = reinterpret_cast<const T*>(key_row);
       } else {
         for (int64_t d = 0; d < dh; ++d) row[d] = static_cast<T>(m.at(run.key + i, d));
       }
@@ -262,10 +267,7 @@ COAVS_ALWAYS_INLINE void store_chunk(const Problem& p, int64_t b, int64_t c, int
         continue;
       }
       const T* src = rows + (run.slot * kLanes + lane) * dh;
-      const auto ahead = reinterpret_cast<uintptr_t>(dst) + kPackAheadBytes;  // lines asked for ownership early
-      for (int64_t at = 0; at < row_bytes; at += 64) {
-        __builtin_prefetch(reinterpret_cast<const void*>(ahead + at), 1, kPackAheadLocality);
-      }
+      prefetch_lines<1>(reinterpret_cast<uintptr_t>(dst) + kPackAheadBytes, row_bytes);
       for (int64_t d = 0; d < dh; ++d) dst[d] = static_cast<S>(src[d]);
     }
   }

@@ -225,8 +225,8 @@ def test_native_gradients_of_unseen_keys_and_idle_samples_are_zero():
 
 
 def test_native_gradients_larger_than_16_mb_equal_the_reference():
-    """dk and dv of 21 MB each: the backward asks for huge pages for them before writing (advise_huge_pages);
-    the values must not change, the unseen keys' zeros included."""
+    """dk and dv of 21 MB each: the backward (csrc/cpu/masked_attention_cpu.cpp, advise_huge_pages) asks for huge
+    pages for them before writing; the values must not change, the unseen keys' zeros included."""
     key_map, head_dim = (128, 128), 160
     mask, visible = make_mask("random", 1, 5, key_map)
     active = make_active(1, 5, 1.0)
